@@ -1,0 +1,22 @@
+# The two commands of the README: `make quickstart` and `make test`.
+# Both set up .venv from scratch on a machine with Python 3.11.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: quickstart test venv crd images e2e bench-operator
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/install.sh
+	VENV=$(VENV) PYTHON=$(PYTHON) scripts/install.sh
+	touch $@
+
+quickstart: venv
+	$(BIN)/kubetune run examples/quickstart-cpu.yaml --output out/quickstart
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+crd: venv
+	$(BIN)/kubetune crd -o crds/finetunejob.yaml

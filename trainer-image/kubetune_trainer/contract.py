@@ -1,0 +1,69 @@
+"""The contract between the operator's pods and the trainer: paths, env vars, exit codes.
+
+Both sides import these names (the operator renders them into pod specs, the
+launcher reads them), so a test kubelet can remap every path through env.
+No torch here.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+# Mount points inside the trainer pod.
+RECIPE_DIR = "/etc/kubetune"
+RECIPE_FILE = "recipe.json"
+RECIPE_PATH = f"{RECIPE_DIR}/{RECIPE_FILE}"
+WORKSPACE = "/workspace"
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def output_dir(workspace: str) -> str:
+    """Where results and checkpoints live under a workspace (the PVC's mount)."""
+    return f"{workspace}/output"
+
+
+def checkpoints_dir(workspace: str) -> str:
+    """Where checkpoints live under a workspace."""
+    return f"{output_dir(workspace)}/checkpoints"
+
+
+def cache_dir(workspace: str) -> str:
+    """The Hugging Face cache under a workspace."""
+    return f"{workspace}/cache"
+
+
+class Env:
+    """Environment variables the operator sets and the launcher reads."""
+
+    RECIPE = "KUBETUNE_RECIPE"  # path of recipe.json
+    WORKSPACE = "KUBETUNE_WORKSPACE"  # the PVC's mount point
+    TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"  # where the termination message goes
+    METRICS_HOST = "KUBETUNE_METRICS_HOST"  # address rank 0 binds its metrics server to
+    NNODES = "KUBETUNE_NNODES"  # number of worker pods
+    NPROC_PER_NODE = "KUBETUNE_NPROC_PER_NODE"  # trainer processes per pod (GPUs, or 1 on CPU)
+    MASTER_ADDR = "KUBETUNE_MASTER_ADDR"  # rendezvous host: pod index 0 through the headless Service
+    MASTER_PORT = "KUBETUNE_MASTER_PORT"
+    NODE_RANK = "JOB_COMPLETION_INDEX"  # set by Kubernetes for Indexed Jobs
+    JOB_NAME = "KUBETUNE_FINETUNEJOB"
+    NAMESPACE = "KUBETUNE_NAMESPACE"
+    ATTEMPT = "KUBETUNE_ATTEMPT"
+
+
+MASTER_PORT = 29500
+
+
+class ExitCode(IntEnum):
+    """What the launcher's exit status means; the operator classifies failures by it."""
+
+    SUCCESS = 0
+    FAILED = 1  # anything else: retried with backoff up to backoffLimit
+    INVALID = 2  # invalid recipe or data: never retried
+    STOPPED = 75  # stopped on request after saving a checkpoint (EX_TEMPFAIL): preemption, suspend
+
+
+CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_COMPLETE_MARKER = "kubetune-complete"
+"""Written last into a checkpoint folder, after every rank finished writing."""
+
+TERMINATION_MESSAGE_LIMIT = 2048
+"""The kubelet keeps 4096 bytes of a termination message; we stay under half."""

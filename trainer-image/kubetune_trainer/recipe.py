@@ -1,0 +1,958 @@
+"""The FineTuneJob recipe model: the single source of truth for `spec` and `status`.
+
+Everything else derives from these classes: the CRD's openAPIV3Schema (and so
+`kubectl explain`), the trainer's configuration, the operator's validation and
+the docs. Pure pydantic, no torch: the operator imports this module.
+
+Python attributes are snake_case; every field has the camelCase alias that the
+YAML uses (peft/TRL names in camelCase). Each description is a sentence that
+starts with the field's name and states its default and meaning.
+
+Cross-field rules live twice on purpose: as pydantic validators (checked by
+`kubetune validate`, the operator and the trainer) and as CEL rules in the
+CRD (checked by the API server). `tests/test_recipe.py` runs the same bad
+manifests through both.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "kubetune.io"
+API_VERSION = "v1alpha1"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+SHORT_NAME = "ftj"
+MAX_NAME_LENGTH = 50  # child names add suffixes such as "-recipe" and must stay within 63
+DNS_1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+# Every string and list gets a bound: CEL's cost estimator needs them.
+SHORT = 253
+LONG = 4096
+HUGE = 65536
+MAX_ITEMS = 64
+
+BNB_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+
+
+def _cel_rule(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One `x-kubernetes-validations` entry."""
+    entry = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+class KubeModel(BaseModel):
+    """Base of every recipe object: camelCase aliases, unknown fields refused."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        alias_generator=to_camel,
+        validate_assignment=True,
+    )
+
+    def to_api(self) -> dict[str, Any]:
+        """This object as the API stores it: camelCase keys, unset optionals left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _quantity_to_str(value: Any) -> Any:
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?$"
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity_to_str),
+    Field(pattern=QUANTITY_PATTERN, max_length=64),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string", "pattern": QUANTITY_PATTERN, "maxLength": 64}],
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+"""A Kubernetes resource quantity such as `4`, `500m` or `16Gi`."""
+
+KubeObject = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+"""A Kubernetes object passed through as is (affinity, a toleration, an env var)."""
+
+StringMap = Annotated[
+    dict[str, Annotated[str, Field(max_length=LONG)]],
+    Field(max_length=MAX_ITEMS),
+]
+
+
+# ---------------------------------------------------------------- model
+
+
+class SecretKeyRef(KubeModel):
+    """A key of a Secret in the FineTuneJob's namespace."""
+
+    name: str = Field(max_length=SHORT, description="name is the Secret's name.")
+    key: str = Field(
+        default="token", max_length=SHORT, description="key is the key inside the Secret; default `token`."
+    )
+
+
+class AttnImplementation(str, Enum):
+    """Attention kernels transformers can use."""
+
+    sdpa = "sdpa"
+    eager = "eager"
+    flash_attention_2 = "flash_attention_2"
+
+
+class ModelSpec(KubeModel):
+    """The base model to fine-tune."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=256,
+        description="name is the base model: a Hugging Face hub id (`meta-llama/Llama-3.2-1B`) or an absolute "
+        "path in the pod, e.g. on the PVC (`/workspace/models/base`). Required.",
+    )
+    gguf_file: str | None = Field(
+        default=None,
+        max_length=SHORT,
+        description="ggufFile is a GGUF file inside name's directory; transformers dequantizes it on load. "
+        "Default: none (safetensors/bin weights).",
+    )
+    revision: str = Field(
+        default="main", max_length=SHORT, description="revision is the hub branch, tag or commit; default `main`."
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="trustRemoteCode lets transformers run model code shipped with the checkpoint; default false.",
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="tokenSecretRef names a Secret key whose value becomes HF_TOKEN in the trainer pods; "
+        "gated models (Llama) need it. Default: none.",
+    )
+    attn_implementation: AttnImplementation = Field(
+        default=AttnImplementation.sdpa,
+        description="attnImplementation is the attention kernel: sdpa (default), eager or flash_attention_2.",
+    )
+
+
+# ---------------------------------------------------------------- dataset
+
+
+class DatasetFormat(str, Enum):
+    """How dataset rows become training examples."""
+
+    chat = "chat"
+    prompt_completion = "prompt-completion"
+    text = "text"
+    template = "template"
+    preference = "preference"
+
+
+class ColumnMapping(KubeModel):
+    """Which dataset column plays which role; unset roles use the format's default column name."""
+
+    messages: str | None = Field(
+        default=None, max_length=SHORT, description="messages is the column of chat messages; default `messages`."
+    )
+    prompt: str | None = Field(
+        default=None, max_length=SHORT, description="prompt is the prompt (or question) column; default `prompt`."
+    )
+    completion: str | None = Field(
+        default=None,
+        max_length=SHORT,
+        description="completion is the answer column; default `completion`.",
+    )
+    text: str | None = Field(
+        default=None, max_length=SHORT, description="text is the raw text column of format text; default `text`."
+    )
+    reasoning: str | None = Field(
+        default=None,
+        max_length=SHORT,
+        description="reasoning is a chain-of-thought column, wrapped as `<think>…</think>` before the answer "
+        "when thinkTags is on; default: none.",
+    )
+    system: str | None = Field(
+        default=None, max_length=SHORT, description="system is a per-row system prompt column; default: none."
+    )
+    chosen: str | None = Field(
+        default=None, max_length=SHORT, description="chosen is the preferred answer column (DPO); default `chosen`."
+    )
+    rejected: str | None = Field(
+        default=None,
+        max_length=SHORT,
+        description="rejected is the dispreferred answer column (DPO); default `rejected`.",
+    )
+
+    def column(self, role: str) -> str:
+        """The column name for `role`: the mapped one, else the role's own name."""
+        return getattr(self, role) or role
+
+
+class TemplateSpec(KubeModel):
+    """Jinja2 templates that turn rows into a prompt and a completion."""
+
+    prompt: str = Field(
+        min_length=1,
+        max_length=HUGE,
+        description="prompt is a Jinja2 template over the row's columns that renders the prompt, e.g. "
+        "`Generate a quiz question about {{ category }}`. With groupSize > 1 the rows are in `rows`.",
+    )
+    completion: str = Field(
+        min_length=1,
+        max_length=HUGE,
+        description="completion is a Jinja2 template that renders the answer the model learns; "
+        'list columns join with `{{ incorrect_answers | join(", ") }}`.',
+    )
+    group_size: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="groupSize is how many rows make one example; default 1. Above 1 the templates see `rows` "
+        "(the multi-question quiz form).",
+    )
+
+
+class DatasetSpec(KubeModel):
+    """Where the training data comes from and how rows become examples."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel_rule(
+                    "has(self.name) != has(self.path)",
+                    "set exactly one of dataset.name (a hub id) and dataset.path (a file or folder in the pod)",
+                ),
+                _cel_rule(
+                    "!has(self.format) || self.format != 'template' || has(self.template)",
+                    "dataset.format template needs dataset.template.prompt and dataset.template.completion",
+                    ".template",
+                ),
+            ]
+        }
+    )
+
+    name: str | None = Field(
+        default=None,
+        max_length=256,
+        description="name is a Hugging Face dataset id; exactly one of name and path is set.",
+    )
+    path: str | None = Field(
+        default=None,
+        max_length=LONG,
+        description="path is a file or folder in the pod (jsonl, json, csv or parquet), e.g. on the PVC; "
+        "exactly one of name and path is set.",
+    )
+    subset: str | None = Field(
+        default=None, max_length=SHORT, description="subset is the dataset configuration name; default: none."
+    )
+    split: str = Field(default="train", max_length=SHORT, description="split is the split to read; default `train`.")
+    format: DatasetFormat = Field(
+        default=DatasetFormat.chat,
+        description="format is how rows become examples: chat (default; a messages column), prompt-completion, "
+        "text, template (Jinja2 over columns) or preference (prompt/chosen/rejected, for DPO).",
+    )
+    columns: ColumnMapping = Field(
+        default_factory=ColumnMapping,
+        description="columns maps roles (messages, prompt, completion, text, reasoning, system, chosen, "
+        "rejected) to column names; unmapped roles use the role's name.",
+    )
+    think_tags: bool | None = Field(
+        default=None,
+        description="thinkTags wraps the reasoning column as `<think>…</think>` before the answer; "
+        "default true when columns.reasoning is set.",
+    )
+    system_prompt: str | None = Field(
+        default=None, max_length=HUGE, description="systemPrompt is prepended to every prompt; default: none."
+    )
+    template: TemplateSpec | None = Field(
+        default=None, description="template holds the Jinja2 prompt and completion templates of format template."
+    )
+    max_samples: int | None = Field(
+        default=None, ge=1, description="maxSamples keeps only the first N rows; default: all rows."
+    )
+    validation_split: float = Field(
+        default=0.1,
+        ge=0,
+        le=0.5,
+        description="validationSplit is the fraction of rows held out for evaluation (seeded); default 0.1, "
+        "0 disables evaluation.",
+    )
+    seed: int = Field(default=42, description="seed drives the validation split and shuffling; default 42.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if (self.name is None) == (self.path is None):
+            raise ValueError(
+                "set exactly one of dataset.name (a hub id) and dataset.path (a file or folder in the pod)"
+            )
+        if self.format is DatasetFormat.template and self.template is None:
+            raise ValueError("dataset.format template needs dataset.template.prompt and dataset.template.completion")
+        return self
+
+    @property
+    def wrap_reasoning(self) -> bool:
+        """Whether a reasoning column is wrapped in `<think>` tags (thinkTags, defaulting on when mapped)."""
+        if self.think_tags is None:
+            return self.columns.reasoning is not None
+        return self.think_tags
+
+
+# ---------------------------------------------------------------- method
+
+
+class MethodType(str, Enum):
+    """Training objective."""
+
+    sft = "sft"
+    distill = "distill"
+    dpo = "dpo"
+
+
+class LoraBias(str, Enum):
+    """peft's bias handling."""
+
+    none = "none"
+    all = "all"
+    lora_only = "lora_only"
+
+
+class LoraSpec(KubeModel):
+    """peft LoRA adapter settings."""
+
+    r: int = Field(default=16, ge=1, le=1024, description="r is the LoRA rank; default 16.")
+    alpha: float = Field(default=32, gt=0, description="alpha is the LoRA scaling numerator (lora_alpha); default 32.")
+    dropout: float = Field(
+        default=0.05, ge=0, lt=1, description="dropout is the LoRA dropout probability; default 0.05."
+    )
+    target_modules: list[Annotated[str, Field(max_length=SHORT)]] = Field(
+        default_factory=lambda: ["all-linear"],
+        min_length=1,
+        max_length=MAX_ITEMS,
+        description="targetModules are the module names that get adapters; default [all-linear].",
+    )
+    bias: LoraBias = Field(default=LoraBias.none, description="bias is which biases train: none (default), all, lora_only.")
+
+
+class ComputeDtype(str, Enum):
+    """Dtype of the de-quantized matmuls."""
+
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+
+
+class QuantizationSpec(KubeModel):
+    """bitsandbytes quantization of the frozen base model."""
+
+    bits: Literal[4, 8, 16] = Field(
+        default=4, description="bits is the base model's storage: 4 (QLoRA, default), 8, or 16 (no quantization)."
+    )
+    quant_type: Literal["nf4", "fp4"] = Field(
+        default="nf4", description="quantType is the 4-bit data type: nf4 (default) or fp4."
+    )
+    double_quant: bool = Field(
+        default=True, description="doubleQuant also quantizes the quantization constants; default true."
+    )
+    compute_dtype: ComputeDtype = Field(
+        default=ComputeDtype.bfloat16,
+        description="computeDtype is the dtype the 4-bit layers compute in; default bfloat16.",
+    )
+
+
+class TeacherSpec(KubeModel):
+    """The teacher model of distillation."""
+
+    name: str = Field(
+        min_length=1, max_length=256, description="name is the teacher's hub id or absolute path in the pod. Required."
+    )
+    revision: str = Field(default="main", max_length=SHORT, description="revision is the teacher's revision; default `main`.")
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="tokenSecretRef is the teacher's hub token Secret key; default: the student's."
+    )
+    quantization_bits: Literal[4, 8, 16] = Field(
+        default=16, description="quantizationBits loads the teacher in 4, 8 or 16 (default) bits."
+    )
+
+
+class DistillSpec(KubeModel):
+    """Token-level knowledge distillation settings."""
+
+    teacher: TeacherSpec = Field(description="teacher is the larger model whose logits the student learns. Required.")
+    temperature: float = Field(
+        default=2.0, gt=0, description="temperature softens both distributions; the KD term is scaled by T²; default 2.0."
+    )
+    alpha: float = Field(
+        default=0.5, ge=0, le=1, description="alpha weighs the KD term; (1 − alpha) weighs cross-entropy; default 0.5."
+    )
+
+
+class DpoSpec(KubeModel):
+    """Direct preference optimization settings (TRL's DPOTrainer)."""
+
+    beta: float = Field(default=0.1, gt=0, description="beta is the DPO temperature; default 0.1.")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(
+        default="sigmoid", description="lossType is TRL's DPO loss: sigmoid (default), ipo or hinge."
+    )
+
+
+class MethodSpec(KubeModel):
+    """What is trained and how: SFT, distillation or DPO, with LoRA on a quantized base."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel_rule(
+                    "!has(self.type) || self.type != 'distill' || has(self.distill)",
+                    "method.type distill needs method.distill.teacher",
+                    ".distill",
+                )
+            ]
+        }
+    )
+
+    type: MethodType = Field(
+        default=MethodType.sft, description="type is the objective: sft (default), distill or dpo."
+    )
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="lora holds the peft LoRA settings.")
+    quantization: QuantizationSpec = Field(
+        default_factory=QuantizationSpec, description="quantization is how the frozen base is stored; default 4-bit NF4."
+    )
+    distill: DistillSpec | None = Field(default=None, description="distill configures method.type distill.")
+    dpo: DpoSpec = Field(default_factory=DpoSpec, description="dpo configures method.type dpo.")
+
+    @model_validator(mode="after")
+    def _distill_has_teacher(self) -> MethodSpec:
+        if self.type is MethodType.distill and self.distill is None:
+            raise ValueError("method.type distill needs method.distill.teacher")
+        return self
+
+
+# ---------------------------------------------------------------- training
+
+
+class Optimizer(str, Enum):
+    """Optimizers of transformers' TrainingArguments."""
+
+    adamw_torch = "adamw_torch"
+    adamw_torch_fused = "adamw_torch_fused"
+    adamw_8bit = "adamw_8bit"
+    paged_adamw_8bit = "paged_adamw_8bit"
+    paged_adamw_32bit = "paged_adamw_32bit"
+    adafactor = "adafactor"
+
+
+class TrainingSpec(KubeModel):
+    """Hyperparameters of the training loop (TRL's SFTConfig names in camelCase)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel_rule(
+                    "!(has(self.warmupSteps) && has(self.warmupRatio))",
+                    "set at most one of training.warmupSteps and training.warmupRatio",
+                )
+            ]
+        }
+    )
+
+    epochs: float = Field(default=3, gt=0, description="epochs is the number of passes over the data; default 3.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="maxSteps stops after this many optimizer steps, overriding epochs; default: none."
+    )
+    learning_rate: float = Field(default=2e-4, gt=0, description="learningRate is the peak learning rate; default 2e-4.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        default="linear", description="lrScheduler is the learning-rate schedule; default linear."
+    )
+    warmup_steps: int | None = Field(
+        default=None, ge=0, description="warmupSteps is the number of warm-up steps; default 0. At most one of "
+        "warmupSteps and warmupRatio."
+    )
+    warmup_ratio: float | None = Field(
+        default=None, ge=0, le=0.5, description="warmupRatio is warm-up as a fraction of all steps; default: none."
+    )
+    weight_decay: float = Field(default=0.01, ge=0, description="weightDecay is AdamW's weight decay; default 0.01.")
+    batch_size: int = Field(default=2, ge=1, le=4096, description="batchSize is the micro-batch per device; default 2.")
+    gradient_accumulation: int = Field(
+        default=4, ge=1, le=4096, description="gradientAccumulation is micro-batches per optimizer step; default 4."
+    )
+    max_seq_length: int = Field(
+        default=2048, ge=16, le=131072, description="maxSeqLength truncates examples to this many tokens; default 2048."
+    )
+    optimizer: Optimizer = Field(
+        default=Optimizer.paged_adamw_8bit,
+        description="optimizer is the transformers optimizer name; default paged_adamw_8bit. bitsandbytes "
+        "optimizers (adamw_8bit, paged_*) cannot be combined with DeepSpeed offload.",
+    )
+    max_grad_norm: float = Field(default=1.0, ge=0, description="maxGradNorm clips gradients; default 1.0, 0 disables.")
+    gradient_checkpointing: bool = Field(
+        default=True, description="gradientCheckpointing trades compute for activation memory; default true."
+    )
+    packing: bool = Field(default=False, description="packing packs several examples into one sequence; default false.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        default="auto",
+        description="precision is the training precision; default auto: bf16 where supported, fp16 on older GPUs, "
+        "fp32 on the CPU.",
+    )
+    seed: int = Field(default=42, description="seed makes runs and resumes reproducible; default 42.")
+    logging_steps: int = Field(default=10, ge=1, description="loggingSteps is how often metrics are logged; default 10.")
+    save_steps: int = Field(default=200, ge=1, description="saveSteps is how often a checkpoint is saved; default 200.")
+    eval_steps: int | None = Field(
+        default=None, ge=1, description="evalSteps is how often the validation split is evaluated; default saveSteps."
+    )
+    save_total_limit: int = Field(
+        default=3, ge=1, description="saveTotalLimit is how many checkpoints are kept; default 3."
+    )
+    load_best_model_at_end: bool = Field(
+        default=False,
+        description="loadBestModelAtEnd exports the checkpoint with the lowest eval loss; default false. Needs "
+        "dataset.validationSplit > 0 and saveSteps a multiple of evalSteps.",
+    )
+    completion_only_loss: bool = Field(
+        default=True, description="completionOnlyLoss trains on completion tokens only; default true."
+    )
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        max_length=3,
+        description="reportTo lists experiment trackers; default [tensorboard]. Credentials come through env/envFrom.",
+    )
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> TrainingSpec:
+        if self.warmup_steps is not None and self.warmup_ratio is not None:
+            raise ValueError("set at most one of training.warmupSteps and training.warmupRatio")
+        return self
+
+    @property
+    def resolved_eval_steps(self) -> int:
+        """evalSteps, defaulting to saveSteps."""
+        return self.eval_steps or self.save_steps
+
+
+class EvaluationSpec(KubeModel):
+    """Sample generations and scores at the end of training."""
+
+    prompts: list[Annotated[str, Field(max_length=LONG)]] = Field(
+        default_factory=list,
+        max_length=MAX_ITEMS,
+        description="prompts are generated by the base and the fine-tuned model at the end; default none.",
+    )
+    max_new_tokens: int = Field(default=256, ge=1, le=32768, description="maxNewTokens caps each generation; default 256.")
+    temperature: float = Field(default=0.7, ge=0, description="temperature is the sampling temperature; default 0.7.")
+    top_p: float = Field(default=0.9, gt=0, le=1, description="topP is nucleus sampling's mass; default 0.9.")
+    exact_match: bool = Field(
+        default=False,
+        description="exactMatch scores final answers (after `</think>`) against the completion column; default false.",
+    )
+
+
+class OutputSpec(KubeModel):
+    """What the trainer leaves besides the adapter."""
+
+    merge_adapter: bool = Field(
+        default=False, description="mergeAdapter also saves the base with the adapter merged in; default false."
+    )
+    archive: bool = Field(default=False, description="archive also writes a .tar.gz of the result; default false.")
+
+
+class ResourcesSpec(KubeModel):
+    """Workers, GPUs and scheduling of the trainer pods."""
+
+    workers: int = Field(default=1, ge=1, le=64, description="workers is the number of trainer pods; default 1.")
+    gpus_per_worker: int = Field(
+        default=1, ge=0, le=16, description="gpusPerWorker is GPUs per pod; default 1, 0 trains on the CPU (gloo)."
+    )
+    gpu_resource_name: str = Field(
+        default="nvidia.com/gpu",
+        max_length=SHORT,
+        description="gpuResourceName is the extended resource of a GPU; default nvidia.com/gpu.",
+    )
+    cpu: Quantity | None = Field(default=None, description="cpu is each pod's CPU request and limit; default: none.")
+    memory: Quantity | None = Field(default=None, description="memory is each pod's memory request and limit; default: none.")
+    node_selector: StringMap = Field(
+        default_factory=dict, description="nodeSelector constrains trainer pods to labelled nodes; default none."
+    )
+    tolerations: list[KubeObject] = Field(
+        default_factory=list, max_length=MAX_ITEMS, description="tolerations are the trainer pods' tolerations."
+    )
+    affinity: KubeObject | None = Field(default=None, description="affinity is the trainer pods' affinity.")
+    priority_class_name: str | None = Field(
+        default=None, max_length=SHORT, description="priorityClassName is the trainer pods' priority class."
+    )
+
+
+class DeepSpeedSpec(KubeModel):
+    """DeepSpeed ZeRO across GPUs (DDP is used when this is absent)."""
+
+    zero_stage: Literal[0, 1, 2, 3] = Field(description="zeroStage is the ZeRO stage 0–3. Required.")
+    offload_optimizer: bool = Field(
+        default=False, description="offloadOptimizer keeps optimizer state in CPU memory; default false."
+    )
+    offload_params: bool = Field(
+        default=False, description="offloadParams keeps parameters in CPU memory (stage 3); default false."
+    )
+
+
+class StorageSpec(KubeModel):
+    """The PVC that holds checkpoints, outputs and the model cache."""
+
+    size: Quantity = Field(default="50Gi", description="size is the PVC's requested size; default 50Gi.")
+    storage_class_name: str | None = Field(
+        default=None, max_length=SHORT, description="storageClassName is the PVC's class; default the cluster's."
+    )
+    access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
+        default_factory=lambda: ["ReadWriteOnce"],
+        min_length=1,
+        max_length=3,
+        description="accessModes of the PVC; default [ReadWriteOnce]. Several workers need ReadWriteMany.",
+    )
+    existing_claim: str | None = Field(
+        default=None,
+        max_length=SHORT,
+        description="existingClaim uses this PVC instead of creating one; it is never owned by the FineTuneJob.",
+    )
+    retain_on_delete: bool = Field(
+        default=True, description="retainOnDelete keeps the PVC when the FineTuneJob is deleted; default true."
+    )
+
+
+class LocalObjectReference(KubeModel):
+    """A reference to an object in the same namespace."""
+
+    name: str = Field(max_length=SHORT, description="name of the referenced object.")
+
+
+class PodTemplateMeta(KubeModel):
+    """Extra metadata for trainer pods."""
+
+    labels: StringMap = Field(default_factory=dict, description="labels added to every trainer pod.")
+    annotations: StringMap = Field(default_factory=dict, description="annotations added to every trainer pod.")
+
+
+MUTABLE_SPEC_FIELDS = ("suspend",)
+"""Spec fields that may change after creation; the CRD makes every other one immutable."""
+
+
+class FineTuneJobSpec(KubeModel):
+    """The desired fine-tune: model, data, method, training, resources and storage."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel_rule(
+                    "!has(self.method) || !has(self.method.type) || self.method.type != 'dpo' || "
+                    "(has(self.dataset.format) && self.dataset.format == 'preference')",
+                    "method.type dpo needs dataset.format preference",
+                    ".dataset.format",
+                ),
+                _cel_rule(
+                    "!has(self.dataset.format) || self.dataset.format != 'preference' || "
+                    "(has(self.method) && has(self.method.type) && self.method.type == 'dpo')",
+                    "dataset.format preference is only for method.type dpo",
+                    ".method.type",
+                ),
+                _cel_rule(
+                    "!has(self.resources) || !has(self.resources.workers) || self.resources.workers <= 1 || "
+                    "(has(self.storage) && (has(self.storage.existingClaim) || "
+                    "(has(self.storage.accessModes) && 'ReadWriteMany' in self.storage.accessModes)))",
+                    "resources.workers > 1 needs storage.accessModes [ReadWriteMany] or storage.existingClaim",
+                    ".storage",
+                ),
+                _cel_rule(
+                    "!has(self.training) || !has(self.training.loadBestModelAtEnd) || "
+                    "!self.training.loadBestModelAtEnd || !has(self.dataset.validationSplit) || "
+                    "self.dataset.validationSplit > 0.0",
+                    "training.loadBestModelAtEnd needs dataset.validationSplit > 0",
+                    ".training.loadBestModelAtEnd",
+                ),
+                _cel_rule(
+                    "!has(self.training) || !has(self.training.loadBestModelAtEnd) || "
+                    "!self.training.loadBestModelAtEnd || !has(self.training.evalSteps) || "
+                    "(has(self.training.saveSteps) ? self.training.saveSteps : 200) % self.training.evalSteps == 0",
+                    "training.loadBestModelAtEnd needs training.saveSteps to be a multiple of training.evalSteps",
+                    ".training.saveSteps",
+                ),
+                _cel_rule(
+                    "!has(self.deepspeed) || !((has(self.deepspeed.offloadOptimizer) && "
+                    "self.deepspeed.offloadOptimizer) || (has(self.deepspeed.offloadParams) && "
+                    "self.deepspeed.offloadParams)) || (has(self.training) && has(self.training.optimizer) && "
+                    "!(self.training.optimizer in " + str(list(BNB_OPTIMIZERS)) + "))",
+                    "bitsandbytes optimizers (adamw_8bit, paged_adamw_8bit, paged_adamw_32bit; the default is "
+                    "paged_adamw_8bit) cannot be combined with DeepSpeed offload: set training.optimizer to "
+                    "adamw_torch",
+                    ".training.optimizer",
+                ),
+            ]
+        }
+    )
+
+    model: ModelSpec = Field(description="model is the base model to fine-tune. Required.")
+    dataset: DatasetSpec = Field(description="dataset is the training data. Required.")
+    method: MethodSpec = Field(default_factory=MethodSpec, description="method is the objective and the adapter.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="training holds the loop's hyperparameters.")
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec, description="evaluation configures sample generations at the end."
+    )
+    output: OutputSpec = Field(default_factory=OutputSpec, description="output configures merge and archive exports.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="resources sizes and places the pods.")
+    deepspeed: DeepSpeedSpec | None = Field(
+        default=None, description="deepspeed enables ZeRO across GPUs; default: none (DDP with several GPUs)."
+    )
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="storage is the PVC for checkpoints and outputs.")
+    image: str | None = Field(
+        default=None, max_length=LONG, description="image is the trainer image; default the operator's trainer image."
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="imagePullPolicy of the trainer container; default IfNotPresent."
+    )
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, max_length=MAX_ITEMS, description="imagePullSecrets for the trainer image."
+    )
+    service_account_name: str | None = Field(
+        default=None,
+        max_length=SHORT,
+        description="serviceAccountName runs trainer pods as this account; default the chart's trainer account.",
+    )
+    env: list[KubeObject] = Field(
+        default_factory=list,
+        max_length=256,
+        description="env are extra container env vars (W&B, MLflow, cloud credentials from secrets).",
+    )
+    env_from: list[KubeObject] = Field(
+        default_factory=list, max_length=MAX_ITEMS, description="envFrom are extra container env sources."
+    )
+    pod_template: PodTemplateMeta = Field(
+        default_factory=PodTemplateMeta, description="podTemplate adds labels and annotations to trainer pods."
+    )
+    queue_name: str | None = Field(
+        default=None,
+        max_length=SHORT,
+        description="queueName is the Kueue LocalQueue; attempt Jobs get kueue.x-k8s.io/queue-name and start "
+        "suspended. Default: none.",
+    )
+    suspend: bool = Field(
+        default=False,
+        description="suspend stops the current attempt (pods checkpoint on SIGTERM) while true; false resumes. "
+        "The only field that may change after creation.",
+    )
+    backoff_limit: int = Field(
+        default=3, ge=0, le=100, description="backoffLimit is how many failures (not preemptions) are retried; default 3."
+    )
+    max_preemptions: int = Field(
+        default=20, ge=0, le=1000, description="maxPreemptions is how many preemptions are resumed; default 20."
+    )
+    pending_deadline_seconds: int = Field(
+        default=900,
+        ge=1,
+        description="pendingDeadlineSeconds fails the job when a pod stays unschedulable or unpulled this long; "
+        "default 900.",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="activeDeadlineSeconds bounds the run from status.startTime across attempts."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="ttlSecondsAfterFinished deletes the FineTuneJob (not a retained PVC) after it ends."
+    )
+    metrics_port: int = Field(
+        default=9090, ge=1024, le=65535, description="metricsPort is where rank 0 serves Prometheus metrics; default 9090."
+    )
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> FineTuneJobSpec:
+        problems = list(self._rule_violations())
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _rule_violations(self) -> list[str]:
+        problems = []
+        is_dpo = self.method.type is MethodType.dpo
+        is_preference = self.dataset.format is DatasetFormat.preference
+        if is_dpo and not is_preference:
+            problems.append("method.type dpo needs dataset.format preference")
+        if is_preference and not is_dpo:
+            problems.append("dataset.format preference is only for method.type dpo")
+        storage = self.storage
+        if self.resources.workers > 1 and not (storage.existing_claim or "ReadWriteMany" in storage.access_modes):
+            problems.append("resources.workers > 1 needs storage.accessModes [ReadWriteMany] or storage.existingClaim")
+        training = self.training
+        if training.load_best_model_at_end:
+            if self.dataset.validation_split == 0:
+                problems.append("training.loadBestModelAtEnd needs dataset.validationSplit > 0")
+            if training.save_steps % training.resolved_eval_steps:
+                problems.append(
+                    "training.loadBestModelAtEnd needs training.saveSteps to be a multiple of training.evalSteps"
+                )
+        offload = self.deepspeed and (self.deepspeed.offload_optimizer or self.deepspeed.offload_params)
+        if offload and training.optimizer.value in BNB_OPTIMIZERS:
+            problems.append(
+                f"training.optimizer {training.optimizer.value} (bitsandbytes) cannot be combined with DeepSpeed "
+                "offload: set training.optimizer to adamw_torch"
+            )
+        return problems
+
+
+# ---------------------------------------------------------------- status
+
+
+class Phase(str, Enum):
+    """Summary of the conditions, for `kubectl get`."""
+
+    pending = "Pending"
+    queued = "Queued"
+    running = "Running"
+    suspended = "Suspended"
+    succeeded = "Succeeded"
+    failed = "Failed"
+
+
+class Condition(KubeModel):
+    """A Kubernetes-style condition (metav1.Condition)."""
+
+    type: Literal["Accepted", "Queued", "Running", "Suspended", "Succeeded", "Failed"] = Field(
+        description="type of the condition."
+    )
+    status: Literal["True", "False", "Unknown"] = Field(description="status is True, False or Unknown.")
+    reason: str = Field(max_length=1024, description="reason is a CamelCase word for the last transition.")
+    message: str = Field(default="", max_length=32768, description="message is a human-readable explanation.")
+    last_transition_time: str = Field(max_length=64, description="lastTransitionTime is when status last changed.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="observedGeneration is the metadata.generation this reflects."
+    )
+
+
+class Progress(KubeModel):
+    """Training progress polled from rank 0's metrics (best effort)."""
+
+    step: int | None = Field(default=None, description="step is the last optimizer step.")
+    total_steps: int | None = Field(default=None, description="totalSteps is the planned number of steps.")
+    percent: str | None = Field(default=None, max_length=8, description="percent is step/totalSteps as text, e.g. 45%.")
+    epoch: float | None = Field(default=None, description="epoch is the fractional epoch.")
+    loss: float | None = Field(default=None, description="loss is the last training loss.")
+    eval_loss: float | None = Field(default=None, description="evalLoss is the last validation loss.")
+    learning_rate: float | None = Field(default=None, description="learningRate is the current learning rate.")
+    tokens_per_second: float | None = Field(default=None, description="tokensPerSecond is training throughput.")
+    eta_seconds: float | None = Field(default=None, description="etaSeconds estimates the time left.")
+    updated_at: str | None = Field(default=None, max_length=64, description="updatedAt is when this was polled.")
+
+
+class CheckpointStatus(KubeModel):
+    """The newest complete checkpoint."""
+
+    step: int | None = Field(default=None, description="step of the newest complete checkpoint.")
+    path: str | None = Field(default=None, max_length=LONG, description="path of the checkpoint on the PVC.")
+    time: str | None = Field(default=None, max_length=64, description="time the checkpoint was completed.")
+
+
+class OutputStatus(KubeModel):
+    """Where the results are on the PVC."""
+
+    adapter_path: str | None = Field(default=None, max_length=LONG, description="adapterPath holds the LoRA adapter.")
+    merged_path: str | None = Field(default=None, max_length=LONG, description="mergedPath holds the merged model.")
+    archive_path: str | None = Field(default=None, max_length=LONG, description="archivePath is the .tar.gz result.")
+
+
+class FineTuneJobStatus(KubeModel):
+    """Observed state, written by the operator's reconcile in one patch."""
+
+    phase: Phase | None = Field(default=None, description="phase summarizes the conditions for kubectl get.")
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=8, description="conditions are the latest observations, one per type."
+    )
+    attempt: int | None = Field(default=None, ge=0, description="attempt is the number of the current attempt Job.")
+    restarts: int = Field(default=0, ge=0, description="restarts counts failures retried so far.")
+    preemptions: int = Field(default=0, ge=0, description="preemptions counts preemptions resumed so far.")
+    progress: Progress | None = Field(default=None, description="progress is the last polled training progress.")
+    checkpoint: CheckpointStatus | None = Field(default=None, description="checkpoint is the newest complete one.")
+    output: OutputStatus | None = Field(default=None, description="output locates the results.")
+    start_time: str | None = Field(default=None, max_length=64, description="startTime is when the first attempt started.")
+    completion_time: str | None = Field(default=None, max_length=64, description="completionTime is when it finished.")
+    next_attempt_time: str | None = Field(
+        default=None, max_length=64, description="nextAttemptTime is when the next attempt starts after a backoff."
+    )
+    observed_generation: int | None = Field(default=None, description="observedGeneration is the generation seen.")
+    message: str | None = Field(default=None, max_length=32768, description="message explains the phase.")
+
+
+# ---------------------------------------------------------------- the object
+
+
+class ObjectMeta(KubeModel):
+    """The parts of metadata the recipe uses; the rest passes through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(
+        max_length=MAX_NAME_LENGTH,
+        pattern=DNS_1035,
+        description="name of the FineTuneJob: a DNS-1035 label of at most 50 characters.",
+    )
+    namespace: str | None = Field(default=None, max_length=63, description="namespace of the FineTuneJob.")
+
+
+class FineTuneJob(KubeModel):
+    """A FineTuneJob: one fine-tune of an LLM, run by the KubeTune operator or `kubetune run`."""
+
+    api_version: Literal["kubetune.io/v1alpha1"] = Field(
+        default="kubetune.io/v1alpha1", description="apiVersion is kubetune.io/v1alpha1."
+    )
+    kind: Literal["FineTuneJob"] = Field(default="FineTuneJob", description="kind is FineTuneJob.")
+    metadata: ObjectMeta
+    spec: FineTuneJobSpec
+    status: FineTuneJobStatus | None = None
+
+
+def format_validation_error(error: ValidationError, root: str = "") -> str:
+    """One line per problem, each naming the field path in the manifest's own (camelCase) names."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"] if part not in ("function-after",))
+        path = f"{root}.{path}".strip(".") if root else path
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field; check the spelling against `kubectl explain ftj.spec`"
+        lines.append(f"{path or '(root)'}: {message}")
+    return "\n".join(lines)
+
+
+class RecipeError(ValueError):
+    """A FineTuneJob that the recipe model refuses; the message names each field path."""
+
+
+def parse_finetunejob(manifest: dict[str, Any]) -> FineTuneJob:
+    """Validate a manifest (as a dict) into a FineTuneJob, raising RecipeError with field-named lines."""
+    try:
+        return FineTuneJob.model_validate(manifest)
+    except ValidationError as error:
+        raise RecipeError(format_validation_error(error)) from None
+
+
+def parse_spec(spec: dict[str, Any]) -> FineTuneJobSpec:
+    """Validate a bare spec, naming paths from `spec.`."""
+    try:
+        return FineTuneJobSpec.model_validate(spec)
+    except ValidationError as error:
+        raise RecipeError(format_validation_error(error, root="spec")) from None
+
+
+def is_valid_name(name: str) -> bool:
+    """Whether `name` can name a FineTuneJob (DNS-1035, at most 50 characters)."""
+    return len(name) <= MAX_NAME_LENGTH and re.match(DNS_1035, name) is not None
