@@ -958,3 +958,16 @@ def parse_spec(spec: dict[str, Any]) -> FineTuneJobSpec:
 def is_valid_name(name: str) -> bool:
     """Whether `name` can name a FineTuneJob (DNS-1035, at most 50 characters)."""
     return len(name) <= MAX_NAME_LENGTH and re.match(DNS_1035, name) is not None
+
+
+def immutable_changes(old: FineTuneJobSpec, new: FineTuneJobSpec) -> list[str]:
+    """Messages for every spec field other than suspend that differs between `old` and `new`.
+
+    The CRD refuses such updates; this is the operator's check for objects that got past it.
+    """
+    changed = []
+    for name, field in FineTuneJobSpec.model_fields.items():
+        alias = field.alias or name
+        if alias not in MUTABLE_SPEC_FIELDS and getattr(old, name) != getattr(new, name):
+            changed.append(f"spec.{alias} is immutable: only spec.suspend may change after creation")
+    return changed

@@ -1,0 +1,236 @@
+"""The recipe model and the CRD generated from it: drift, structure, examples, and bad input."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubetune_operator import cli
+from kubetune_operator.crd import render_crd_yaml
+from kubetune_trainer.manifest import load_documents
+from kubetune_trainer.recipe import RecipeError, immutable_changes, parse_finetunejob
+from tests.crd_validation import CRD_PATH, crd_errors, crd_schema
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+MINIMAL: dict[str, Any] = {
+    "apiVersion": "kubetune.io/v1alpha1",
+    "kind": "FineTuneJob",
+    "metadata": {"name": "tiny"},
+    "spec": {
+        "model": {"name": "/workspace/models/tiny"},
+        "dataset": {"path": "/workspace/data/train.jsonl", "format": "prompt-completion"},
+    },
+}
+
+
+def with_changes(**changes: Any) -> dict[str, Any]:
+    """MINIMAL with dotted-path changes applied; the value DELETE removes a key."""
+    manifest = copy.deepcopy(MINIMAL)
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        node = manifest
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is DELETE:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return manifest
+
+
+DELETE = object()
+
+# (case id, manifest, a fragment both the model's and the CRD's messages must contain)
+BAD_MANIFESTS = [
+    ("batch size of the wrong type", with_changes(spec__training__batchSize="four"), "training.batchSize"),
+    ("lora rank zero", with_changes(spec__method__lora__r=0), "lora.r"),
+    ("lora rank too big", with_changes(spec__method__lora__r=4096), "lora.r"),
+    ("validation split over 0.5", with_changes(spec__dataset__validationSplit=0.9), "dataset.validationSplit"),
+    ("unknown dataset format", with_changes(spec__dataset__format="chatml"), "dataset.format"),
+    ("misspelt field", with_changes(spec__training__learningrate=1e-4), "training.learningrate"),
+    ("unknown spec field", with_changes(spec__gpus=2), "spec.gpus"),
+    ("missing model", with_changes(spec__model=DELETE), "model"),
+    ("missing model name", with_changes(spec__model={}), "model.name"),
+    ("dataset name and path", with_changes(spec__dataset__name="org/data"), "dataset.name"),
+    ("dataset without source", with_changes(spec__dataset__path=DELETE), "dataset.path"),
+    ("distill without teacher", with_changes(spec__method__type="distill"), "method.distill"),
+    ("dpo without preference data", with_changes(spec__method__type="dpo"), "dataset.format"),
+    ("preference data without dpo", with_changes(spec__dataset__format="preference"), "method.type"),
+    ("name over 50 characters", with_changes(metadata__name="a" * 51), "metadata.name"),
+    ("name not a DNS-1035 label", with_changes(metadata__name="9-Tiny"), "metadata.name"),
+    ("negative GPUs", with_changes(spec__resources__gpusPerWorker=-1), "resources.gpusPerWorker"),
+    ("two workers on RWO storage", with_changes(spec__resources__workers=2), "resources.workers"),
+    (
+        "best model without validation",
+        with_changes(spec__training__loadBestModelAtEnd=True, spec__dataset__validationSplit=0),
+        "training.loadBestModelAtEnd",
+    ),
+    (
+        "best model with saveSteps not a multiple of evalSteps",
+        with_changes(spec__training__loadBestModelAtEnd=True, spec__training__saveSteps=300, spec__training__evalSteps=200),
+        "training.saveSteps",
+    ),
+    (
+        "8-bit optimizer with DeepSpeed offload",
+        with_changes(spec__deepspeed={"zeroStage": 3, "offloadOptimizer": True}),
+        "training.optimizer",
+    ),
+    (
+        "warmup steps and ratio",
+        with_changes(spec__training__warmupSteps=10, spec__training__warmupRatio=0.1),
+        "training.warmupSteps",
+    ),
+    ("3-bit quantization", with_changes(spec__method__quantization__bits=3), "quantization.bits"),
+    ("zero learning rate", with_changes(spec__training__learningRate=0), "training.learningRate"),
+    ("dropout of one", with_changes(spec__method__lora__dropout=1.0), "lora.dropout"),
+    ("template format without templates", with_changes(spec__dataset__format="template"), "dataset"),
+    ("memory that is not a quantity", with_changes(spec__resources__memory="lots"), "resources.memory"),
+    ("privileged metrics port", with_changes(spec__metricsPort=80), "metricsPort"),
+    ("sequence length below 16", with_changes(spec__training__maxSeqLength=8), "training.maxSeqLength"),
+    ("no LoRA target modules", with_changes(spec__method__lora__targetModules=[]), "lora.targetModules"),
+    ("unknown tracker", with_changes(spec__training__reportTo=["comet"]), "training.reportTo"),
+    ("bad pull policy", with_changes(spec__imagePullPolicy="Sometimes"), "imagePullPolicy"),
+]
+
+
+def test_committed_crd_is_what_the_model_generates() -> None:
+    assert CRD_PATH.read_text(encoding="utf-8") == render_crd_yaml(), "run `kubetune crd -o crds/finetunejob.yaml`"
+
+
+def test_crd_verb_reproduces_the_committed_file(tmp_path: Path) -> None:
+    target = tmp_path / "crd.yaml"
+    assert cli.main(["crd", "-o", str(target)]) == 0
+    assert target.read_bytes() == CRD_PATH.read_bytes()
+    assert cli.main(["crd", "--check", "-o", str(CRD_PATH)]) == 0
+
+
+def _structural_problems(node: dict[str, Any], path: str) -> list[str]:
+    problems = []
+    typed = "type" in node or node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
+    if not typed:
+        problems.append(f"{path}: no type")
+    if "$ref" in node or "allOf" in node or "oneOf" in node:
+        problems.append(f"{path}: $ref/allOf/oneOf")
+    if "properties" in node and "additionalProperties" in node:
+        problems.append(f"{path}: additionalProperties beside properties")
+    if node.get("type") == "string" and "maxLength" not in node:
+        problems.append(f"{path}: string without maxLength")
+    if node.get("type") == "array" and "maxItems" not in node:
+        problems.append(f"{path}: list without maxItems")
+    for option in node.get("anyOf", []):
+        if "type" in option and not node.get("x-kubernetes-int-or-string"):
+            problems.append(f"{path}: type inside anyOf")
+    for name, child in node.get("properties", {}).items():
+        problems += _structural_problems(child, f"{path}.{name}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            problems += _structural_problems(node[key], f"{path}.{key}")
+    return problems
+
+
+def test_crd_schema_is_structural_and_bounded() -> None:
+    schema = crd_schema()
+    problems = []
+    for name in ("spec", "status"):
+        problems += _structural_problems(schema["properties"][name], name)
+    assert problems == []
+
+
+def _descriptions_not_starting_with_name(node: dict[str, Any], path: str) -> list[str]:
+    misses = []
+    for name, child in node.get("properties", {}).items():
+        if not child.get("description", "").startswith(name):
+            misses.append(f"{path}.{name}")
+        misses += _descriptions_not_starting_with_name(child, f"{path}.{name}")
+        if isinstance(child.get("items"), dict):
+            misses += _descriptions_not_starting_with_name(child["items"], f"{path}.{name}[]")
+    return misses
+
+
+def test_every_spec_field_is_explained_by_a_sentence_starting_with_its_name() -> None:
+    assert _descriptions_not_starting_with_name(crd_schema()["properties"]["spec"], "spec") == []
+
+
+def test_crd_has_the_printer_columns_and_status_subresource() -> None:
+    version = yaml.safe_load(CRD_PATH.read_text())["spec"]["versions"][0]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Phase", "Progress", "Loss", "Restarts", "Age"]
+    assert version["subresources"] == {"status": {}}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_is_accepted_by_the_crd_and_the_model(path: Path) -> None:
+    documents = [doc for doc in load_documents(path) if doc.get("kind") == "FineTuneJob"]
+    assert documents, f"{path.name} holds no FineTuneJob"
+    for document in documents:
+        assert crd_errors(document) == []
+        parse_finetunejob(document)
+
+
+def test_the_minimal_manifest_is_valid() -> None:
+    assert crd_errors(MINIMAL) == []
+    job = parse_finetunejob(MINIMAL)
+    assert job.spec.training.learning_rate == 2e-4
+    assert job.spec.method.quantization.bits == 4
+
+
+@pytest.mark.parametrize(("manifest", "field"), [c[1:] for c in BAD_MANIFESTS], ids=[c[0] for c in BAD_MANIFESTS])
+def test_bad_manifest_is_refused_by_the_model_naming_the_field(manifest: dict[str, Any], field: str) -> None:
+    with pytest.raises(RecipeError) as refused:
+        parse_finetunejob(manifest)
+    assert field in str(refused.value)
+
+
+@pytest.mark.parametrize(("manifest", "field"), [c[1:] for c in BAD_MANIFESTS], ids=[c[0] for c in BAD_MANIFESTS])
+def test_bad_manifest_is_refused_by_the_crd_naming_the_field(manifest: dict[str, Any], field: str) -> None:
+    errors = crd_errors(manifest)
+    assert errors, "the CRD accepted it"
+    assert any(field in error for error in errors), errors
+
+
+def test_there_are_at_least_twenty_bad_manifests() -> None:
+    assert len(BAD_MANIFESTS) >= 20
+
+
+def test_changing_an_immutable_field_is_refused_by_crd_and_model() -> None:
+    changed = with_changes(spec__model={"name": "/workspace/models/other"})
+    assert any(error.startswith(".spec.model: spec.model is immutable") for error in crd_errors(changed, old=MINIMAL))
+    messages = immutable_changes(parse_finetunejob(MINIMAL).spec, parse_finetunejob(changed).spec)
+    assert messages == ["spec.model is immutable: only spec.suspend may change after creation"]
+
+
+def test_suspend_may_change_after_creation() -> None:
+    suspended = with_changes(spec__suspend=True)
+    assert crd_errors(suspended, old=MINIMAL) == []
+    assert immutable_changes(parse_finetunejob(MINIMAL).spec, parse_finetunejob(suspended).spec) == []
+
+
+def test_validate_verb_accepts_the_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["validate", *map(str, EXAMPLES)]) == 0
+    assert capsys.readouterr().out.count("ok ") == len(EXAMPLES)
+
+
+def test_validate_verb_prints_field_named_errors_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(with_changes(spec__training__batchSize=0, spec__method__lora__alpha=-1)))
+    assert cli.main(["validate", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "spec.training.batchSize: Input should be greater than or equal to 1" in err
+    assert "spec.method.lora.alpha" in err
+    assert "Traceback" not in err
+
+
+def test_scientific_notation_without_a_dot_reads_as_a_number(tmp_path: Path) -> None:
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump(MINIMAL) + "") 
+    text = manifest.read_text().replace("format: prompt-completion", "format: prompt-completion\n  training:\n    learningRate: 2e-4")
+    manifest.write_text(text)
+    documents = list(load_documents(manifest))
+    assert documents[0]["spec"]["training"]["learningRate"] == 2e-4
