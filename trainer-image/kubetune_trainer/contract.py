@@ -16,6 +16,9 @@ RECIPE_PATH = f"{RECIPE_DIR}/{RECIPE_FILE}"
 WORKSPACE = "/workspace"
 TERMINATION_LOG = "/dev/termination-log"
 
+TRAINER_UID = 1000
+"""The trainer image's fixed non-root user and group id; pods run as it and own the PVC through fsGroup."""
+
 
 def output_dir(workspace: str) -> str:
     """Where results and checkpoints live under a workspace (the PVC's mount)."""
