@@ -1,0 +1,107 @@
+"""Knowledge distillation: the loss against its formula, a tiny teacher run, and refused teachers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from kubetune_trainer.distill import (  # noqa: E402
+    LogitHead,
+    check_same_vocabulary,
+    distillation_loss,
+    kd_ce_sums,
+    scored_positions,
+)
+from kubetune_trainer.model import ModelError  # noqa: E402
+
+
+def _reference_loss(student: list[list[float]], teacher: list[list[float]], targets: list[int], T: float, alpha: float) -> float:
+    """The recipe's formula in plain float64 Python, written independently of the implementation."""
+    total_kl = total_ce = 0.0
+    for s_row, t_row, target in zip(student, teacher, targets):
+        s_scaled = [x / T for x in s_row]
+        t_scaled = [x / T for x in t_row]
+        s_norm = math.log(sum(math.exp(x) for x in s_scaled))
+        t_norm = math.log(sum(math.exp(x) for x in t_scaled))
+        for s, t in zip(s_scaled, t_scaled):
+            p = math.exp(t - t_norm)
+            total_kl += p * ((t - t_norm) - (s - s_norm))
+        total_ce += math.log(sum(math.exp(x) for x in s_row)) - s_row[target]
+    n = len(targets)
+    return alpha * T * T * total_kl / n + (1 - alpha) * total_ce / n
+
+
+@pytest.mark.parametrize(("temperature", "alpha", "chunk"), [(2.0, 0.5, 3), (1.0, 0.9, 64), (4.0, 0.0, 1)])
+def test_kd_loss_equals_the_formula_in_float64(temperature: float, alpha: float, chunk: int) -> None:
+    generator = torch.Generator().manual_seed(0)
+    student = torch.randn(10, 17, generator=generator) * 3
+    teacher = torch.randn(10, 17, generator=generator) * 3
+    targets = torch.randint(0, 17, (10,), generator=generator)
+    identity = LogitHead(project=lambda x: x)
+
+    kd, ce = kd_ce_sums(student, teacher, targets, identity, identity, temperature=temperature, vocab_size=17, chunk_size=chunk)
+    loss = distillation_loss(kd, ce, targets.numel(), alpha=alpha, temperature=temperature)
+
+    expected = _reference_loss(student.tolist(), teacher.tolist(), targets.tolist(), temperature, alpha)
+    assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_chunked_gradient_equals_the_float64_gradient() -> None:
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.randn(17, 8, generator=generator, dtype=torch.float64)
+    hidden = torch.randn(9, 8, generator=generator, dtype=torch.float64)
+    teacher = torch.randn(9, 17, generator=generator, dtype=torch.float64)
+    targets = torch.randint(0, 17, (9,), generator=generator)
+
+    chunked_hidden = hidden.float().requires_grad_()
+    head = LogitHead(project=lambda x: x @ weight.float().T)
+    kd, ce = kd_ce_sums(chunked_hidden, teacher.float(), targets, head, LogitHead(project=lambda x: x),
+                        temperature=2.0, vocab_size=17, chunk_size=4)
+    distillation_loss(kd, ce, 9, alpha=0.5, temperature=2.0).backward()
+
+    exact_hidden = hidden.clone().requires_grad_()
+    logits = exact_hidden @ weight.T
+    log_q = torch.log_softmax(logits / 2.0, -1)
+    log_p = torch.log_softmax(teacher / 2.0, -1)
+    kl = (log_p.exp() * (log_p - log_q)).sum()
+    ce64 = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    ((0.5 * 4.0 * kl + 0.5 * ce64) / 9).backward()
+
+    assert torch.allclose(chunked_hidden.grad.double(), exact_hidden.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_kd_compares_only_the_shared_vocabulary() -> None:
+    # A padded teacher head (one family, larger model) has extra rows that must not count.
+    student = torch.randn(4, 10)
+    teacher = torch.cat([student.clone(), torch.full((4, 6), 50.0)], dim=1)
+    identity = LogitHead(project=lambda x: x)
+    kd, _ = kd_ce_sums(student, teacher, torch.zeros(4, dtype=torch.long), identity, identity,
+                       temperature=2.0, vocab_size=10)
+    assert kd.item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_scored_positions_predict_the_next_completion_token() -> None:
+    labels = torch.tensor([[-100, -100, 7, 8, -100], [-100, 5, 6, 9, 4]])
+    mask, targets = scored_positions(labels)
+    assert mask.tolist() == [[False, True, True, False, False], [True, True, True, True, False]]
+    assert targets.tolist() == [7, 8, 5, 6, 9, 4]
+
+
+def test_teacher_with_another_tokenizer_is_refused(tmp_path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from tests.fixtures.models import save_tiny_model
+    from tests.fixtures.tokenizers import build_tokenizer
+
+    path = save_tiny_model(tmp_path / "student")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    student_tokenizer = build_tokenizer()
+    teacher_tokenizer = build_tokenizer()
+    teacher_tokenizer.add_tokens(["<extra>"])
+
+    with pytest.raises(ModelError, match=r"teacher\.name other/teacher: its tokenizer differs .*\(1003 vs 1002 tokens; e.g. token .<extra>."):
+        check_same_vocabulary(student_tokenizer, teacher_tokenizer, model, model, "other/teacher")
+    assert check_same_vocabulary(student_tokenizer, build_tokenizer(), model, model, "same") == len(student_tokenizer)
