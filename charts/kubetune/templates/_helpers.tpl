@@ -1,0 +1,180 @@
+{{/*
+The chart's name. Cut to 63 characters because most Kubernetes names are DNS
+labels (RFC 1123) of at most 63 characters.
+*/}}
+{{- define "kubetune.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The prefix of every object name: "<release>-kubetune", or the release name
+alone when it already contains the chart name. Cut to 50 characters so that
+the suffixes the templates add ("-operator", "-trainer", "-metrics") stay
+within 63.
+*/}}
+{{- define "kubetune.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The chart label: name and version, "+" replaced because label values may not
+contain it.
+*/}}
+{{- define "kubetune.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Labels on every object of the chart. Kept apart from the selector labels:
+selectors are immutable, so they must not contain the version.
+*/}}
+{{- define "kubetune.labels" -}}
+helm.sh/chart: {{ include "kubetune.chart" . }}
+{{ include "kubetune.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/*
+Labels that select the chart's own pods (never the trainers).
+*/}}
+{{- define "kubetune.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubetune.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/*
+Labels that select the operator pod.
+*/}}
+{{- define "kubetune.operatorSelectorLabels" -}}
+{{ include "kubetune.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/*
+Labels the operator puts on every trainer pod (API.md, "Children and
+contracts"): what the PodMonitor and the NetworkPolicy select.
+*/}}
+{{- define "kubetune.trainerSelectorLabels" -}}
+app.kubernetes.io/name: kubetune
+app.kubernetes.io/managed-by: kubetune-operator
+app.kubernetes.io/component: trainer
+{{- end -}}
+
+{{/*
+The operator's ServiceAccount name.
+*/}}
+{{- define "kubetune.operatorServiceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (printf "%s-operator" (include "kubetune.fullname" .)) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The trainer pods' ServiceAccount name, the operator's default for
+FineTuneJobs that set no serviceAccountName.
+*/}}
+{{- define "kubetune.trainerServiceAccountName" -}}
+{{- if .Values.trainer.serviceAccount.create -}}
+{{- default (printf "%s-trainer" (include "kubetune.fullname" .)) .Values.trainer.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.trainer.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+An image reference: repository, then "@digest" when a digest is set, else
+":tag" with the chart's appVersion as the default tag.
+Usage: {{ include "kubetune.image" (dict "image" .Values.operator.image "context" $) }}
+*/}}
+{{- define "kubetune.image" -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository (default .context.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+"true" when a prometheus-operator object should be rendered: the value is
+true, or "auto" and the cluster serves monitoring.coreos.com/v1; "" otherwise.
+Usage: {{ include "kubetune.monitoringEnabled" (dict "enabled" .Values.metrics.podMonitor.enabled "context" $) }}
+*/}}
+{{- define "kubetune.monitoringEnabled" -}}
+{{- if eq (toString .enabled) "true" -}}
+true
+{{- else if and (eq (toString .enabled) "auto") (.context.Capabilities.APIVersions.Has "monitoring.coreos.com/v1") -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+The namespaces where trainer pods run and so need the trainer ServiceAccount
+(and the NetworkPolicy): the watched namespaces plus
+trainer.serviceAccount.namespaces, or the release namespace when both are
+empty. A JSON list; read it with fromJsonArray.
+*/}}
+{{- define "kubetune.trainerNamespaces" -}}
+{{- $namespaces := concat .Values.operator.watchNamespaces .Values.trainer.serviceAccount.namespaces | uniq -}}
+{{- if not $namespaces -}}
+{{- $namespaces = list .Release.Namespace -}}
+{{- end -}}
+{{- toJson $namespaces -}}
+{{- end -}}
+
+{{/*
+RBAC rules the operator needs in every namespace it watches: exactly the API
+calls it makes (listed in operator/kubetune_operator/handlers.py and checked
+by tests/chart against the requests recorded in the emulator runs).
+*/}}
+{{- define "kubetune.operatorNamespacedRules" -}}
+- apiGroups: [kubetune.io]
+  resources: [finetunejobs]
+  # watch: the handlers; patch: kopf's progress annotations; delete: ttlSecondsAfterFinished.
+  verbs: [get, list, watch, patch, delete]
+- apiGroups: [kubetune.io]
+  resources: [finetunejobs/status]
+  verbs: [get, patch]
+- apiGroups: [batch]
+  resources: [jobs]
+  # delete: suspend and the next attempt replace the attempt Job.
+  verbs: [get, list, watch, create, delete]
+- apiGroups: [""]
+  resources: [pods]
+  # Read only: failures are classified from pod status, progress polled from rank 0's metrics.
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [configmaps, persistentvolumeclaims, services]
+  verbs: [get, create]
+- apiGroups: [""]
+  resources: [events]
+  # kopf posts an Event on the FineTuneJob for each transition.
+  verbs: [create]
+{{- end -}}
+
+{{/*
+RBAC rules the operator needs cluster-wide whatever it watches: kopf reads the
+CRD to find the FineTuneJob resource and follows its changes.
+*/}}
+{{- define "kubetune.operatorClusterRules" -}}
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [get, list, watch]
+{{- if .Values.operator.watchNamespaces }}
+- apiGroups: [""]
+  resources: [namespaces]
+  # kopf follows the watched namespaces coming and going.
+  verbs: [list, watch]
+{{- end }}
+{{- end -}}
