@@ -1,0 +1,33 @@
+"""The local progress bar of `kubetune run`: step, loss, tokens/s and ETA on one line."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from kubetune_trainer.metrics import Progress
+
+
+class ProgressBar:
+    """A progress listener that draws a tqdm bar on stderr (rank 0 only)."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def __call__(self, progress: Progress) -> None:
+        if self._bar is None:
+            self._bar = tqdm(total=progress.total_steps, initial=progress.step, unit="step", file=sys.stderr,
+                             dynamic_ncols=True, desc="training")
+        self._bar.update(progress.step - self._bar.n)
+        postfix = {}
+        if progress.loss is not None:
+            postfix["loss"] = f"{progress.loss:.3f}"
+        if progress.eval_loss is not None:
+            postfix["eval_loss"] = f"{progress.eval_loss:.3f}"
+        if progress.tokens_per_second is not None:
+            postfix["tok/s"] = f"{progress.tokens_per_second:.0f}"
+        self._bar.set_postfix(postfix, refresh=False)
+        if progress.step >= progress.total_steps:
+            self._bar.close()

@@ -1,0 +1,85 @@
+"""`kubetune run job.yaml [--output DIR]`: train on this machine through the pod's own launcher.
+
+The workspace (default `./out/<name>`) plays the PVC: `DIR/recipe.json` is the
+recipe as the operator's ConfigMap would hold it, results land in `DIR/output`,
+checkpoints in `DIR/output/checkpoints`, the model cache in `DIR/cache`. Running
+the same command again resumes from the newest complete checkpoint.
+
+Relative `model.name` and `dataset.path` are resolved against the manifest's folder
+before the recipe is written, so recipe.json is what a pod could run as is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from kubetune_trainer.contract import Env, ExitCode
+from kubetune_trainer.launcher import LaunchSettings, launch
+from kubetune_trainer.manifest import load_finetunejob
+from kubetune_trainer.recipe import FineTuneJob, FineTuneJobSpec
+from kubetune_trainer.train import PROGRESS_ENV
+
+
+def _is_local_path(name: str, base_dir: Path) -> bool:
+    """A relative name that exists next to the manifest, or that starts with "." (never a hub id)."""
+    return not os.path.isabs(name) and (name.startswith(".") or (base_dir / name).exists())
+
+
+def resolve_paths(spec: FineTuneJobSpec, base_dir: Path) -> FineTuneJobSpec:
+    """`spec` with relative model and dataset paths made absolute against `base_dir`."""
+    spec = spec.model_copy(deep=True)
+    if not spec.model.name.startswith("pkg://") and _is_local_path(spec.model.name, base_dir):
+        spec.model.name = str((base_dir / spec.model.name).resolve())
+    if spec.dataset.path is not None and not os.path.isabs(spec.dataset.path):
+        spec.dataset.path = str((base_dir / spec.dataset.path).resolve())
+    return spec
+
+
+def _processes(spec: FineTuneJobSpec) -> int:
+    """Trainer processes on this machine: one per requested GPU that exists, else one."""
+    if spec.resources.gpus_per_worker == 0:
+        return 1
+    import torch  # only here: the CPU quickstart and `kubetune validate` never need it
+
+    return max(1, min(spec.resources.gpus_per_worker, torch.cuda.device_count()))
+
+
+def write_recipe(job: FineTuneJob, base_dir: Path, workspace: Path) -> Path:
+    """Write the resolved FineTuneJob as workspace/recipe.json; returns its path."""
+    resolved = job.model_copy(update={"spec": resolve_paths(job.spec, base_dir)})
+    workspace.mkdir(parents=True, exist_ok=True)
+    path = workspace / "recipe.json"
+    path.write_text(json.dumps(resolved.to_api(), indent=2), encoding="utf-8")
+    return path
+
+
+def run_local(path: str | Path, output: str | Path | None = None) -> int:
+    """Train the FineTuneJob in `path` locally; returns the launcher's exit code."""
+    manifest = Path(path)
+    job = load_finetunejob(manifest)
+    workspace = Path(output) if output else Path("out") / job.metadata.name
+    workspace = workspace.resolve()
+    recipe = write_recipe(job, manifest.resolve().parent, workspace)
+    settings = LaunchSettings(
+        recipe=recipe,
+        workspace=workspace,
+        termination_log=workspace / "termination-log",
+        nproc_per_node=_processes(job.spec),
+    )
+    print(f"kubetune run: {job.metadata.name}: workspace {workspace}", flush=True)
+    code = launch(
+        settings,
+        extra_env={
+            PROGRESS_ENV: "1",
+            Env.METRICS_HOST: "127.0.0.1",
+            Env.JOB_NAME: job.metadata.name,
+            Env.NAMESPACE: job.metadata.namespace or "local",
+        },
+    )
+    if code == ExitCode.SUCCESS:
+        print(f"adapter: {workspace / 'output' / 'adapter'}", flush=True)
+    elif code == ExitCode.STOPPED:
+        print(f"stopped after a checkpoint; run the same command again to resume", flush=True)
+    return int(code)

@@ -1,0 +1,361 @@
+"""The trainer process: one per GPU (or one on the CPU), started by the launcher.
+
+    python -m kubetune_trainer.train --recipe /etc/kubetune/recipe.json --workspace /workspace \\
+        --outcome-dir /tmp/kubetune-outcome
+
+Flow: read the recipe → load tokenizer, data and model → resume from the newest
+complete checkpoint → train with TRL's SFTTrainer (checkpoint marker, SIGTERM stop,
+metrics and progress callbacks) → export adapter (merge, archive) and sample answers.
+Each rank writes its outcome (`rank-<n>.json`) to the outcome folder, because torchrun
+reports exit code 1 for every kind of failure; the launcher turns outcomes into the
+documented exit code and the termination message.
+
+`build_trainer` is the seam for other objectives (distillation, DPO): it gets
+everything loaded and returns a Trainer; a subclass with its own `compute_loss`
+can be returned instead of the SFTTrainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kubetune_trainer import contract, distributed
+from kubetune_trainer.contract import Env, ExitCode
+from kubetune_trainer.recipe import FineTuneJobSpec, RecipeError, parse_finetunejob, parse_spec
+from kubetune_trainer.signals import StopRequest, stop_callback
+
+if TYPE_CHECKING:
+    from transformers import Trainer
+
+log = logging.getLogger("kubetune_trainer")
+
+PROGRESS_ENV = "KUBETUNE_PROGRESS"
+"""Set to 1 by `kubetune run`: rank 0 draws a progress bar instead of printing log lines."""
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class Outcome:
+    """What one rank ended with; the launcher reads it back from `rank-<n>.json`."""
+
+    status: str  # succeeded, stopped, invalid, failed (ExitCode names, lower-case)
+    message: str = ""
+    progress: dict[str, Any] = field(default_factory=dict)
+    checkpoint: dict[str, Any] | None = None
+    output: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """The documented exit code of this outcome."""
+        return {"succeeded": ExitCode.SUCCESS, "stopped": ExitCode.STOPPED, "invalid": ExitCode.INVALID}.get(
+            self.status, ExitCode.FAILED
+        )
+
+    def write(self, folder: Path, rank: int) -> None:
+        """Write `rank-<rank>.json` into `folder` atomically."""
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".rank-{rank}.json.tmp"
+        tmp.write_text(json.dumps(self.__dict__, default=str), encoding="utf-8")
+        tmp.replace(folder / f"rank-{rank}.json")
+
+
+@dataclass(frozen=True)
+class Job:
+    """The recipe plus the names metrics are labelled with."""
+
+    spec: FineTuneJobSpec
+    name: str
+    namespace: str
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The folders of one run under the workspace (the PVC in a pod)."""
+
+    root: Path
+
+    @property
+    def output(self) -> Path:
+        """Results, logs and checkpoints."""
+        return Path(contract.output_dir(str(self.root)))
+
+    @property
+    def checkpoints(self) -> Path:
+        """checkpoint-<step> folders."""
+        return Path(contract.checkpoints_dir(str(self.root)))
+
+    @property
+    def cache(self) -> str:
+        """The Hugging Face cache (models, datasets)."""
+        return contract.cache_dir(str(self.root))
+
+
+class InvalidInput(Exception):
+    """Wraps the errors that mean 'fix the recipe or data' (exit 2)."""
+
+
+def load_job(path: Path) -> Job:
+    """Read recipe.json (a whole FineTuneJob, or just its spec); RecipeError names the field."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise RecipeError(f"recipe {path}: cannot read it ({error.strerror})") from None
+    except json.JSONDecodeError as error:
+        raise RecipeError(f"recipe {path}: not JSON ({error})") from None
+    if isinstance(document, dict) and "spec" in document:
+        job = parse_finetunejob({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", **document})
+        spec, name, namespace = job.spec, job.metadata.name, job.metadata.namespace
+    else:
+        spec, name, namespace = parse_spec(document), None, None
+    return Job(
+        spec=spec,
+        name=os.environ.get(Env.JOB_NAME) or name or "local",
+        namespace=os.environ.get(Env.NAMESPACE) or namespace or "default",
+    )
+
+
+def build_trainer(
+    spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Any, config: Any, callbacks: list[Any]
+) -> "Trainer":
+    """The Trainer for `spec.method`: TRL's SFTTrainer with a LoRA adapter on `model`.
+
+    The seam for other objectives: return a subclass (its own `compute_loss`) built from the
+    same arguments, and checkpoints, stop handling, metrics and export keep working.
+    """
+    from trl import SFTTrainer
+
+    from kubetune_trainer.model import lora_config
+
+    return SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=data.train,
+        eval_dataset=data.validation,
+        processing_class=tokenizer,
+        peft_config=lora_config(spec),
+        callbacks=callbacks,
+    )
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars would interleave across ranks and drown the trainer's own log lines."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_warning()
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """Everything `_load` read: where the model came from, its tokenizer, the data and the model."""
+
+    source: Any
+    tokenizer: Any
+    data: Any
+    model: Any
+    dtype: Any
+
+
+def _load(job: Job, workspace: Workspace) -> Loaded:
+    """Tokenizer, data and model in the training dtype; bad input raises InvalidInput."""
+    import torch
+
+    from kubetune_trainer.data import DataError, load_training_data
+    from kubetune_trainer.model import ModelError, load_model, load_tokenizer, resolve_model_source, training_dtype
+
+    spec = job.spec
+    try:
+        source = resolve_model_source(spec.model)
+        tokenizer = _hub_call(lambda: load_tokenizer(source, spec.model, workspace.cache), spec)
+        data = load_training_data(spec.dataset, tokenizer, cache_dir=f"{workspace.cache}/datasets")
+        dtype = training_dtype(spec.training.precision)
+        device = distributed.local_rank() if torch.cuda.is_available() else None
+        model = _hub_call(lambda: load_model(source, spec, workspace.cache, dtype=dtype, device_index=device), spec)
+    except (DataError, ModelError) as error:
+        raise InvalidInput(str(error)) from error
+    return Loaded(source, tokenizer, data, model, dtype)
+
+
+def _hub_call(load: Any, spec: FineTuneJobSpec) -> Any:
+    """Run a from_pretrained call, turning 'no such repo/revision/access' into a ModelError."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    from kubetune_trainer.model import ModelError
+
+    try:
+        return load()
+    except GatedRepoError:
+        raise ModelError(
+            f"model.name {spec.model.name}: a gated model; set model.tokenSecretRef to a Secret holding a hub "
+            "token with access"
+        ) from None
+    except RevisionNotFoundError:
+        raise ModelError(f"model.revision {spec.model.revision}: no such revision of {spec.model.name}") from None
+    except RepositoryNotFoundError:
+        raise ModelError(
+            f"model.name {spec.model.name}: no such hub repository (or it is private: set model.tokenSecretRef)"
+        ) from None
+
+
+def _callbacks(job: Job, stop: StopRequest) -> tuple[list[Any], Any, Any]:
+    """The kubetune callbacks in the order they must run, the progress tracker and the metrics."""
+    from kubetune_trainer.checkpoints import CompleteCheckpointCallback
+    from kubetune_trainer.metrics import ProgressCallback, TrainerMetrics
+
+    metrics = None
+    listeners: tuple[Any, ...] = ()
+    if distributed.is_global_zero():
+        metrics = TrainerMetrics(job.name, job.namespace)
+        metrics.serve(job.spec.metrics_port, os.environ.get(Env.METRICS_HOST, "0.0.0.0"))
+        metrics.phase("loading")
+        if os.environ.get(PROGRESS_ENV) == "1":
+            from kubetune_trainer.console import ProgressBar
+
+            listeners = (ProgressBar(),)
+    progress = ProgressCallback(metrics, listeners)
+    checkpoint = CompleteCheckpointCallback(job.spec.training.save_total_limit, on_saved=progress.checkpoint_saved)
+    # The stop callback first: it sets should_save, which the checkpoint timer then sees.
+    return [stop_callback(stop), checkpoint, progress], progress, metrics
+
+
+def train(job: Job, workspace: Workspace, stop: StopRequest) -> Outcome:
+    """Load, train, export; returns this rank's outcome (InvalidInput for bad recipe/data)."""
+    import torch
+
+    from kubetune_trainer.checkpoints import newest_complete, remove_incomplete
+    from kubetune_trainer.config import RunContext, build_sft_config
+
+    _quiet_libraries()
+    spec = job.spec
+    callbacks, progress, metrics = _callbacks(job, stop)
+    workspace.output.mkdir(parents=True, exist_ok=True)
+    # TensorBoard events next to the results, not inside the checkpoints folder.
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(workspace.output / "tensorboard"))
+    loaded = _load(job, workspace)
+    validation = loaded.data.validation
+    context = RunContext(
+        checkpoints_dir=str(workspace.checkpoints),
+        dtype=loaded.dtype,
+        has_validation=validation is not None and len(validation) > 0,
+        on_cpu=not torch.cuda.is_available(),
+    )
+    config = build_sft_config(spec, context)  # initializes torch.distributed under torchrun
+    trainer = build_trainer(spec, loaded.model, loaded.tokenizer, loaded.data, config, callbacks)
+    if os.environ.get(PROGRESS_ENV) == "1":
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    if distributed.is_global_zero():
+        for path in remove_incomplete(workspace.checkpoints):
+            log.warning("removed incomplete checkpoint %s (killed while saving)", path)
+    distributed.barrier()
+    resume = newest_complete(workspace.checkpoints)
+    if stop.requested:
+        return Outcome("stopped", "stopped before training started", progress.progress.as_dict(), _ckpt(resume))
+    if resume is not None:
+        log.info("resuming from %s", resume.path)
+    trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+    state = trainer.state
+    if stop.stopped_at is not None and state.global_step < state.max_steps:
+        if metrics is not None:
+            metrics.phase("done")
+        saved = newest_complete(workspace.checkpoints)
+        return Outcome("stopped", f"stopped at step {state.global_step} on request", progress.progress.as_dict(), _ckpt(saved))
+    if metrics is not None:
+        metrics.phase("exporting")
+    outputs = _export(job, workspace, trainer, loaded)
+    if metrics is not None:
+        metrics.phase("done")
+    return Outcome(
+        "succeeded", "training completed", progress.progress.as_dict(), _ckpt(newest_complete(workspace.checkpoints)), outputs
+    )
+
+
+def _ckpt(checkpoint: Any) -> dict[str, Any] | None:
+    return None if checkpoint is None else {"step": checkpoint.step, "path": str(checkpoint.path)}
+
+
+def _export(job: Job, workspace: Workspace, trainer: Any, loaded: Loaded) -> dict[str, str]:
+    """Adapter on every rank (save_model gathers sharded weights), the rest on global rank 0."""
+    from kubetune_trainer import export
+    from kubetune_trainer.model import load_model
+    from kubetune_trainer.samples import format_samples, generate_samples, write_samples
+
+    spec, output, tokenizer = job.spec, workspace.output, loaded.tokenizer
+    adapter = export.save_adapter(trainer, tokenizer, output)
+    outputs = {"adapterPath": str(adapter)}
+    if not distributed.is_global_zero():
+        return outputs
+    members = [adapter]
+    if spec.evaluation.prompts:
+        samples = generate_samples(trainer.model, tokenizer, spec)
+        members.append(write_samples(samples, output))
+        print(format_samples(samples), flush=True)
+    if spec.output.merge_adapter:
+        load_base = lambda: load_model(loaded.source, spec, workspace.cache, dtype=loaded.dtype, quantize=False)  # noqa: E731
+        merged = export.merge_adapter(load_base, adapter, tokenizer, output)
+        outputs["mergedPath"] = str(merged)
+        members.append(merged)
+    summary = output / SUMMARY_FILE
+    summary.write_text(
+        json.dumps({"finetunejob": job.name, "step": trainer.state.global_step, **outputs,
+                    "logHistory": trainer.state.log_history}, indent=2),
+        encoding="utf-8",
+    )
+    members.append(summary)
+    if spec.output.archive:
+        outputs["archivePath"] = str(export.archive(output, job.name, members))
+    return outputs
+
+
+def run(recipe: Path, workspace: Path, stop: StopRequest) -> Outcome:
+    """Train per `recipe`, mapping every way of ending to an Outcome."""
+    try:
+        job = load_job(recipe)
+        return train(job, Workspace(workspace), stop)
+    except (RecipeError, InvalidInput) as error:
+        message = " ".join(str(error).split())
+        log.error("invalid recipe or data: %s", message)
+        return Outcome("invalid", message)
+    except Exception as error:  # noqa: BLE001 - every other failure becomes exit 1 with its reason
+        traceback.print_exc()
+        return Outcome("failed", f"{type(error).__name__}: {' '.join(str(error).split())}")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """Arguments of the trainer process."""
+    parser = argparse.ArgumentParser(prog="python -m kubetune_trainer.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", type=Path, required=True, help="recipe.json (a FineTuneJob or its spec)")
+    parser.add_argument("--workspace", type=Path, required=True, help="the workspace (the PVC's mount point)")
+    parser.add_argument("--outcome-dir", type=Path, default=None, help="where this rank writes rank-<n>.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of one trainer process; returns the documented exit code."""
+    stop = StopRequest()
+    stop.install()  # first: a SIGTERM during the slow imports below must not kill the process
+    args = make_parser().parse_args(argv)
+    rank = distributed.global_rank()
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(levelname)s %(message)s")
+    started = time.monotonic()
+    outcome = run(args.recipe, args.workspace, stop)
+    log.info("%s after %.0f s: %s", outcome.status, time.monotonic() - started, outcome.message)
+    if args.outcome_dir is not None:
+        outcome.write(args.outcome_dir, distributed.global_rank())
+    return int(outcome.exit_code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
