@@ -112,8 +112,10 @@ def _load_hub(spec: DatasetSpec, cache_dir: str | None) -> tuple[datasets.Datase
     name = f"dataset.name {spec.name}" + (f" ({spec.subset})" if spec.subset else "")
     try:
         rows = datasets.load_dataset(spec.name, spec.subset, split=spec.split, cache_dir=cache_dir)
-    except datasets.exceptions.DatasetNotFoundError as err:
-        raise DataError(f"{name}: no such dataset ({_first_line(err)}); check the id, or tokenSecretRef for a gated one") from None
+    except FileNotFoundError as err:  # datasets' DatasetNotFoundError and a missing local folder
+        raise DataError(
+            f"{name}: no such dataset ({_first_line(err)}); check the id, or tokenSecretRef for a gated one"
+        ) from None
     except ValueError as err:  # unknown split or subset
         raise DataError(f"{name}: {_first_line(err)}") from None
     part = _Part(f"{name} split {spec.split}", len(rows))
@@ -194,26 +196,32 @@ def _check_file(file: Path) -> list[int] | None:
     """Check that `file` decodes (and parses, for JSON); return the JSONL line number of each row."""
     suffix = file.suffix.lower()
     if suffix == ".parquet":
-        _read_bytes(file, 0)  # readable at all; parquet's own reader checks the rest
+        _ensure_readable(file)  # parquet's own reader checks the rest
         return None
     if suffix == ".json":
         return _check_json(file)
-    for _ in _decoded_lines(file):  # csv: undecodable bytes, with their line
-        pass
-    return None if suffix == ".csv" else _check_jsonl(file)
+    if suffix == ".jsonl":
+        lines = _check_jsonl(file)
+        if not lines:
+            raise DataError(f"{file}: the file has no rows")
+        return lines
+    # csv: decoding finds undecodable bytes with their line; a header alone is no data
+    if sum(1 for _, text in _decoded_lines(file) if text.strip()) < 2:
+        raise DataError(f"{file}: the file has no rows (a header line at most)")
+    return None
 
 
-def _read_bytes(file: Path, size: int) -> bytes:
+def _ensure_readable(file: Path) -> None:
     try:
-        with file.open("rb") as handle:
-            return handle.read(size) if size >= 0 else handle.read()
+        with file.open("rb"):
+            pass
     except OSError as err:
         raise DataError(f"dataset.path {file}: cannot read it ({err.strerror})") from None
 
 
 def _decoded_lines(file: Path) -> Iterator[tuple[int, str]]:
     """(line number, text) of each line; bytes that are not UTF-8 are an error naming the line."""
-    _read_bytes(file, 0)
+    _ensure_readable(file)
     with file.open("rb") as handle:
         for number, raw in enumerate(handle, 1):
             try:
@@ -235,7 +243,7 @@ def _check_jsonl(file: Path) -> list[int]:
             value = json.loads(text)
         except json.JSONDecodeError as err:
             raise DataError(
-                f"{file} line {number}: invalid JSON ({err.msg} at column {err.colno}); a truncated or broken "
+                f"{file} line {number}: invalid JSON ({err.msg}, column {err.colno}); a truncated or broken "
                 "line? fix or delete it"
             ) from None
         if not isinstance(value, dict):
@@ -252,9 +260,11 @@ def _check_json(file: Path) -> list[int] | None:
     except json.JSONDecodeError as err:
         if err.msg == "Extra data":  # more than one top-level value: JSON Lines
             return _check_jsonl(file)
-        raise DataError(f"{file} line {err.lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
+        raise DataError(f"{file} line {err.lineno}: invalid JSON ({err.msg}, column {err.colno})") from None
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
         raise DataError(f"{file}: expected a JSON list of objects [{{...}}, ...] or JSON Lines")
+    if not value:
+        raise DataError(f"{file}: the file has no rows")
     return None
 
 
@@ -303,7 +313,7 @@ def _split(spec: DatasetSpec, examples: datasets.Dataset, origin: _Origin) -> Tr
         parts = examples.train_test_split(test_size=spec.validation_split, seed=spec.seed, shuffle=True)
     except ValueError:
         raise DataError(
-            f"{origin.name}: {len(examples)} examples are too few to hold out validationSplit "
+            f"{origin.name}: too few examples ({len(examples)}) to hold out validationSplit "
             f"{spec.validation_split}; add rows or set dataset.validationSplit: 0"
         ) from None
     return TrainingData(train=parts["train"], validation=parts["test"])
