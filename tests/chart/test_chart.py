@@ -1,0 +1,252 @@
+"""The Helm chart, linted and installed by the real Helm library into an emulated API server.
+
+Every object Helm creates is validated against the Kubernetes OpenAPI schemas
+(kubernetes-validate, strict: unknown fields fail) for the oldest Kubernetes the
+chart allows and the newest one kubernetes-validate knows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from kubetune_operator.settings import ENV as OPERATOR_ENV
+from tests.chart.conftest import CHART, RELEASE_NAMESPACE, HelmFailed, run_helm
+
+OLDEST_KUBERNETES = "1.28"  # Chart.yaml kubeVersion
+NEWEST_KUBERNETES = kubernetes_validate.utils.latest_version()
+CRD_FILE = CHART.parents[1] / "crds" / "finetunejob.yaml"
+PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor"}  # no OpenAPI schema in kubernetes-validate
+
+VALUE_SETS: dict[str, tuple[dict[str, Any], bool]] = {
+    # name: (values, cluster serves monitoring.coreos.com/v1)
+    "defaults": ({}, False),
+    "defaults-with-prometheus-operator": ({}, True),
+    "namespaced": ({"operator": {"watchNamespaces": ["team-a", "team-b"]}, "networkPolicy": {"enabled": True}}, True),
+    "monitoring-off": ({"metrics": {"serviceMonitor": {"enabled": False}, "podMonitor": {"enabled": False}}}, True),
+    "everything-set": ({
+        "fullnameOverride": "kubetune",
+        "operator": {"image": {"digest": "sha256:" + "ab" * 32},
+                     "extraEnv": [{"name": "KUBETUNE_RESYNC_SECONDS", "value": "5"}],
+                     "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+                     "nodeSelector": {"kubernetes.io/os": "linux"}, "priorityClassName": "system-cluster-critical",
+                     "imagePullSecrets": [{"name": "registry"}]},
+        "trainer": {"image": {"tag": "0.1.0-cpu"},
+                    "serviceAccount": {"namespaces": ["default", "ml"], "annotations": {"example.com/role": "x"}}},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+                    "podMonitor": {"enabled": True, "interval": "30s"}},
+        "networkPolicy": {"enabled": True},
+        "dashboards": {"namespace": "monitoring", "annotations": {"grafana_folder": "KubeTune"}},
+    }, True),
+}
+
+
+def schema_errors(obj: dict[str, Any], version: str) -> list[str]:
+    """Why kubernetes-validate (strict) refuses an object for a Kubernetes version; [] when valid."""
+    try:
+        kubernetes_validate.validate(obj, version, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        where = ".".join(str(part) for part in error.path)
+        return [f"{obj['kind']}/{obj['metadata']['name']} {where}: {error.message}"]
+    return []
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, str]:
+    """The operator container's environment as a dict."""
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {item["name"]: item.get("value", "") for item in container.get("env", [])}
+
+
+async def test_helm_lint_passes() -> None:
+    result = await run_helm("lint", str(CHART))
+    assert not result["Errors"], result
+    # Severity 1 is INFO (e.g. "icon is recommended"); 2 WARNING and 3 ERROR fail.
+    assert [m for m in result["Messages"] if m["Severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+async def test_every_installed_object_validates_against_kubernetes_schemas(helm_install, name: str) -> None:
+    values, monitoring = VALUE_SETS[name]
+    installed = await helm_install(values, monitoring=monitoring)
+    objects = installed.objects + installed.hooks
+    checked = [obj for obj in objects if obj["kind"] not in PROMETHEUS_OPERATOR_KINDS]
+    assert len(checked) >= 10
+    errors = [error for obj in checked for version in (OLDEST_KUBERNETES, NEWEST_KUBERNETES)
+              for error in schema_errors(obj, version)]
+    assert errors == []
+
+
+async def test_crd_is_the_generated_file_plus_labels_and_keep_policy(helm_install) -> None:
+    installed = await helm_install()
+    crd = installed.one("CustomResourceDefinition")
+    generated = yaml.safe_load(CRD_FILE.read_text(encoding="utf-8"))
+    assert crd["spec"] == generated["spec"]
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert crd["metadata"]["labels"].items() >= generated["metadata"]["labels"].items()
+    assert crd["metadata"]["labels"]["app.kubernetes.io/instance"] == "kt"
+
+
+async def test_crds_can_be_left_out_or_not_kept(helm_install) -> None:
+    assert (await helm_install({"crds": {"enabled": False}})).of_kind("CustomResourceDefinition") == []
+    crd = (await helm_install({"crds": {"keep": False}})).one("CustomResourceDefinition")
+    assert "helm.sh/resource-policy" not in (crd["metadata"].get("annotations") or {})
+
+
+@pytest.mark.parametrize(("enabled", "api_served", "expected"), [
+    ("auto", False, set()),
+    ("auto", True, PROMETHEUS_OPERATOR_KINDS),
+    (False, True, set()),
+    (True, True, PROMETHEUS_OPERATOR_KINDS),
+])
+async def test_monitors_follow_the_monitoring_api_or_the_value(helm_install, enabled, api_served, expected) -> None:
+    values = {"metrics": {"serviceMonitor": {"enabled": enabled}, "podMonitor": {"enabled": enabled}}}
+    installed = await helm_install(values, monitoring=api_served)
+    assert {obj["kind"] for obj in installed.objects} & PROMETHEUS_OPERATOR_KINDS == expected
+
+
+async def test_forcing_monitors_on_a_cluster_without_prometheus_operator_fails(helm_install) -> None:
+    with pytest.raises(HelmFailed, match="ServiceMonitor"):
+        await helm_install({"metrics": {"serviceMonitor": {"enabled": True}}}, monitoring=False)
+
+
+async def test_monitors_scrape_what_the_operator_and_rank_zero_serve(helm_install) -> None:
+    installed = await helm_install(monitoring=True)
+    deployment = installed.one("Deployment")
+    ports = {p["name"]: p["containerPort"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    service = installed.one("Service", "-metrics")
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics" and "metrics" in ports
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    service_monitor = installed.one("ServiceMonitor")
+    assert service_monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert service_monitor["spec"]["endpoints"][0]["honorLabels"] is True  # keep the metrics' namespace label
+    pod_monitor = installed.one("PodMonitor")
+    assert pod_monitor["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "kubetune", "app.kubernetes.io/managed-by": "kubetune-operator",
+        "app.kubernetes.io/component": "trainer", "batch.kubernetes.io/job-completion-index": "0"}
+    assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
+
+
+@pytest.mark.parametrize("values", [
+    {"operator": {"imag": {}}},
+    {"operator": {"watchNamespaces": ["Not_A_Namespace"]}},
+    {"metrics": {"podMonitor": {"enabled": "yes"}}},
+    {"operator": {"image": {"pullPolicy": "Sometimes"}}},
+])
+async def test_values_schema_refuses_typos_and_bad_values(helm_install, values) -> None:
+    with pytest.raises(HelmFailed, match="values don't meet the specifications of the schema"):
+        await helm_install(values)
+
+
+async def test_operator_runs_alone_restricted_and_probed(helm_install) -> None:
+    deployment = (await helm_install()).one("Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["resources"]["limits"]["memory"] and container["resources"]["requests"]["cpu"]
+    assert container["image"] == "ghcr.io/kubetune/operator:0.1.0"
+
+
+async def test_operator_reads_every_setting_the_chart_passes(helm_install) -> None:
+    installed = await helm_install({"operator": {"watchNamespaces": ["a", "b"]}})
+    env = env_of(installed.one("Deployment"))
+    assert env["KUBETUNE_WATCH_NAMESPACES"] == "a,b"
+    assert env["KUBETUNE_TRAINER_IMAGE"] == "ghcr.io/kubetune/trainer:0.1.0"
+    assert env["KUBETUNE_TRAINER_SERVICE_ACCOUNT"] == "kt-kubetune-trainer"
+    assert env["KUBETUNE_HEALTH_PORT"] == "8081" and env["KUBETUNE_METRICS_PORT"] == "8080"
+    unread = sorted(set(env) - set(OPERATOR_ENV))
+    assert unread == [], f"the chart sets variables the operator's Settings does not read: {unread}"
+
+
+async def test_trainer_service_account_exists_where_trainers_run_and_has_no_rights(helm_install) -> None:
+    installed = await helm_install({"operator": {"watchNamespaces": ["team-a"]},
+                                    "trainer": {"serviceAccount": {"namespaces": ["shared"]}}})
+    accounts = [sa for sa in installed.of_kind("ServiceAccount") if sa["metadata"]["name"] == "kt-kubetune-trainer"]
+    assert sorted(sa["metadata"]["namespace"] for sa in accounts) == ["shared", "team-a"]
+    assert all(sa["automountServiceAccountToken"] is False for sa in accounts)
+    bound = [subject["name"] for kind in ("RoleBinding", "ClusterRoleBinding")
+             for binding in installed.of_kind(kind) for subject in binding["subjects"]]
+    assert "kt-kubetune-trainer" not in bound
+
+
+async def test_namespaced_mode_binds_roles_only_in_watched_namespaces(helm_install) -> None:
+    installed = await helm_install({"operator": {"watchNamespaces": ["team-a", "team-b"]}})
+    roles = installed.of_kind("Role")
+    assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in installed.of_kind("RoleBinding")) == ["team-a", "team-b"]
+    cluster_resources = {r for rule in installed.one("ClusterRole")["rules"] for r in rule["resources"]}
+    assert cluster_resources == {"customresourcedefinitions", "namespaces"}
+
+
+async def test_cluster_mode_needs_no_namespace_listing(helm_install) -> None:
+    installed = await helm_install()
+    assert installed.of_kind("Role") == []
+    cluster_resources = {r for rule in installed.one("ClusterRole")["rules"] for r in rule["resources"]}
+    assert "namespaces" not in cluster_resources and "finetunejobs" in cluster_resources
+
+
+async def test_network_policy_admits_operator_and_prometheus_on_metrics_and_workers_to_each_other(helm_install) -> None:
+    installed = await helm_install({"networkPolicy": {"enabled": True}, "operator": {"watchNamespaces": ["team-a"]}})
+    policy = installed.one("NetworkPolicy")
+    assert policy["metadata"]["namespace"] == "team-a"
+    metrics_rule, workers_rule = policy["spec"]["ingress"]
+    assert metrics_rule["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    operator_peer, prometheus_peer = metrics_rule["from"]
+    assert operator_peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": RELEASE_NAMESPACE}
+    assert operator_peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert prometheus_peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    assert "ports" not in workers_rule and workers_rule["from"][0]["podSelector"] == policy["spec"]["podSelector"]
+
+
+async def test_dashboards_are_labelled_for_the_grafana_sidecar(helm_install) -> None:
+    installed = await helm_install()
+    maps = [cm for cm in installed.of_kind("ConfigMap") if "-dashboard-" in cm["metadata"]["name"]]
+    assert sorted(cm["metadata"]["name"] for cm in maps) == ["kt-kubetune-dashboard-jobs", "kt-kubetune-dashboard-training"]
+    for cm in maps:
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        (body,) = cm["data"].values()
+        assert (CHART / "dashboards" / next(iter(cm["data"]))).read_text(encoding="utf-8").strip() == body.strip()
+
+
+async def test_helm_test_hook_asks_the_operator_metrics_service(helm_install) -> None:
+    installed = await helm_install()
+    (hook,) = installed.hooks
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    script = hook["spec"]["containers"][0]["command"][-1]
+    service = installed.one("Service", "-metrics")
+    assert f"http://{service['metadata']['name']}.{RELEASE_NAMESPACE}:8080/metrics" in script
+    assert hook["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+async def test_notes_tell_the_user_what_to_apply_next(helm_install) -> None:
+    notes = (await helm_install()).release["info"]["notes"]
+    assert "kubectl apply -f examples/quickstart-cpu.yaml" in notes and "kubectl get ftj -w" in notes
+
+
+def test_values_file_and_schema_agree_on_every_key() -> None:
+    import json
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+
+    def walk(value: Any, node: dict[str, Any], path: str) -> list[str]:
+        problems = [] if node.get("description") or path == "" else [f"{path}: no description"]
+        if isinstance(value, dict) and "properties" in node:
+            if node.get("additionalProperties") is not False:
+                problems.append(f"{path}: additionalProperties is not false")
+            for key, child in value.items():
+                if key not in node["properties"]:
+                    problems.append(f"{path}.{key}: not in the schema")
+                else:
+                    problems += walk(child, node["properties"][key], f"{path}.{key}")
+        return problems
+
+    assert walk(values, schema, "") == []
