@@ -1,0 +1,511 @@
+"""The one reconcile function: what is observed → the whole new status and the one action to take.
+
+Pure: no API calls, no clock (`now` is an input), no kopf. Every handler and
+the resync loop call `reconcile`, write the status it returns in one patch,
+then perform its action; a failed action is simply decided again next time,
+because the decision depends only on what is observed.
+
+The attempt model (API.md): attempt N is the Job `<name>-N`. A failed attempt
+is classified (classify.py): an invalid recipe fails the FineTuneJob at once; a
+preemption starts the next attempt at once, counted in `preemptions`; any other
+failure starts the next attempt after an exponential backoff, counted in
+`restarts`. Counting happens exactly when `status.attempt` moves on, in the same
+status write, so a repeated reconcile never counts one failure twice. At most
+one attempt runs: a Job of another attempt that is still active is deleted, and
+a new attempt is only created once every earlier pod has stopped (the PVC's
+checkpoints have one writer).
+
+`phase` is derived from the conditions, never set on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from kubetune_operator import classify, names
+from kubetune_operator.classify import format_time, parse_time
+from kubetune_trainer import contract
+from kubetune_trainer.recipe import (
+    CheckpointStatus,
+    Condition,
+    FineTuneJob,
+    FineTuneJobSpec,
+    FineTuneJobStatus,
+    OutputStatus,
+    Phase,
+    Progress,
+    RecipeError,
+    parse_finetunejob,
+)
+
+BACKOFF_BASE_SECONDS = 10.0
+BACKOFF_CAP_SECONDS = 300.0
+
+# Condition types.
+ACCEPTED, QUEUED, RUNNING, SUSPENDED, SUCCEEDED, FAILED = (
+    "Accepted", "Queued", "Running", "Suspended", "Succeeded", "Failed",
+)
+
+# Reasons (API.md), plus AttemptFailed (a retried failure), ImmutableFieldChanged and ContainerConfigError.
+INVALID_RECIPE = "InvalidRecipe"
+CREATED = "Created"
+QUEUED_BY_KUEUE = "QueuedByKueue"
+ADMITTED = "Admitted"
+STARTED = "Started"
+PREEMPTED = "Preempted"
+RESUMED = "Resumed"
+ATTEMPT_FAILED = "AttemptFailed"
+SUSPENDED_REASON = "Suspended"
+BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+PREEMPTION_LIMIT_EXCEEDED = "PreemptionLimitExceeded"
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+COMPLETED = "Completed"
+IMMUTABLE_FIELD_CHANGED = "ImmutableFieldChanged"
+
+WARNING_REASONS = frozenset(
+    {
+        INVALID_RECIPE, PREEMPTED, ATTEMPT_FAILED, BACKOFF_LIMIT_EXCEEDED, PREEMPTION_LIMIT_EXCEEDED,
+        DEADLINE_EXCEEDED, IMMUTABLE_FIELD_CHANGED, "Unschedulable", "ImagePullFailed", "ContainerConfigError",
+    }
+)
+
+# Which condition decides the phase, most decisive first.
+_PHASE_ORDER = (
+    (FAILED, Phase.failed),
+    (SUCCEEDED, Phase.succeeded),
+    (SUSPENDED, Phase.suspended),
+    (QUEUED, Phase.queued),
+    (RUNNING, Phase.running),
+)
+
+
+def backoff_seconds(restarts: int) -> float:
+    """Delay before the attempt that follows the `restarts`-th failure: 10 s, doubling, capped at 5 min."""
+    return min(BACKOFF_BASE_SECONDS * 2 ** max(restarts - 1, 0), BACKOFF_CAP_SECONDS)
+
+
+class ActionType(str, enum.Enum):
+    """What the caller does after writing the status."""
+
+    NONE = "none"
+    CREATE_ATTEMPT = "create-attempt"  # ensure the ConfigMap/PVC/Service, then create Job <name>-<attempt>
+    DELETE_JOB = "delete-job"
+    DELETE_FINETUNEJOB = "delete-finetunejob"  # ttlSecondsAfterFinished ran out
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    """The one action of a decision. `delay_seconds` > 0: not due yet, decide again after that long."""
+
+    type: ActionType = ActionType.NONE
+    attempt: int | None = None
+    job_name: str | None = None
+    delay_seconds: float = 0.0
+
+    @property
+    def due(self) -> bool:
+        """Whether the caller should act now."""
+        return self.type is not ActionType.NONE and self.delay_seconds <= 0
+
+
+NO_ACTION = Action()
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the FineTuneJob for a transition."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    """Everything the reconcile looks at, read fresh by the caller."""
+
+    body: Mapping[str, Any]  # the FineTuneJob as the API returned it
+    now: dt.datetime
+    jobs: Sequence[Mapping[str, Any]] = ()  # its attempt Jobs (label kubetune.io/finetunejob)
+    pods: Sequence[Mapping[str, Any]] = ()  # its trainer pods, all attempts
+    accepted_spec: Mapping[str, Any] | None = None  # spec in the recipe ConfigMap: what the pods run
+    progress: Progress | None = None  # last poll of rank 0's metrics, best effort
+    checkpoint: CheckpointStatus | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """The whole new status, the action, and the events of this transition."""
+
+    status: FineTuneJobStatus
+    action: Action
+    events: tuple[Event, ...]
+    job: FineTuneJob | None  # the validated FineTuneJob, for rendering; None when invalid
+
+
+# ---------------------------------------------------------------- the draft status
+
+
+class _Draft:
+    """The status being decided: the previous one, changed step by step."""
+
+    def __init__(self, previous: FineTuneJobStatus, now: dt.datetime, generation: int | None) -> None:
+        self.previous = previous
+        self.status = previous.model_copy(deep=True)
+        self.conditions: dict[str, Condition] = {c.type: c for c in previous.conditions}
+        self.now = now
+        self.generation = generation
+        self.status.observed_generation = generation
+
+    @property
+    def finished(self) -> bool:
+        return any(self.is_true(kind) for kind in (SUCCEEDED, FAILED))
+
+    def is_true(self, kind: str) -> bool:
+        condition = self.conditions.get(kind)
+        return condition is not None and condition.status == "True"
+
+    def set(self, kind: str, status: bool, reason: str, message: str) -> None:
+        """Set a condition; lastTransitionTime moves only when its status flips."""
+        value = "True" if status else "False"
+        old = self.conditions.get(kind)
+        since = old.last_transition_time if old is not None and old.status == value else format_time(self.now)
+        self.conditions[kind] = Condition(
+            type=kind,  # type: ignore[arg-type]
+            status=value,
+            reason=reason,
+            message=classify.shorten(message, 4096),
+            last_transition_time=since,
+            observed_generation=self.generation,
+        )
+
+    def set_if_present(self, kind: str, status: bool, reason: str, message: str) -> None:
+        """Set a condition only if it was ever set (e.g. Running False after a Running True)."""
+        if kind in self.conditions:
+            self.set(kind, status, reason, message)
+
+    def finish(self, succeeded: bool, reason: str, message: str) -> None:
+        """End the FineTuneJob: Succeeded or Failed, for good."""
+        self.set(SUCCEEDED if succeeded else FAILED, True, reason, message)
+        self.set_if_present(RUNNING, False, reason, message)
+        self.set_if_present(QUEUED, False, reason, message)
+        self.status.completion_time = self.status.completion_time or format_time(self.now)
+        self.status.next_attempt_time = None
+
+    def decide(self, action: Action, job: FineTuneJob | None) -> Decision:
+        order = (ACCEPTED, QUEUED, RUNNING, SUSPENDED, SUCCEEDED, FAILED)
+        self.status.conditions = [self.conditions[kind] for kind in order if kind in self.conditions]
+        self.status.phase, deciding = _phase(self.conditions)
+        self.status.message = deciding.message if deciding is not None else self.status.message
+        return Decision(self.status, action, _events(self.previous.conditions, self.status.conditions), job)
+
+
+def _phase(conditions: Mapping[str, Condition]) -> tuple[Phase, Condition | None]:
+    for kind, phase in _PHASE_ORDER:
+        condition = conditions.get(kind)
+        if condition is not None and condition.status == "True":
+            return phase, condition
+    return Phase.pending, conditions.get(RUNNING) or conditions.get(ACCEPTED)
+
+
+def _events(before: Sequence[Condition], after: Sequence[Condition]) -> tuple[Event, ...]:
+    """One event per condition whose status or reason changed (once per reason)."""
+    old = {c.type: (c.status, c.reason) for c in before}
+    events: dict[str, Event] = {}
+    for condition in after:
+        if old.get(condition.type) == (condition.status, condition.reason) or condition.reason in events:
+            continue
+        kind = "Warning" if condition.reason in WARNING_REASONS else "Normal"
+        events[condition.reason] = Event(kind, condition.reason, condition.message)
+    return tuple(events.values())
+
+
+def previous_status(body: Mapping[str, Any]) -> FineTuneJobStatus:
+    """The stored status, tolerating foreign keys and garbage: an unreadable status starts afresh."""
+    raw = body.get("status")
+    if not isinstance(raw, Mapping):
+        return FineTuneJobStatus()
+    known = {field.alias or key for key, field in FineTuneJobStatus.model_fields.items()}
+    try:
+        return FineTuneJobStatus.model_validate({key: value for key, value in raw.items() if key in known})
+    except ValidationError:
+        return FineTuneJobStatus()
+
+
+def _validate(body: Mapping[str, Any]) -> tuple[FineTuneJob | None, str | None]:
+    """Re-validate with the recipe model (the object may have bypassed the CRD): the job or a message."""
+    metadata = body.get("metadata") or {}
+    manifest = {
+        "apiVersion": body.get("apiVersion", names.API_VERSION),
+        "kind": body.get("kind", "FineTuneJob"),
+        "metadata": {"name": metadata.get("name"), "namespace": metadata.get("namespace")},
+        "spec": body.get("spec"),
+    }
+    try:
+        return parse_finetunejob(manifest), None
+    except RecipeError as error:
+        return None, "; ".join(line for line in str(error).splitlines() if line)
+
+
+# ---------------------------------------------------------------- the steps
+
+
+def reconcile(observed: Observed) -> Decision:
+    """The whole new status and the action for one FineTuneJob, from what is observed."""
+    draft = _Draft(previous_status(observed.body), observed.now, (observed.body.get("metadata") or {}).get("generation"))
+    job, problem = _validate(observed.body)
+    if job is None:
+        if not draft.finished:
+            draft.set(ACCEPTED, False, INVALID_RECIPE, f"invalid FineTuneJob: {problem}")
+            draft.finish(False, INVALID_RECIPE, f"invalid FineTuneJob: {problem}")
+        return draft.decide(_after_finish(draft, observed, _raw_ttl(observed.body)), None)
+    if draft.finished:
+        return draft.decide(_after_finish(draft, observed, job.spec.ttl_seconds_after_finished), job)
+    action = _track(draft, job, observed)
+    if draft.finished and action.type is ActionType.NONE:
+        action = _after_finish(draft, observed, job.spec.ttl_seconds_after_finished)
+    drift = _drift(job.spec, observed.accepted_spec)
+    if drift:
+        draft.set(
+            ACCEPTED,
+            False,
+            IMMUTABLE_FIELD_CHANGED,
+            f"{drift} changed after creation; only spec.suspend may change. The running attempt keeps the "
+            "accepted recipe and nothing new is started: restore the field, or delete and re-create the "
+            "FineTuneJob (checkpoints on a retained PVC are kept)",
+        )
+        action = NO_ACTION
+    elif not draft.is_true(ACCEPTED):
+        draft.set(ACCEPTED, True, CREATED, "the recipe is valid; attempts are created from it")
+    return draft.decide(action, job)
+
+
+def _raw_ttl(body: Mapping[str, Any]) -> int | None:
+    value = (body.get("spec") or {}).get("ttlSecondsAfterFinished") if isinstance(body.get("spec"), Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _active_jobs(jobs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [job for job in jobs if classify.job_state(job) in ("active", "suspended")]
+
+
+def _delete(job: Mapping[str, Any]) -> Action:
+    return Action(ActionType.DELETE_JOB, names.attempt_of(dict(job)), job["metadata"]["name"])
+
+
+def _after_finish(draft: _Draft, observed: Observed, ttl: int | None) -> Action:
+    """A finished FineTuneJob: stop what still runs, never create anything, delete itself after its TTL."""
+    active = _active_jobs(observed.jobs)
+    if active:
+        return _delete(active[0])
+    finished_at = parse_time(draft.status.completion_time)
+    if ttl is None or finished_at is None:
+        return NO_ACTION
+    remaining = (finished_at + dt.timedelta(seconds=ttl) - draft.now).total_seconds()
+    return Action(ActionType.DELETE_FINETUNEJOB, delay_seconds=max(remaining, 0.0))
+
+
+def _track(draft: _Draft, job: FineTuneJob, observed: Observed) -> Action:
+    """Follow the current attempt; returns the action (finishing the draft where it ends)."""
+    spec = job.spec
+    known = [a for a in (names.attempt_of(dict(j)) for j in observed.jobs) if a is not None]
+    if draft.status.attempt is None:
+        # A status lost or wiped while Jobs exist: adopt the newest attempt instead of starting over.
+        draft.status.attempt = max(known, default=0)
+    attempt = draft.status.attempt
+    current = next(
+        (j for j in observed.jobs if names.attempt_of(dict(j)) == attempt and classify.job_state(j) != "deleting"),
+        None,
+    )
+    pods = [pod for pod in observed.pods if names.attempt_of(dict(pod)) == attempt]
+    state = classify.job_state(current) if current is not None else None
+
+    if state == "complete":
+        _succeed(draft, pods)
+        return NO_ACTION
+    stale = [j for j in _active_jobs(observed.jobs) if names.attempt_of(dict(j)) != attempt]
+    if stale:
+        return _delete(stale[0])
+    if _deadline_passed(draft, spec):
+        draft.finish(False, DEADLINE_EXCEEDED, f"activeDeadlineSeconds ({spec.active_deadline_seconds}s) "
+                     f"passed since {draft.status.start_time}")
+        return NO_ACTION
+    if spec.suspend:
+        return _suspend(draft, current, state, attempt)
+    if draft.is_true(SUSPENDED):
+        draft.set(SUSPENDED, False, RESUMED, f"spec.suspend is false: attempt {attempt} resumes from the newest "
+                  "checkpoint")
+    if state == "failed":
+        _after_failure(draft, spec, current, pods)  # type: ignore[arg-type]
+        return NO_ACTION if draft.finished else _next_attempt(draft, observed)
+    if state in ("active", "suspended"):
+        return _follow(draft, spec, current, state, pods, observed)  # type: ignore[arg-type]
+    return _next_attempt(draft, observed)
+
+
+def _deadline_passed(draft: _Draft, spec: FineTuneJobSpec) -> bool:
+    started = parse_time(draft.status.start_time)
+    if spec.active_deadline_seconds is None or started is None or spec.suspend:
+        return False
+    return (draft.now - started).total_seconds() >= spec.active_deadline_seconds
+
+
+def _suspend(draft: _Draft, current: Mapping[str, Any] | None, state: str | None, attempt: int) -> Action:
+    """spec.suspend: stop the attempt (its pods checkpoint on SIGTERM); resuming starts the next one."""
+    message = f"spec.suspend is true: attempt {attempt} is stopped and its pods save a checkpoint"
+    draft.set(SUSPENDED, True, SUSPENDED_REASON, message)
+    draft.set_if_present(RUNNING, False, SUSPENDED_REASON, message)
+    draft.set_if_present(QUEUED, False, SUSPENDED_REASON, message)
+    if current is None or state not in ("active", "suspended"):
+        return NO_ACTION
+    # Move on now, in the same status write as the delete: a stale Job keeps being deleted until it goes.
+    draft.status.attempt = attempt + 1
+    draft.status.next_attempt_time = None
+    return _delete(current)
+
+
+def _after_failure(draft: _Draft, spec: FineTuneJobSpec, job: Mapping[str, Any], pods: list) -> None:
+    """Classify a failed attempt and either fail the FineTuneJob or count it and move to the next attempt."""
+    failure = classify.classify_failure(job, pods)
+    attempt = draft.status.attempt or 0
+    if failure.kind == "invalid":
+        draft.finish(False, INVALID_RECIPE, f"the trainer refused the recipe: {failure.message}")
+        return
+    if failure.kind == "preempted":
+        if draft.status.preemptions >= spec.max_preemptions:
+            draft.finish(False, PREEMPTION_LIMIT_EXCEEDED, f"attempt {attempt} was preempted "
+                         f"({failure.message}) and maxPreemptions ({spec.max_preemptions}) is reached")
+            return
+        draft.status.preemptions += 1
+        draft.status.attempt = attempt + 1
+        draft.status.next_attempt_time = format_time(draft.now)
+        draft.set(RUNNING, False, PREEMPTED, f"attempt {attempt} was preempted ({failure.message}); attempt "
+                  f"{attempt + 1} resumes from the newest checkpoint (preemption {draft.status.preemptions} "
+                  f"of {spec.max_preemptions})")
+        return
+    if draft.status.restarts >= spec.backoff_limit:
+        draft.finish(False, BACKOFF_LIMIT_EXCEEDED, f"attempt {attempt} failed ({failure.message}) and "
+                     f"backoffLimit ({spec.backoff_limit}) is reached")
+        return
+    draft.status.restarts += 1
+    delay = backoff_seconds(draft.status.restarts)
+    draft.status.attempt = attempt + 1
+    draft.status.next_attempt_time = format_time(draft.now + dt.timedelta(seconds=delay))
+    draft.set(RUNNING, False, ATTEMPT_FAILED, f"attempt {attempt} failed ({failure.message}); attempt "
+              f"{attempt + 1} starts in {delay:.0f}s (restart {draft.status.restarts} of {spec.backoff_limit})")
+
+
+def _next_attempt(draft: _Draft, observed: Observed) -> Action:
+    """Create the current attempt's Job once its backoff is over and every earlier pod has stopped."""
+    attempt = draft.status.attempt or 0
+    due = parse_time(draft.status.next_attempt_time)
+    if due is not None and due > draft.now:
+        return Action(ActionType.CREATE_ATTEMPT, attempt, names.job_name(_name(observed), attempt),
+                      (due - draft.now).total_seconds())
+    if any(classify.pod_alive(pod) for pod in observed.pods):
+        return NO_ACTION  # the previous gang is still stopping (saving a checkpoint); its pod events return here
+    return Action(ActionType.CREATE_ATTEMPT, attempt, names.job_name(_name(observed), attempt))
+
+
+def _name(observed: Observed) -> str:
+    return str((observed.body.get("metadata") or {}).get("name"))
+
+
+def _follow(
+    draft: _Draft, spec: FineTuneJobSpec, job: Mapping[str, Any], state: str, pods: list, observed: Observed
+) -> Action:
+    """The current attempt exists and has not ended: queued, pending, or running."""
+    attempt = draft.status.attempt or 0
+    draft.status.next_attempt_time = None
+    if state == "suspended":
+        queue = (job["metadata"].get("labels") or {}).get(names.LABEL_KUEUE_QUEUE, "")
+        message = f"attempt {attempt} waits for admission by Kueue" + (f" in queue {queue}" if queue else "")
+        draft.set(QUEUED, True, QUEUED_BY_KUEUE, message)
+        draft.set_if_present(RUNNING, False, QUEUED_BY_KUEUE, message)
+        return NO_ACTION
+    if draft.is_true(QUEUED):
+        draft.set(QUEUED, False, ADMITTED, f"attempt {attempt} was admitted by Kueue")
+    for pod in pods:
+        problem = classify.pending_problem(pod)
+        if problem is None:
+            continue
+        waited = (draft.now - problem.since).total_seconds()
+        if waited >= spec.pending_deadline_seconds:
+            draft.finish(False, problem.reason, f"{problem.message} (pending {waited:.0f}s, more than "
+                         f"pendingDeadlineSeconds {spec.pending_deadline_seconds})")
+            return NO_ACTION
+        draft.set(RUNNING, False, problem.reason, f"{problem.message} (pending {waited:.0f}s; fails after "
+                  f"{spec.pending_deadline_seconds}s)")
+        return NO_ACTION
+    if any(classify.pod_running(pod) for pod in pods):
+        reason = STARTED if attempt == 0 else RESUMED
+        workers = spec.resources.workers
+        draft.set(RUNNING, True, reason, f"attempt {attempt} is training ({workers} worker"
+                  f"{'s' if workers > 1 else ''})")
+        draft.status.start_time = draft.status.start_time or format_time(draft.now)
+        _take_progress(draft, observed)
+    return NO_ACTION
+
+
+def _take_progress(draft: _Draft, observed: Observed) -> None:
+    if observed.progress is not None:
+        draft.status.progress = observed.progress
+    if observed.checkpoint is not None and observed.checkpoint.step is not None:
+        draft.status.checkpoint = observed.checkpoint
+
+
+def _succeed(draft: _Draft, pods: list) -> None:
+    """The attempt Job completed: results and final numbers from rank 0's termination message."""
+    message = classify.termination_message(classify.rank0_pod(pods))
+    field = lambda *keys: classify.message_field(message, *keys)  # noqa: E731
+    output = OutputStatus(
+        adapter_path=field("adapterPath", "adapter"),
+        merged_path=field("mergedPath", "merged"),
+        archive_path=field("archivePath", "archive"),
+    )
+    if any(value is not None for value in output.model_dump().values()):
+        draft.status.output = output
+    progress = (draft.status.progress or Progress()).model_copy()
+    step = field("step", "finalStep", "globalStep")
+    progress.step = int(step) if isinstance(step, (int, float)) else progress.step
+    progress.total_steps = progress.total_steps or progress.step
+    for attribute, keys in (("loss", ("loss", "trainLoss")), ("eval_loss", ("evalLoss",)),
+                            ("tokens_per_second", ("tokensPerSecond",))):
+        value = field(*keys)
+        if isinstance(value, (int, float)):
+            setattr(progress, attribute, float(value))
+    progress.percent, progress.eta_seconds = "100%", 0.0
+    draft.status.progress = progress
+    loss = f" (loss {progress.loss:.4g})" if progress.loss is not None else ""
+    where = f"; adapter in {output.adapter_path}" if output.adapter_path else f"; results in {contract.output_dir(contract.WORKSPACE)}"
+    draft.finish(True, COMPLETED, f"training finished at step {progress.step}{loss}{where}")
+
+
+def _drift(spec: FineTuneJobSpec, accepted: Mapping[str, Any] | None) -> str | None:
+    """The spec paths that differ from the accepted recipe (suspend excluded), or None."""
+    if accepted is None:
+        return None
+    try:
+        before = FineTuneJobSpec.model_validate(accepted).to_api()
+    except ValidationError:
+        return None
+    after = spec.to_api()
+    before.pop("suspend", None)
+    after.pop("suspend", None)
+    paths = _differences(before, after, "spec")
+    if not paths:
+        return None
+    return ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+
+
+def _differences(before: Any, after: Any, path: str) -> list[str]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        keys = sorted(set(before) | set(after))
+        return [p for key in keys for p in _differences(before.get(key), after.get(key), f"{path}.{key}")]
+    return [] if before == after else [path]

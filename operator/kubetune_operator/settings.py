@@ -1,0 +1,121 @@
+"""Operator settings, read once from the environment (the Helm chart sets these variables).
+
+Every variable is optional; a bad value stops the operator at start with a
+one-line error that names the variable, instead of surfacing later as a
+confusing pod failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+
+DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
+
+
+class SettingsError(ValueError):
+    """An operator environment variable holds a value the operator cannot use."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What the operator needs beyond each FineTuneJob's own spec."""
+
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    """Image of trainer pods whose FineTuneJob sets no `spec.image`."""
+
+    trainer_service_account: str | None = None
+    """Service account of trainer pods whose FineTuneJob sets no `spec.serviceAccountName` (the chart's)."""
+
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty means all namespaces (cluster-wide)."""
+
+    metrics_port: int = 8080
+    """Port of the operator's own Prometheus metrics (0 disables the server, e.g. in tests)."""
+
+    health_port: int = 8081
+    """Port of the liveness endpoint `/healthz` (0 disables it)."""
+
+    resync_seconds: float = 15.0
+    """How often every unfinished FineTuneJob is reconciled and its progress polled (backoffs and deadlines
+    are checked at this granularity)."""
+
+    progress_timeout_seconds: float = 2.0
+    """Time limit of one poll of a trainer's metrics endpoint."""
+
+    progress_concurrency: int = 8
+    """How many trainer metrics endpoints are polled at once."""
+
+    reconcile_concurrency: int = 4
+    """How many FineTuneJobs the resync loop reconciles at once."""
+
+    request_timeout_seconds: float = 30.0
+    """Time limit of one Kubernetes API request made by the handlers."""
+
+    @property
+    def clusterwide(self) -> bool:
+        """Whether the operator watches every namespace."""
+        return not self.namespaces
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from `KUBETUNE_*` variables (see `ENV`); unset variables keep the defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for variable, (field, parse) in ENV.items():
+            raw = env.get(variable, "").strip()
+            if not raw:
+                continue
+            try:
+                values[field] = parse(raw)
+            except ValueError as error:
+                raise SettingsError(f"{variable}={raw!r}: {error}") from None
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if value != 0 and not 1 <= value <= 65535:
+        raise ValueError("expected a TCP port 1..65535, or 0 to disable")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError("expected a number of seconds > 0")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("expected an integer >= 1")
+    return value
+
+
+def _namespaces(raw: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    if any("*" in name or "?" in name for name in names):
+        raise ValueError("list plain namespace names separated by commas (no patterns), or leave empty for all")
+    return names
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+ENV: dict[str, tuple[str, Callable[[str], object]]] = {
+    "KUBETUNE_TRAINER_IMAGE": ("trainer_image", _text),
+    "KUBETUNE_TRAINER_SERVICE_ACCOUNT": ("trainer_service_account", _text),
+    "KUBETUNE_WATCH_NAMESPACES": ("namespaces", _namespaces),
+    "KUBETUNE_METRICS_PORT": ("metrics_port", _port),
+    "KUBETUNE_HEALTH_PORT": ("health_port", _port),
+    "KUBETUNE_RESYNC_SECONDS": ("resync_seconds", _positive_float),
+    "KUBETUNE_PROGRESS_TIMEOUT_SECONDS": ("progress_timeout_seconds", _positive_float),
+    "KUBETUNE_PROGRESS_CONCURRENCY": ("progress_concurrency", _positive_int),
+    "KUBETUNE_RECONCILE_CONCURRENCY": ("reconcile_concurrency", _positive_int),
+    "KUBETUNE_REQUEST_TIMEOUT_SECONDS": ("request_timeout_seconds", _positive_float),
+}
+"""Environment variable → (Settings field, parser). The chart documents each one."""
