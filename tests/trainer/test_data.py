@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from kubetune_trainer.data import DataError, TrainingData, load_training_data
 from kubetune_trainer.formats import render_inference_prompt
 from kubetune_trainer.recipe import DatasetSpec
+
 from tests.fixtures.tokenizers import R1_LIKE_CHAT_TEMPLATE, build_tokenizer
 
 QUIZ = [
@@ -190,7 +190,8 @@ def test_template_renders_one_quiz_question_per_row_joining_list_columns(tmp_pat
     assert len(rows) == 7
     assert rows[1] == {
         "prompt": "Generate a quiz question about Topic 1 with medium difficulty.\n",
-        "completion": "Question: Question number 1?\nCorrect answer: Answer 1\nWrong answers: Wrong 1a, Wrong 1b<|eos|>",
+        "completion": "Question: Question number 1?\nCorrect answer: Answer 1\n"
+        "Wrong answers: Wrong 1a, Wrong 1b<|eos|>",
     }
 
 
@@ -485,7 +486,7 @@ def labelled_examples(tmp_path: Path, data: TrainingData, tokenizer: Any) -> lis
     """(input ids, labels) of each collated example, padding cut off."""
     batch = sft_batch(tmp_path, data, tokenizer)
     examples = []
-    for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+    for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True):
         keep = mask.bool()
         examples.append((ids[keep].tolist(), labels[keep].tolist()))
     return examples
@@ -523,7 +524,7 @@ def test_sft_trainer_labels_are_masked_exactly_over_the_prompt(tmp_path: Path, c
     expected_rows = rows_of(data)
     examples = labelled_examples(tmp_path, data, tok)
     assert len(examples) == len(expected_rows) > 0
-    for (ids, labels), row, source in zip(examples, expected_rows, rows):
+    for index, ((ids, labels), row) in enumerate(zip(examples, expected_rows, strict=True)):
         prompt_ids = tok(row["prompt"])["input_ids"]
         n = len(prompt_ids)
         assert ids == tok(row["prompt"] + row["completion"])["input_ids"]
@@ -533,7 +534,7 @@ def test_sft_trainer_labels_are_masked_exactly_over_the_prompt(tmp_path: Path, c
         assert tok.decode(labels[n:]) == row["completion"]
         assert labels[-1] == tok.eos_token_id
         if "reasoning" in case:  # the reasoning is part of what the model learns, then the answer
-            reasoning, answer = source["Complex_CoT"], source["Response"]
+            reasoning, answer = rows[index]["Complex_CoT"], rows[index]["Response"]
             assert f"{reasoning}\n</think>\n\n{answer}" in tok.decode(labels[n:])
 
 
@@ -541,6 +542,6 @@ def test_sft_trainer_trains_on_every_token_of_text_rows(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "data.jsonl", [{"text": "Once upon a time."}, {"text": "The end."}])
     tok = build_tokenizer()
     data = load(tmp_path, make_spec(format="text"), tok)
-    for (ids, labels), row in zip(labelled_examples(tmp_path, data, tok), rows_of(data)):
+    for (ids, labels), row in zip(labelled_examples(tmp_path, data, tok), rows_of(data), strict=True):
         assert ids == labels == tok(row["text"])["input_ids"]
         assert ids[-1] == tok.eos_token_id

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubetune_trainer.formats import FormatError, make_renderer
-from kubetune_trainer.recipe import DatasetSpec
+from kubetune_trainer.recipe import DatasetFormat, DatasetSpec
 
 if TYPE_CHECKING:
     import datasets
@@ -148,8 +148,10 @@ def _load_path(path: Path, cache_dir: str | None) -> tuple[datasets.Dataset, _Or
     try:
         return datasets.concatenate_datasets(tables), origin
     except ValueError as err:
-        columns = "; ".join(f"{f.name}: {', '.join(t.column_names)}" for f, t in zip(files, tables))
-        raise DataError(f"dataset.path {path}: the files do not share their columns ({columns}): {_first_line(err)}") from None
+        columns = "; ".join(f"{f.name}: {', '.join(t.column_names)}" for f, t in zip(files, tables, strict=True))
+        raise DataError(
+            f"dataset.path {path}: the files do not share their columns ({columns}): {_first_line(err)}"
+        ) from None
 
 
 def _data_files(path: Path) -> list[Path]:
@@ -279,11 +281,12 @@ def _render(spec: DatasetSpec, tokenizer: Any, rows: datasets.Dataset, origin: _
         render = make_renderer(spec, tokenizer, rows.column_names)
     except FormatError as err:
         raise DataError(f"{origin.name}: {err}") from None
-    size = spec.template.group_size if spec.template is not None and spec.format.value == "template" else 1
+    size = spec.template.group_size if spec.template is not None and spec.format is DatasetFormat.template else 1
     if len(rows) < size:
         raise DataError(f"{origin.name}: {len(rows)} rows, but template.groupSize {size} needs at least {size}")
     if len(rows) % size:
-        log.warning("dataset %s: the last %d rows do not fill a group of %d and are left out", origin.name, len(rows) % size, size)
+        left = len(rows) % size
+        log.warning("%s: the last %d rows do not fill a group of %d and are left out", origin.name, left, size)
     examples: dict[str, list[str]] = {}
     for start, group in _groups(rows, size):
         try:

@@ -357,7 +357,8 @@ def _without_duplicate_bos(tokenizer: Any, text: str) -> str:
 
 def _adds_bos(tokenizer: Any) -> bool:
     ids = tokenizer("a")["input_ids"]
-    return bool(ids) and ids[0] == tokenizer.bos_token_id and ids != tokenizer("a", add_special_tokens=False)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id and ids != plain
 
 
 def _turn_end(tokenizer: Any) -> str:
