@@ -141,6 +141,26 @@ def test_chat_without_reasoning_closes_an_opened_think_block(tmp_path: Path) -> 
     assert row["completion"] == "\n</think>\n\nHello<|eos|>"
 
 
+def test_a_template_written_bos_is_not_doubled_by_a_tokenizer_that_adds_bos(tmp_path: Path) -> None:
+    from tokenizers import processors
+
+    write_jsonl(tmp_path / "data.jsonl", [{"prompt": "Hi", "completion": "Hello"}])
+    tok = build_tokenizer(R1_LIKE_CHAT_TEMPLATE)
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|bos|> $A", special_tokens=[("<|bos|>", tok.bos_token_id)]
+    )
+    [row] = rows_of(load(tmp_path, make_spec(), tok))
+    assert row["prompt"] == "<|User|>Hi<|Assistant|><think>\n"
+    ids = tok(row["prompt"])["input_ids"]
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+
+
+def test_an_unmapped_system_column_is_not_a_system_prompt(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "data.jsonl", [{"prompt": "Hi", "completion": "Hello", "system": "Not used."}])
+    [row] = rows_of(load(tmp_path, make_spec(format="prompt-completion")))
+    assert row["prompt"] == "Hi\n"
+
+
 def test_think_tags_off_puts_reasoning_before_the_answer_as_plain_text(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "data.jsonl", QA)
     columns = {"prompt": "Question", "reasoning": "Complex_CoT", "completion": "Response"}
@@ -348,6 +368,14 @@ def test_template_syntax_error_names_the_template(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "data.jsonl", QUIZ)
     message = bad(tmp_path, make_spec(format="template", template={**QUIZ_TEMPLATE, "completion": "{{ x "}))
     assert "dataset.template.completion line 1" in message
+
+
+def test_a_bad_row_in_a_group_names_where_the_group_starts(tmp_path: Path) -> None:
+    rows = [dict(row) for row in QUIZ[:6]]
+    rows[4]["question"] = None
+    path = write_jsonl(tmp_path / "data.jsonl", rows)
+    message = bad(tmp_path, make_spec(format="template", template=QUIZ_MULTI_TEMPLATE))
+    assert f"{path} line 4 (the group of 3 rows from there)" in message and "question" in message
 
 
 def test_too_few_rows_for_a_group(tmp_path: Path) -> None:

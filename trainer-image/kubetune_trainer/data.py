@@ -166,7 +166,9 @@ def _data_files(path: Path) -> list[Path]:
     files = [p for p in entries if p.suffix.lower() in BUILDERS]
     suffixes = sorted({p.suffix.lower() for p in files})
     if not files:
-        raise DataError(f"dataset.path {path}: the folder holds no {', '.join(BUILDERS)} files")
+        raise DataError(
+            f"dataset.path {path}: the folder holds no {', '.join(BUILDERS)} files (subfolders are not searched)"
+        )
     if len({BUILDERS[s] for s in suffixes}) > 1:
         raise DataError(f"dataset.path {path}: the folder mixes file types ({', '.join(suffixes)}); keep one type")
     return files
@@ -292,7 +294,8 @@ def _render(spec: DatasetSpec, tokenizer: Any, rows: datasets.Dataset, origin: _
         try:
             example = render(group)
         except FormatError as err:
-            raise DataError(f"{origin.where(start + (err.row or 0))}: {err}") from None
+            group_note = f" (the group of {size} rows from there)" if size > 1 else ""
+            raise DataError(f"{origin.where(start)}{group_note}: {err}") from None
         for key, value in example.items():
             examples.setdefault(key, []).append(value)
     return datasets.Dataset.from_dict(examples)

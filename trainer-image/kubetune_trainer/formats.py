@@ -35,17 +35,14 @@ SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user
 # Reasoning that some datasets keep inside the assistant message instead of a column.
 MESSAGE_REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 _SENTINEL = "KUBETUNE-ANSWER-SENTINEL"
+ROLES_WITHOUT_DEFAULT = frozenset({"reasoning", "system"})
 
 Row = Mapping[str, Any]
 Renderer = Callable[[Sequence[Row]], dict[str, str]]
 
 
 class FormatError(ValueError):
-    """A row or the column layout does not fit the format; `row` is the index of the offending row in its group."""
-
-    def __init__(self, message: str, row: int | None = None) -> None:
-        super().__init__(message)
-        self.row = row
+    """The columns or a row do not fit the format; the caller adds which file and row."""
 
 
 @dataclass(frozen=True)
@@ -64,10 +61,11 @@ class _Context:
         return name
 
     def optional(self, role: str) -> str | None:
-        """The mapped column of `role` (which must then exist), else the role's own column if present."""
+        """The mapped column of `role` (which must then exist); unmapped, the role's own column if it has a
+        default one and it exists (reasoning and system have none: they are used only when mapped)."""
         if getattr(self.spec.columns, role) is not None:
             return self.require(role)
-        return role if role in self.columns else None
+        return role if role not in ROLES_WITHOUT_DEFAULT and role in self.columns else None
 
     def listing(self) -> str:
         """`; the columns are: a, b` for error messages."""
@@ -88,7 +86,11 @@ def make_renderer(spec: DatasetSpec, tokenizer: Any, columns: Sequence[str]) -> 
 
 
 def render_inference_prompt(spec: DatasetSpec, tokenizer: Any, prompt: str, system: str | None = None) -> str:
-    """`prompt` formatted exactly as training prompts of `spec.format` are, for generation before/after training."""
+    """`prompt` formatted exactly as training prompts of `spec.format` are, for generation before/after training.
+
+    Preference data may hold text or chat-shaped pairs; a tokenizer with a chat template is taken to
+    mean chat-shaped ones, the common case for instruct models.
+    """
     system = system if system is not None else spec.system_prompt
     if spec.format is DatasetFormat.chat or (spec.format is DatasetFormat.preference and tokenizer.chat_template):
         _require_chat_template(tokenizer)
@@ -100,18 +102,22 @@ def render_inference_prompt(spec: DatasetSpec, tokenizer: Any, prompt: str, syst
 
 
 def _chat_renderer(ctx: _Context) -> Renderer:
+    """Chat rows are conversations (a messages column) or question/answer columns; a mapping decides."""
     _require_chat_template(ctx.tokenizer)
     mapped = ctx.spec.columns
-    if mapped.messages is None and (mapped.prompt or mapped.completion or "messages" not in ctx.columns):
-        if mapped.prompt or mapped.completion or {"prompt", "completion"} <= set(ctx.columns):
-            return _chat_qa_renderer(ctx)
-        if "conversations" in ctx.columns:  # ShareGPT's usual column name
-            return _chat_messages_renderer(ctx, "conversations")
-        raise FormatError(
-            "format chat needs a messages column ('messages', or dataset.columns.messages) or prompt and "
-            f"completion columns (dataset.columns.prompt/completion){ctx.listing()}"
-        )
-    return _chat_messages_renderer(ctx, ctx.require("messages"))
+    if mapped.messages is not None:
+        return _chat_messages_renderer(ctx, ctx.require("messages"))
+    if mapped.prompt or mapped.completion:
+        return _chat_qa_renderer(ctx)
+    for column in ("messages", "conversations"):  # "conversations": ShareGPT's usual name
+        if column in ctx.columns:
+            return _chat_messages_renderer(ctx, column)
+    if {"prompt", "completion"} <= set(ctx.columns):
+        return _chat_qa_renderer(ctx)
+    raise FormatError(
+        "format chat needs a messages column ('messages', or dataset.columns.messages) or prompt and "
+        f"completion columns (dataset.columns.prompt/completion){ctx.listing()}"
+    )
 
 
 def _chat_messages_renderer(ctx: _Context, column: str) -> Renderer:
