@@ -20,3 +20,11 @@ test: venv
 
 crd: venv
 	$(BIN)/kubetune crd -o crds/finetunejob.yaml
+
+# The operator and trainer images (scripts/build-images.sh says which, and how to pick).
+images:
+	scripts/build-images.sh
+
+# The kind suite: a kind cluster, both images, the chart, the quickstart (tests/e2e/README.md).
+e2e: venv
+	tests/e2e/run.sh
