@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,8 @@ from kubetune_trainer.recipe import DistillSpec, FineTuneJobSpec
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
-    from trl import SFTTrainer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
 
 log = logging.getLogger(__name__)
 
@@ -328,3 +329,49 @@ def make_distillation_trainer_class() -> type["SFTTrainer"]:
 def _few_logits(model: "PreTrainedModel") -> dict[str, int]:
     """`logits_to_keep=1` where the model takes it: the loss needs hidden states, not full logits."""
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+def build_distill_trainer(
+    spec: FineTuneJobSpec,
+    model: "PreTrainedModel",
+    tokenizer: "PreTrainedTokenizerBase",
+    data: Any,
+    config: "SFTConfig",
+    callbacks: list["TrainerCallback"],
+) -> "SFTTrainer":
+    """The distillation trainer: loads the teacher, checks its vocabulary, then builds like SFT.
+
+    A teacher that cannot be used (wrong tokenizer, missing folder) raises the trainer's
+    invalid-input error: exit code 2, never retried.
+    """
+    import torch
+
+    from kubetune_trainer import distributed
+    from kubetune_trainer.model import lora_config, training_dtype
+    from kubetune_trainer.train import InvalidInput
+
+    distill = _distill(spec)
+    try:
+        teacher, teacher_tokenizer = load_teacher(
+            spec,
+            base_dir=None,
+            # The launcher points HF_HOME at the workspace's cache, where the student comes from too.
+            cache_dir=os.environ.get("HF_HOME"),
+            dtype=training_dtype(spec.training.precision),
+            device_index=distributed.local_rank() if torch.cuda.is_available() else None,
+        )
+        vocab_size = check_same_vocabulary(tokenizer, teacher_tokenizer, model, teacher, distill.teacher.name)
+    except ModelError as error:
+        raise InvalidInput(str(error)) from error
+    return make_distillation_trainer_class()(
+        model=model,
+        args=config,
+        train_dataset=data.train,
+        eval_dataset=data.validation,
+        processing_class=tokenizer,
+        peft_config=lora_config(spec),
+        callbacks=callbacks,
+        teacher=teacher,
+        distill=distill,
+        vocab_size=vocab_size,
+    )

@@ -60,6 +60,12 @@ TRAINER_METRICS: tuple[MetricSpec, ...] = (
         "Unix time the newest complete checkpoint was written.",
     ),
     MetricSpec("kubetune_trainer_phase", "enum", "What the trainer is doing.", states=TRAINER_PHASES),
+    # method.type distill: the two parts of the loss (KL to the teacher at temperature T, and cross-entropy).
+    MetricSpec("kubetune_trainer_kd_loss", "gauge", "Last logged distillation KL to the teacher (per token)."),
+    MetricSpec("kubetune_trainer_ce_loss", "gauge", "Last logged cross-entropy part of the distillation loss."),
+    # method.type dpo: TRL's implicit reward of the chosen answer minus the rejected one, and how often it is > 0.
+    MetricSpec("kubetune_trainer_dpo_reward_margin", "gauge", "Last logged DPO reward margin, chosen minus rejected."),
+    MetricSpec("kubetune_trainer_dpo_reward_accuracy", "gauge", "Last logged fraction of pairs with chosen reward higher."),
 )
 
 OPERATOR_METRICS: tuple[MetricSpec, ...] = (

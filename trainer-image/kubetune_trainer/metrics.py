@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 
 _KINDS = {"gauge": Gauge, "counter": Counter, "histogram": Histogram, "enum": Enum}
 
+METHOD_LOG_METRICS = {
+    "kd_loss": "kubetune_trainer_kd_loss",  # distill.DistillationTrainer
+    "ce_loss": "kubetune_trainer_ce_loss",
+    "rewards/margins": "kubetune_trainer_dpo_reward_margin",  # TRL's DPOTrainer
+    "rewards/accuracies": "kubetune_trainer_dpo_reward_accuracy",
+}
+"""Training-log keys of distillation and DPO exported as gauges when a log has them."""
+
 
 def _build(spec: MetricSpec, registry: CollectorRegistry) -> Any:
     kwargs: dict[str, Any] = {"registry": registry}
@@ -206,6 +214,9 @@ class ProgressCallback(TrainerCallback):
         ):
             if key in logs:
                 setattr(progress, attribute, float(logs[key]))
+                self._update(metric, float(logs[key]))
+        for key, metric in METHOD_LOG_METRICS.items():
+            if key in logs:
                 self._update(metric, float(logs[key]))
         for listener in self.listeners:
             listener(progress)
