@@ -304,11 +304,14 @@ def _render(spec: DatasetSpec, tokenizer: Any, rows: datasets.Dataset, origin: _
 def _groups(rows: datasets.Dataset, size: int) -> Iterator[tuple[int, Sequence[dict[str, Any]]]]:
     """(index of the first row, rows) of each complete group of `size` consecutive rows."""
     group: list[dict[str, Any]] = []
-    for index, row in enumerate(rows):
-        group.append(row)
-        if len(group) == size:
-            yield index - size + 1, group
-            group = []
+    index = 0
+    for batch in rows.iter(batch_size=1024):  # by batch: row-by-row iteration costs ~0.3 ms a row
+        for values in zip(*batch.values(), strict=True):
+            group.append(dict(zip(batch.keys(), values, strict=True)))
+            index += 1
+            if len(group) == size:
+                yield index - size, group
+                group = []
 
 
 def _split(spec: DatasetSpec, examples: datasets.Dataset, origin: _Origin) -> TrainingData:

@@ -22,6 +22,7 @@ context (rendered by the template as at inference time).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,21 @@ class _Context:
         """`; the columns are: a, b` for error messages."""
         return f"; the columns are: {', '.join(self.columns) or '(none)'}"
 
+    @functools.cached_property
+    def duplicate_bos(self) -> str:
+        """The bos a template writes that tokenizing would add again, so must be dropped ("" if none)."""
+        bos = self.tokenizer.bos_token or ""
+        return bos if bos and _adds_bos(self.tokenizer) else ""
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """The conversation so far through the chat template, ending with the generation prompt."""
+        try:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as err:  # templates raise their own errors (e.g. "roles must alternate")
+            raise FormatError(f"the chat template rejected this conversation: {err}") from None
+        bos = self.duplicate_bos
+        return text[len(bos) :] if bos and text.startswith(bos) else text
+
 
 def make_renderer(spec: DatasetSpec, tokenizer: Any, columns: Sequence[str]) -> Renderer:
     """The renderer of `spec.format`; checks the columns (and templates) up front and raises FormatError."""
@@ -94,7 +110,8 @@ def render_inference_prompt(spec: DatasetSpec, tokenizer: Any, prompt: str, syst
     system = system if system is not None else spec.system_prompt
     if spec.format is DatasetFormat.chat or (spec.format is DatasetFormat.preference and tokenizer.chat_template):
         _require_chat_template(tokenizer)
-        return _chat_prompt(tokenizer, _with_system([{"role": "user", "content": prompt}], system))
+        ctx = _Context(spec, tokenizer, ())
+        return ctx.chat_prompt(_with_system([{"role": "user", "content": prompt}], system))
     return _raw_prompt(prompt, system, completion="x")
 
 
@@ -132,7 +149,7 @@ def _chat_messages_renderer(ctx: _Context, column: str) -> Renderer:
         *history, answer = messages
         reasoning = _cell(row, reasoning_col) if reasoning_col else _message_reasoning(answer)
         history = _with_system(history, _system(ctx, row, system_col))
-        prompt = _chat_prompt(ctx.tokenizer, history)
+        prompt = ctx.chat_prompt(history)
         return {"prompt": prompt, "completion": _completion(ctx, prompt, reasoning, answer["content"], end)}
 
     return render
@@ -146,7 +163,7 @@ def _chat_qa_renderer(ctx: _Context) -> Renderer:
     def render(rows: Sequence[Row]) -> dict[str, str]:
         row = rows[0]
         user = [{"role": "user", "content": _required_text(row, prompt_col)}]
-        prompt = _chat_prompt(ctx.tokenizer, _with_system(user, _system(ctx, row, system_col)))
+        prompt = ctx.chat_prompt(_with_system(user, _system(ctx, row, system_col)))
         answer = _required_text(row, completion_col)
         reasoning = _cell(row, reasoning_col) if reasoning_col else None
         return {"prompt": prompt, "completion": _completion(ctx, prompt, reasoning, answer, end)}
@@ -269,7 +286,7 @@ def _chat_pair(
     for column, conversation in ((chosen_col, good), (rejected_col, bad)):
         if conversation[-1]["role"] != "assistant":
             raise FormatError(f"column {column!r}: the last message must be the assistant's answer")
-    text = _chat_prompt(ctx.tokenizer, _with_system(history, system))
+    text = ctx.chat_prompt(_with_system(history, system))
     end = _turn_end(ctx.tokenizer)
     return {
         "prompt": text,
@@ -344,24 +361,8 @@ def _with_system(messages: list[dict[str, str]], system: str | None) -> list[dic
     return [{"role": "system", "content": system}, *messages]
 
 
-def _chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    """The conversation so far through the chat template, ending with the generation prompt."""
-    try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    except Exception as err:  # templates raise their own errors (e.g. "roles must alternate")
-        raise FormatError(f"the chat template rejected this conversation: {err}") from None
-    return _without_duplicate_bos(tokenizer, text)
-
-
-def _without_duplicate_bos(tokenizer: Any, text: str) -> str:
-    """Drop a template-written bos when the tokenizer adds one itself, which would double it."""
-    bos = tokenizer.bos_token
-    if bos and text.startswith(bos) and _adds_bos(tokenizer):
-        return text[len(bos) :]
-    return text
-
-
 def _adds_bos(tokenizer: Any) -> bool:
+    """Whether tokenizing text puts a bos token in front by itself (Llama's tokenizers do)."""
     ids = tokenizer("a")["input_ids"]
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
     return bool(ids) and ids[0] == tokenizer.bos_token_id and ids != plain
