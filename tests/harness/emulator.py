@@ -304,14 +304,6 @@ class KubeEmulator(kmock.KubernetesEmulator):
             await self._store(PODS, pod, "MODIFIED")
             await self._delete(PODS, pod, None, None)
 
-    async def api_remove(self, res: kmock.resource, namespace: str | None, name: str) -> None:
-        """Remove an object at once, whatever its finalizers (the kubelet's last word on a pod)."""
-        async with self._lock:
-            obj = self._index[res].get((namespace, name))
-            if obj is not None and not obj.deleted:
-                await self._store(res, copy.deepcopy(obj.raw), "DELETED")
-                await self._collect_garbage()
-
     # ------------------------------------------------------------ internals of writing
 
     def _live(self, res: kmock.resource, namespace: str | None, name: str) -> dict[str, Any]:
@@ -425,7 +417,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
             self._admit_custom(res, new, current, strict=strict)
         elif validate:
             self._admit_builtin(new)
-        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+        if meta.get("deletionTimestamp") and not meta.get("finalizers") and (
+                res != PODS or meta.get("deletionGracePeriodSeconds") == 0 or not new["spec"].get("nodeName")):
             await self._store(res, new, "DELETED")  # the last finalizer is gone: delete it now
             await self._collect_garbage()
         else:
@@ -436,11 +429,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
                       grace_seconds: int | None) -> dict[str, Any]:
         obj = copy.deepcopy(current)
         meta = obj["metadata"]
-        if res == PODS and meta.get("deletionTimestamp") is None and grace_seconds != 0 and obj["spec"].get("nodeName"):
-            # A scheduled pod terminates gracefully: the kubelet removes it after SIGTERM/SIGKILL.
-            grace = grace_seconds if grace_seconds is not None else obj["spec"].get("terminationGracePeriodSeconds", 30)
-            meta["deletionTimestamp"] = now_iso()
-            meta["deletionGracePeriodSeconds"] = grace
+        if res == PODS and grace_seconds != 0 and obj["spec"].get("nodeName"):
+            # A scheduled pod terminates gracefully: the kubelet deletes it with grace 0 after SIGTERM/SIGKILL.
+            if meta.get("deletionTimestamp") is None:
+                grace = grace_seconds if grace_seconds is not None else obj["spec"].get("terminationGracePeriodSeconds", 30)
+                meta["deletionTimestamp"] = now_iso()
+                meta["deletionGracePeriodSeconds"] = grace
+                await self._store(res, obj, "MODIFIED")
+            return copy.deepcopy(obj)
+        if res == PODS and meta.get("finalizers") and meta.get("deletionGracePeriodSeconds") != 0:
+            meta["deletionTimestamp"] = meta.get("deletionTimestamp") or now_iso()
+            meta["deletionGracePeriodSeconds"] = 0  # terminated: gone once its finalizers are
             await self._store(res, obj, "MODIFIED")
             return copy.deepcopy(obj)
         if propagation is None and res == JOBS:
