@@ -25,6 +25,6 @@ crd: venv
 images:
 	scripts/build-images.sh
 
-# The kind suite: a kind cluster, both images, the chart, the quickstart (tests/e2e/README.md).
+# The kind suite: a kind cluster, both images, the chart, the quickstart scenarios (tests/e2e/test_kind.py).
 e2e: venv
-	tests/e2e/run.sh
+	$(BIN)/python -m pytest tests/e2e -v -rs
