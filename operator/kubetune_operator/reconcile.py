@@ -137,6 +137,7 @@ class Observed:
     accepted_spec: Mapping[str, Any] | None = None  # spec in the recipe ConfigMap: what the pods run
     progress: Progress | None = None  # last poll of rank 0's metrics, best effort
     checkpoint: CheckpointStatus | None = None
+    rejected: str | None = None  # the API server refused this attempt's children (422): its message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +266,10 @@ def reconcile(observed: Observed) -> Decision:
             draft.set(ACCEPTED, False, INVALID_RECIPE, f"invalid FineTuneJob: {problem}")
             draft.finish(False, INVALID_RECIPE, f"invalid FineTuneJob: {problem}")
         return draft.decide(_after_finish(draft, observed, _raw_ttl(observed.body)), None)
+    if observed.rejected and not draft.finished:
+        message = f"the API server refused the trainer's objects: {observed.rejected}"
+        draft.set(ACCEPTED, False, INVALID_RECIPE, message)
+        draft.finish(False, INVALID_RECIPE, message)
     if draft.finished:
         return draft.decide(_after_finish(draft, observed, job.spec.ttl_seconds_after_finished), job)
     action = _track(draft, job, observed)

@@ -1,0 +1,241 @@
+"""The imperative shell around the pure reconcile: observe, decide, write status once, act.
+
+One `Controller.reconcile(namespace, name)` call is the whole cycle for one
+FineTuneJob, serialized per object by a lock (kopf runs sync handlers in a
+thread pool, and the resync loop runs beside them):
+
+1. observe: the FineTuneJob, its attempt Jobs, its trainer pods and the recipe
+   ConfigMap, read fresh from the API (+ the last progress poll, if any);
+2. decide: `reconcile.reconcile(observed)`;
+3. write the status it returns, as one merge patch of the status subresource
+   (skipped when nothing changed);
+4. act: create the attempt's children idempotently, or delete a Job, or the
+   FineTuneJob itself after its TTL; an action that fails is decided again on
+   the next event or resync, because decisions depend only on observations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from kubetune_operator import names, render
+from kubetune_operator.kube import KubeApi, api_error_message
+from kubetune_operator.metrics import OperatorMetrics
+from kubetune_operator.progress import metrics_url
+from kubetune_operator.reconcile import ActionType, Decision, Event, Observed, previous_status, reconcile
+from kubetune_operator.settings import Settings
+from kubetune_trainer import contract
+from kubetune_trainer.recipe import CheckpointStatus, FineTuneJob, Progress
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+Polled = tuple[Progress, CheckpointStatus | None]
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch that turns `old` into `new` (None for a removed key; {} when equal)."""
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return new
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_patch(old[key], value)
+    return patch
+
+
+class ChildConflict(Exception):
+    """A child's name is taken by an object that is not this FineTuneJob's."""
+
+
+class Controller:
+    """Observe → reconcile → write status → act, for one FineTuneJob at a time."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        kube: KubeApi,
+        metrics: OperatorMetrics,
+        post_event: Callable[[Mapping[str, Any], Event], None] | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+    ) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.metrics = metrics
+        self.post_event = post_event or (lambda body, event: None)
+        self.clock = clock
+        self.metrics_urls: dict[Key, str] = {}  # rank 0's metrics endpoint of running attempts
+        self.settled: set[Key] = set()  # finished with nothing left to do: the resync loop skips them
+        self._locks: dict[Key, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, key: Key) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The FineTuneJob is gone: drop what is kept about it."""
+        key = (namespace, name)
+        self.metrics_urls.pop(key, None)
+        self.settled.discard(key)
+        with self._guard:
+            self._locks.pop(key, None)
+        self.metrics.forget(namespace, name)
+
+    # ------------------------------------------------------------ the cycle
+
+    def reconcile(self, namespace: str, name: str, polled: Polled | None = None) -> Decision | None:
+        """One full cycle for a FineTuneJob; None when it does not exist (any more)."""
+        started = time.monotonic()
+        try:
+            with self._lock((namespace, name)):
+                return self._cycle(namespace, name, polled)
+        except Exception:
+            self.metrics["kubetune_operator_reconcile_errors"].inc()
+            raise
+        finally:
+            self.metrics["kubetune_operator_reconcile_seconds"].observe(time.monotonic() - started)
+
+    def _cycle(self, namespace: str, name: str, polled: Polled | None) -> Decision | None:
+        observed = self.observe(namespace, name, polled)
+        if observed is None:
+            return None
+        decision = self._apply(observed)
+        if decision.action.due and decision.action.type is ActionType.CREATE_ATTEMPT and decision.job is not None:
+            rejected = self._ensure_children(observed.body, decision.job, decision.action.attempt or 0)
+            if rejected:
+                again = dataclasses.replace(observed, rejected=rejected)
+                decision = self._apply(self._with_status(again, decision))
+        elif decision.action.due:
+            self._act(observed.body, decision)
+        key = (namespace, name)
+        finished = decision.status.phase is not None and decision.status.phase.value in ("Succeeded", "Failed")
+        if finished and decision.action.type is ActionType.NONE:
+            self.settled.add(key)
+        else:
+            self.settled.discard(key)
+        return decision
+
+    def observe(self, namespace: str, name: str, polled: Polled | None = None) -> Observed | None:
+        """Read everything the reconcile looks at, fresh from the API."""
+        body = self.kube.get("FineTuneJob", namespace, name)
+        if body is None:
+            self.forget(namespace, name)
+            return None
+        selector = {names.LABEL_FINETUNEJOB: name}
+        jobs = self.kube.list("Job", namespace, selector)
+        pods = self.kube.list("Pod", namespace, selector)
+        progress, checkpoint = polled if polled is not None else (None, None)
+        return Observed(
+            body=body, now=self.clock(), jobs=jobs, pods=pods,
+            accepted_spec=self._accepted_spec(body), progress=progress, checkpoint=checkpoint,
+        )
+
+    def _accepted_spec(self, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The spec in this FineTuneJob's recipe ConfigMap (what its pods run), if it is this incarnation's."""
+        meta = body["metadata"]
+        configmap = self.kube.get("ConfigMap", meta["namespace"], names.recipe_configmap_name(meta["name"]))
+        if configmap is None or not _owned_by(configmap, meta.get("uid")):
+            return None
+        try:
+            return json.loads((configmap.get("data") or {}).get(contract.RECIPE_FILE, "")).get("spec")
+        except (ValueError, AttributeError):
+            return None
+
+    def _with_status(self, observed: Observed, decision: Decision) -> Observed:
+        return dataclasses.replace(observed, body={**observed.body, "status": decision.status.to_api()})
+
+    def _apply(self, observed: Observed) -> Decision:
+        """Decide, write the status if it changed, post the transition's events, count metrics."""
+        decision = reconcile(observed)
+        body = observed.body
+        meta = body["metadata"]
+        old = body.get("status") if isinstance(body.get("status"), Mapping) else {}
+        patch = merge_patch(old, decision.status.to_api())
+        if patch:
+            self.kube.patch("FineTuneJob", meta["namespace"], meta["name"], {"status": patch}, subresource="status")
+        for event in decision.events:
+            self.post_event(body, event)
+        self.metrics.record(body, previous_status(body), decision.status)
+        url = metrics_url([p for p in observed.pods if names.attempt_of(p) == decision.status.attempt],
+                          decision.job.spec.metrics_port) if decision.job else None
+        key = (meta["namespace"], meta["name"])
+        if url and decision.status.phase is not None and decision.status.phase.value == "Running":
+            self.metrics_urls[key] = url
+        else:
+            self.metrics_urls.pop(key, None)
+        return decision
+
+    # ------------------------------------------------------------ actions
+
+    def _act(self, body: Mapping[str, Any], decision: Decision) -> None:
+        meta = body["metadata"]
+        action = decision.action
+        if action.type is ActionType.DELETE_JOB and action.job_name:
+            logger.info("deleting Job %s/%s", meta["namespace"], action.job_name)
+            self.kube.delete("Job", meta["namespace"], action.job_name)
+        elif action.type is ActionType.DELETE_FINETUNEJOB:
+            logger.info("ttlSecondsAfterFinished passed: deleting FineTuneJob %s/%s", meta["namespace"], meta["name"])
+            self.kube.delete("FineTuneJob", meta["namespace"], meta["name"])
+
+    def _ensure_children(self, body: Mapping[str, Any], job: FineTuneJob, attempt: int) -> str | None:
+        """Create every child of the attempt that does not exist yet; the API server's message if it refuses one.
+
+        Deterministic names make this idempotent: 409 means the child exists, and it is read and adopted.
+        """
+        namespace = body["metadata"]["namespace"]
+        for child in render.render_children(job, attempt, namespace, self.settings, owner=body):
+            try:
+                self.kube.create(child)
+                logger.info("created %s %s/%s", child["kind"], namespace, child["metadata"]["name"])
+                if child["kind"] == "Job":
+                    self.post_event(body, Event("Normal", "AttemptCreated",
+                                                f"created Job {child['metadata']['name']} (attempt {attempt})"))
+            except ApiException as error:
+                if error.status == 409:
+                    try:
+                        self._adopt(child, body)
+                    except ChildConflict as conflict:
+                        return str(conflict)
+                elif error.status in (400, 422):
+                    return f"{child['kind']} {child['metadata']['name']}: {api_error_message(error)}"
+                else:
+                    raise
+        return None
+
+    def _adopt(self, child: dict[str, Any], owner: Mapping[str, Any]) -> None:
+        """A child already exists: keep it if it is ours, take over one left by an earlier incarnation."""
+        meta = child["metadata"]
+        existing = self.kube.get(child["kind"], meta["namespace"], meta["name"])
+        if existing is None:
+            return  # deleted meanwhile: the next cycle creates it
+        labels = (existing.get("metadata") or {}).get("labels") or {}
+        if labels.get(names.LABEL_FINETUNEJOB) != owner["metadata"]["name"]:
+            raise ChildConflict(
+                f"{child['kind']} {meta['name']} already exists and does not belong to this FineTuneJob "
+                f"(no {names.LABEL_FINETUNEJOB}={owner['metadata']['name']} label): delete or rename it"
+            )
+        uid = owner["metadata"].get("uid")
+        if child["kind"] in ("ConfigMap", "Service") and not _owned_by(existing, uid):
+            # Left by a deleted FineTuneJob of the same name and not yet collected: make it this one's.
+            update: dict[str, Any] = {"metadata": {"ownerReferences": meta.get("ownerReferences")}}
+            if child["kind"] == "ConfigMap":
+                update["data"] = child["data"]
+            self.kube.patch(child["kind"], meta["namespace"], meta["name"], update)
+            logger.info("adopted %s %s/%s", child["kind"], meta["namespace"], meta["name"])
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    references = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return uid is not None and any(reference.get("uid") == uid for reference in references)
