@@ -624,6 +624,22 @@ class TrainingSpec(KubeModel):
         max_length=3,
         description="reportTo lists experiment trackers; default [tensorboard]. Credentials come through env/envFrom.",
     )
+    liger_kernels: bool = Field(
+        default=True,
+        description="ligerKernels uses Liger's Triton kernels for RMSNorm, SwiGLU and RoPE on GPUs; default true. "
+        "No effect on the CPU.",
+    )
+    varlen_attention: bool = Field(
+        default=True,
+        description="varlenAttention, with packing on GPUs and model.attnImplementation sdpa, attends within each "
+        "packed example through PyTorch's flash varlen kernel instead of a dense mask over the whole packed "
+        "micro-batch; default true.",
+    )
+    adapter_in_compute_dtype: bool = Field(
+        default=True,
+        description="adapterInComputeDtype keeps the LoRA weights in bf16 when training in bf16 on GPUs, as TRL "
+        "already does for quantized bases; default true. false keeps peft's fp32 adapters on 16-bit bases.",
+    )
 
     @model_validator(mode="after")
     def _one_warmup(self) -> TrainingSpec:
