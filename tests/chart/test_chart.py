@@ -228,7 +228,7 @@ async def test_helm_test_hook_asks_the_operator_metrics_service(helm_install) ->
 
 async def test_notes_tell_the_user_what_to_apply_next(helm_install) -> None:
     notes = (await helm_install()).release["info"]["notes"]
-    assert "kubectl apply -f examples/quickstart-cpu.yaml" in notes and "kubectl get ftj -w" in notes
+    assert "examples/quickstart-cpu.yaml | kubectl apply -f -" in notes and "kubectl get ftj -w" in notes
 
 
 def test_values_file_and_schema_agree_on_every_key() -> None:
