@@ -478,11 +478,10 @@ def test_too_few_examples_for_the_validation_split(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- what TRL's SFTTrainer trains on
 
 
-def sft_batch(tmp_path: Path, data: TrainingData, tokenizer: Any) -> dict[str, Any]:
-    """The train set as TRL's SFTTrainer prepares and collates it, completion-only loss on."""
+def tiny_model(tokenizer: Any) -> Any:
+    """A one-layer random Llama over `tokenizer`'s vocabulary."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-    from trl import SFTConfig, SFTTrainer
 
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -496,6 +495,13 @@ def sft_batch(tmp_path: Path, data: TrainingData, tokenizer: Any) -> dict[str, A
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+    return LlamaForCausalLM(config)
+
+
+def sft_batch(tmp_path: Path, data: TrainingData, tokenizer: Any) -> dict[str, Any]:
+    """The train set as TRL's SFTTrainer prepares and collates it, completion-only loss on."""
+    from trl import SFTConfig, SFTTrainer
+
     args = SFTConfig(
         output_dir=str(tmp_path / "out"),
         report_to="none",
@@ -504,9 +510,7 @@ def sft_batch(tmp_path: Path, data: TrainingData, tokenizer: Any) -> dict[str, A
         use_cpu=True,
         max_length=512,
     )
-    trainer = SFTTrainer(
-        model=LlamaForCausalLM(config), args=args, train_dataset=data.train, processing_class=tokenizer
-    )
+    trainer = SFTTrainer(model=tiny_model(tokenizer), args=args, train_dataset=data.train, processing_class=tokenizer)
     return trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
 
 
@@ -573,3 +577,27 @@ def test_sft_trainer_trains_on_every_token_of_text_rows(tmp_path: Path) -> None:
     for (ids, labels), row in zip(labelled_examples(tmp_path, data, tok), rows_of(data), strict=True):
         assert ids == labels == tok(row["text"])["input_ids"]
         assert ids[-1] == tok.eos_token_id
+
+
+def test_dpo_trainer_splits_preference_rows_at_the_prompt(tmp_path: Path) -> None:
+    from trl import DPOConfig, DPOTrainer
+
+    user = {"role": "user", "content": "2+2?"}
+    write_jsonl(
+        tmp_path / "data.jsonl",
+        [
+            {"chosen": [user, {"role": "assistant", "content": "4"}],
+             "rejected": [user, {"role": "assistant", "content": "five"}]},
+        ],
+    )
+    tok = build_tokenizer()
+    data = load(tmp_path, make_spec(format="preference"), tok)
+    [row] = rows_of(data)
+    args = DPOConfig(output_dir=str(tmp_path / "out"), report_to="none", bf16=False, use_cpu=True)
+    trainer = DPOTrainer(
+        model=tiny_model(tok), ref_model=tiny_model(tok), args=args, train_dataset=data.train, processing_class=tok
+    )
+    example = trainer.train_dataset[0]
+    assert example["prompt_ids"] == tok(row["prompt"])["input_ids"]
+    assert tok.decode(example["chosen_ids"]) == row["chosen"] == "4<|im_end|><|eos|>"
+    assert tok.decode(example["rejected_ids"]) == row["rejected"] == "five<|im_end|><|eos|>"

@@ -147,7 +147,7 @@ def _chat_messages_renderer(ctx: _Context, column: str) -> Renderer:
         if messages[-1]["role"] != "assistant":
             raise FormatError(f"column {column!r}: the last message must be the assistant's answer")
         *history, answer = messages
-        reasoning = _cell(row, reasoning_col) if reasoning_col else _message_reasoning(answer)
+        reasoning = row.get(reasoning_col) if reasoning_col else _message_reasoning(answer)
         history = _with_system(history, _system(ctx, row, system_col))
         prompt = ctx.chat_prompt(history)
         return {"prompt": prompt, "completion": _completion(ctx, prompt, reasoning, answer["content"], end)}
@@ -165,7 +165,7 @@ def _chat_qa_renderer(ctx: _Context) -> Renderer:
         user = [{"role": "user", "content": _required_text(row, prompt_col)}]
         prompt = ctx.chat_prompt(_with_system(user, _system(ctx, row, system_col)))
         answer = _required_text(row, completion_col)
-        reasoning = _cell(row, reasoning_col) if reasoning_col else None
+        reasoning = row.get(reasoning_col) if reasoning_col else None
         return {"prompt": prompt, "completion": _completion(ctx, prompt, reasoning, answer, end)}
 
     return render
@@ -178,7 +178,7 @@ def _prompt_completion_renderer(ctx: _Context) -> Renderer:
     def render(rows: Sequence[Row]) -> dict[str, str]:
         row = rows[0]
         answer = _required_text(row, completion_col)
-        reasoning = _cell(row, reasoning_col) if reasoning_col else None
+        reasoning = row.get(reasoning_col) if reasoning_col else None
         body = _completion_body("", reasoning, answer, ctx.spec.wrap_reasoning)
         prompt = _raw_prompt(_required_text(row, prompt_col), _system(ctx, row, system_col), body)
         return {"prompt": prompt, "completion": body + _eos(ctx.tokenizer, body)}
@@ -304,10 +304,6 @@ def _require_chat_template(tokenizer: Any) -> None:
             "this format renders prompts with the tokenizer's chat template, but the model's tokenizer has none; "
             "use dataset.format prompt-completion or template for a base model"
         )
-
-
-def _cell(row: Row, column: str) -> Any:
-    return row.get(column)
 
 
 def _required_text(row: Row, column: str) -> str:
