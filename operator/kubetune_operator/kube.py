@@ -49,7 +49,14 @@ class KubeApi:
 
     def __init__(self, timeout_seconds: float = 30.0, api_client: client.ApiClient | None = None) -> None:
         self.timeout = timeout_seconds
-        self.api = api_client or client.ApiClient()
+        self._api = api_client
+
+    @property
+    def api(self) -> client.ApiClient:
+        """The client, made on first use: kopf's login (after the startup handlers) configures the default."""
+        if self._api is None:
+            self._api = client.ApiClient()
+        return self._api
 
     def _path(self, kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
         prefix, plural = RESOURCES[kind]

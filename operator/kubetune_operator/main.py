@@ -55,28 +55,39 @@ def tune_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
     kopf_settings.execution.max_workers = max(4, settings.reconcile_concurrency * 2)
 
 
-def run_operator(settings: Settings | None = None, stop_flag: Any = None, ready_flag: Any = None) -> None:
-    """Run the operator in this thread until `stop_flag` is set (a threading/asyncio Event or Future).
-
-    `ready_flag` is set once kopf is watching. Handlers come from `kubetune_operator.handlers`;
-    settings travel to them through kopf's memo, so several operators can run in one process.
-    """
+def _operator_kwargs(settings: Settings, stop_flag: Any, ready_flag: Any) -> dict[str, Any]:
     import kubetune_operator.handlers as handlers  # registers the handlers in kopf's default registry
 
-    settings = settings or Settings.from_env()
     kopf_settings = kopf.OperatorSettings()
     tune_kopf(kopf_settings, settings)
-    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-    kopf.run(
+    return dict(
         standalone=True,
         clusterwide=settings.clusterwide,
         namespaces=list(settings.namespaces),
         settings=kopf_settings,
         memo=kopf.Memo({handlers.MEMO_SETTINGS: settings}),
-        liveness_endpoint=liveness,
+        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
     )
+
+
+async def operate(settings: Settings | None = None, stop_flag: Any = None, ready_flag: Any = None) -> None:
+    """The operator as a coroutine (`kopf.operator`), for a caller that owns the event loop or thread.
+
+    Run it in a loop of its own: on exit kopf cancels every task of its loop.
+    """
+    await kopf.operator(**_operator_kwargs(settings or Settings.from_env(), stop_flag, ready_flag))
+
+
+def run_operator(settings: Settings | None = None, stop_flag: Any = None, ready_flag: Any = None) -> None:
+    """Run the operator in this thread until `stop_flag` is set (a threading/asyncio Event or Future).
+
+    `ready_flag` is set once kopf is watching. Handlers come from `kubetune_operator.handlers`;
+    settings travel to them through kopf's memo, so operators with different settings can run one
+    after another in one process.
+    """
+    kopf.run(**_operator_kwargs(settings or Settings.from_env(), stop_flag, ready_flag))
 
 
 def main() -> int:

@@ -380,7 +380,9 @@ def _after_failure(draft: _Draft, spec: FineTuneJobSpec, job: Mapping[str, Any],
     failure = classify.classify_failure(job, pods)
     attempt = draft.status.attempt or 0
     if failure.kind == "invalid":
-        draft.finish(False, INVALID_RECIPE, f"the trainer refused the recipe: {failure.message}")
+        message = f"the trainer refused the recipe: {failure.message}"
+        draft.set(ACCEPTED, False, INVALID_RECIPE, message)
+        draft.finish(False, INVALID_RECIPE, message)
         return
     if failure.kind == "preempted":
         if draft.status.preemptions >= spec.max_preemptions:
@@ -489,7 +491,8 @@ def _succeed(draft: _Draft, pods: list) -> None:
     draft.status.progress = progress
     loss = f" (loss {progress.loss:.4g})" if progress.loss is not None else ""
     where = f"; adapter in {output.adapter_path}" if output.adapter_path else f"; results in {contract.output_dir(contract.WORKSPACE)}"
-    draft.finish(True, COMPLETED, f"training finished at step {progress.step}{loss}{where}")
+    at = f" at step {progress.step}" if progress.step is not None else ""
+    draft.finish(True, COMPLETED, f"training finished{at}{loss}{where}")
 
 
 def _drift(spec: FineTuneJobSpec, accepted: Mapping[str, Any] | None) -> str | None:
