@@ -106,6 +106,15 @@ def test_chat_multi_turn_trains_the_last_answer_with_earlier_turns_as_prompt(tmp
     assert row["completion"] == "Goodbye<|im_end|><|eos|>"
 
 
+def test_chat_reasoning_kept_in_the_assistant_message_is_wrapped(tmp_path: Path) -> None:
+    answer = {"role": "assistant", "content": "4", "reasoning_content": "Two and two."}
+    write_jsonl(tmp_path / "data.jsonl", [{"messages": [{"role": "user", "content": "2+2?"}, answer]}])
+    [row] = rows_of(load(tmp_path, make_spec()))
+    assert row["completion"] == "<think>\nTwo and two.\n</think>\n\n4<|im_end|><|eos|>"
+    [row] = rows_of(load(tmp_path, make_spec(thinkTags=False)))
+    assert row["completion"] == "Two and two.\n\n4<|im_end|><|eos|>"
+
+
 def test_chat_question_columns_with_reasoning_wrap_think_before_answer(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "data.jsonl", QA)
     tok = build_tokenizer()

@@ -13,6 +13,10 @@ such as DeepSeek-R1-Distill's drop everything up to `</think>` in assistant turn
 a whole conversation rendered by them loses the reasoning being taught. Prompts of
 the other formats are raw text, the system prompt before them.
 
+Reasoning (a mapped reasoning column, or `reasoning_content` in a chat answer) goes
+before the answer as `<think>\n…\n</think>\n\n` with thinkTags, else as plain text;
+when the generation prompt already opens `<think>` (R1-Distill) the block continues it.
+
 Completions end the way the chat template ends an assistant turn (e.g.
 `<|im_end|>`) followed by the tokenizer's eos token, so the model learns to stop.
 
@@ -148,9 +152,10 @@ def _chat_messages_renderer(ctx: _Context, column: str) -> Renderer:
             raise FormatError(f"column {column!r}: the last message must be the assistant's answer")
         *history, answer = messages
         reasoning = row.get(reasoning_col) if reasoning_col else _message_reasoning(answer)
-        history = _with_system(history, _system(ctx, row, system_col))
-        prompt = ctx.chat_prompt(history)
-        return {"prompt": prompt, "completion": _completion(ctx, prompt, reasoning, answer["content"], end)}
+        # Reasoning kept inside the message is wrapped too, unless thinkTags is explicitly false.
+        wrap = ctx.spec.wrap_reasoning if reasoning_col or ctx.spec.think_tags is not None else True
+        prompt = ctx.chat_prompt(_with_system(history, _system(ctx, row, system_col)))
+        return {"prompt": prompt, "completion": _completion(prompt, reasoning, answer["content"], end, wrap)}
 
     return render
 
@@ -166,7 +171,7 @@ def _chat_qa_renderer(ctx: _Context) -> Renderer:
         prompt = ctx.chat_prompt(_with_system(user, _system(ctx, row, system_col)))
         answer = _required_text(row, completion_col)
         reasoning = row.get(reasoning_col) if reasoning_col else None
-        return {"prompt": prompt, "completion": _completion(ctx, prompt, reasoning, answer, end)}
+        return {"prompt": prompt, "completion": _completion(prompt, reasoning, answer, end, ctx.spec.wrap_reasoning)}
 
     return render
 
@@ -290,8 +295,8 @@ def _chat_pair(
     end = _turn_end(ctx.tokenizer)
     return {
         "prompt": text,
-        "chosen": _completion(ctx, text, None, good[-1]["content"], end),
-        "rejected": _completion(ctx, text, None, bad[-1]["content"], end),
+        "chosen": _completion(text, None, good[-1]["content"], end, wrap=False),
+        "rejected": _completion(text, None, bad[-1]["content"], end, wrap=False),
     }
 
 
@@ -384,8 +389,9 @@ def _eos(tokenizer: Any, text: str) -> str:
     return "" if not eos or text.endswith(eos) else eos
 
 
-def _completion(ctx: _Context, prompt: str, reasoning: Any, answer: str, end: str) -> str:
-    body = _completion_body(prompt, reasoning, answer, ctx.spec.wrap_reasoning)
+def _completion(prompt: str, reasoning: Any, answer: str, end: str, wrap: bool) -> str:
+    """A chat answer after `prompt`: reasoning (see _completion_body), the answer, the turn's end."""
+    body = _completion_body(prompt, reasoning, answer, wrap)
     return body + ("" if body.endswith(end) else end)
 
 
