@@ -70,14 +70,12 @@ class ChartEmulator(kmock.KubernetesEmulator):
         return [obj.raw for obj in self.objects.values() if not obj.deleted]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Install:
     """What one `helm install` created, and Helm's answer."""
 
     objects: list[dict[str, Any]]
     release: dict[str, Any]
-    emulator: ChartEmulator
-    kubeconfig: Path
     hooks: list[dict[str, Any]] = field(default_factory=list)
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
@@ -133,14 +131,24 @@ def _hook_manifests(release: dict[str, Any]) -> list[dict[str, Any]]:
     return [yaml.safe_load(hook["manifest"]) for hook in release.get("hooks") or []]
 
 
+# Installs are deterministic, so tests asking for the same values share one (about 1 s each).
+_INSTALLS: dict[tuple[str, bool], Install] = {}
+
+
 @pytest.fixture
 def helm_install(tmp_path: Path):
-    """`await helm_install(values, monitoring=False)`: install the chart into a fresh emulator."""
+    """`await helm_install(values, monitoring=False)`: install the chart into a fresh emulator.
+
+    The result is shared between tests that ask for the same values: treat it as read-only.
+    """
 
     async def install(values: dict[str, Any] | None = None, *, monitoring: bool = False) -> Install:
-        async with emulated_cluster(tmp_path, monitoring=monitoring) as (emulator, kubeconfig):
-            release = await run_helm("install", str(CHART), "--kubeconfig", str(kubeconfig), "--release", RELEASE,
-                                     "--namespace", RELEASE_NAMESPACE, "--values", json.dumps(values or {}))
-            return Install(emulator.created(), release, emulator, kubeconfig, _hook_manifests(release))
+        key = (json.dumps(values or {}, sort_keys=True), monitoring)
+        if key not in _INSTALLS:
+            async with emulated_cluster(tmp_path, monitoring=monitoring) as (emulator, kubeconfig):
+                release = await run_helm("install", str(CHART), "--kubeconfig", str(kubeconfig), "--release",
+                                         RELEASE, "--namespace", RELEASE_NAMESPACE, "--values", key[0])
+                _INSTALLS[key] = Install(emulator.created(), release, _hook_manifests(release))
+        return _INSTALLS[key]
 
     return install
