@@ -4,7 +4,8 @@
     trainer = SFTTrainer(..., train_dataset=data.train, eval_dataset=data.validation)
 
 Sources: a hub id (`dataset.name`, through `datasets.load_dataset`) or a file or
-folder (`dataset.path`: jsonl, json, csv, parquet; a folder holds files of one type).
+folder (`dataset.path`: jsonl, json, csv, parquet; a folder holds files of one type;
+`dataset.split` applies to hub datasets only).
 Rows become TRL "standard" examples (`prompt`/`completion`, `text`, or
 `prompt`/`chosen`/`rejected`); `kubetune_trainer.formats` renders them.
 `maxSamples` keeps the first N rows, then `validationSplit` holds out a seeded
