@@ -120,6 +120,7 @@ class JobController:
         self._deleted_by_us: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
         emulator.add_listener(self._on_event)
 
     def _on_event(self, res: kmock.resource, event: dict[str, Any]) -> None:
@@ -132,11 +133,12 @@ class JobController:
 
     async def stop(self) -> None:
         """Stop the sync loop."""
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopped:  # a flag, too: Python 3.11's wait_for can swallow a cancellation
             try:
                 await asyncio.wait_for(self._wake.wait(), self.resync_seconds)
             except TimeoutError:

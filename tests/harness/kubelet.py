@@ -46,6 +46,7 @@ CONFIGMAPS = kmock.resource("", "v1", "configmaps")
 SECRETS = kmock.resource("", "v1", "secrets")
 NODE_NAME = "emulated-node"
 VENV_BIN = str(Path(sys.executable).parent)
+SETUP_RETRY_SECONDS = 1.0  # a pod whose ConfigMap is missing retries its setup this often
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class Kubelet:
         self._free_ips = [f"127.0.0.{n}" for n in range(2, 255)]
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
         self._seq = itertools.count()
         emulator.add_listener(lambda res, event: self._wake.set())
 
@@ -124,6 +126,7 @@ class Kubelet:
 
     async def stop(self) -> None:
         """Kill every process and stop."""
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
         for run in self.pods.values():
@@ -177,7 +180,7 @@ class Kubelet:
     # ------------------------------------------------------------ loop
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopped:  # a flag, too: Python 3.11's wait_for can swallow a cancellation
             try:
                 await asyncio.wait_for(self._wake.wait(), self.resync_seconds)
             except TimeoutError:
@@ -242,8 +245,9 @@ class Kubelet:
             run.reported = "Pending"
             return
         run.ip = self._free_ips.pop(0)
-        await self.emulator.api_patch(PODS, meta["namespace"], meta["name"], {"spec": {"nodeName": NODE_NAME}},
-                                      validate=False)
+        if pod["spec"].get("nodeName") != NODE_NAME:
+            await self.emulator.api_patch(PODS, meta["namespace"], meta["name"], {"spec": {"nodeName": NODE_NAME}},
+                                          validate=False)
         if plan.mode == "image-pull":
             image = pod["spec"]["containers"][0].get("image", "")
             message = plan.message or f'Failed to pull image "{image}": not found'
@@ -256,12 +260,13 @@ class Kubelet:
         try:
             run.containers = await self._launch(pod, run)
         except podenv.PodSetupError as error:
-            # As the kubelet: the pod stays Pending (ContainerCreating / CreateContainerConfigError).
+            # As the kubelet: the pod stays Pending (ContainerCreating / CreateContainerConfigError); retried.
             self._release(run)
-            del self.pods[meta["uid"]]
-            await self._write_status(pod, {"phase": "Pending", "conditions": [_condition("PodScheduled", "True")],
-                                           "containerStatuses": [_waiting(c, error.reason, error.message)
-                                                                 for c in pod["spec"]["containers"]]})
+            waiting = [_waiting(c, error.reason, error.message) for c in pod["spec"]["containers"]]
+            if (pod.get("status") or {}).get("containerStatuses") != waiting:
+                await self._write_status(pod, {"phase": "Pending", "conditions": [_condition("PodScheduled", "True")],
+                                               "containerStatuses": waiting})
+            asyncio.get_running_loop().call_later(SETUP_RETRY_SECONDS, self._retry, meta["uid"])
             return
         await self._report(pod, run)
 
@@ -298,6 +303,12 @@ class Kubelet:
             run.tasks.append(asyncio.get_running_loop().create_task(self._wait(run_)))
             containers.append(run_)
         return containers
+
+    def _retry(self, uid: str) -> None:
+        run = self.pods.get(uid)
+        if run is not None and not run.containers:
+            del self.pods[uid]  # the next sync starts it afresh
+            self._wake.set()
 
     def _base_env(self, pod_dir: Path) -> dict[str, str]:
         home = pod_dir / "home"

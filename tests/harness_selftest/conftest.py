@@ -63,7 +63,8 @@ def toy_job(name: str, *, workers: int = 1, env: dict[str, str] | None = None, s
         spec["podFailurePolicy"] = {"rules": [
             {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "NotIn", "values": [0]}}]}
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec}
+    return {"apiVersion": "batch/v1", "kind": "Job", "spec": spec,
+            "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"kubetune.io/finetunejob": name}}}
 
 
 @pytest.fixture
