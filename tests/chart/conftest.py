@@ -1,6 +1,7 @@
 """Install the chart with the real Helm library into an emulated Kubernetes API.
 
-Each install gets a fresh emulator (kmock's, over real HTTP) and runs Helm in a
+Each install gets a fresh emulator (the project's, tests/harness/emulator.py: kmock's,
+fixed, over real HTTP, validating every create like an API server) and runs Helm in a
 child process (see `helm_runner` for why); what Helm created is then read back
 from the emulator, so the tests see exactly the objects a cluster would get.
 """
@@ -17,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import attrs
 import kmock
 import pytest
+
+from tests.harness.emulator import KubeEmulator
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubetune"
@@ -38,25 +42,19 @@ class HelmFailed(RuntimeError):
     """Helm refused the chart or the values; the message is Helm's."""
 
 
-class ChartEmulator(kmock.KubernetesEmulator):
-    """kmock's emulator with core discovery that client-go (and so Helm) understands.
+@attrs.define(kw_only=True)
+class ChartEmulator(KubeEmulator):
+    """The project's emulated API server (tests/harness), claiming a Kubernetes version the chart accepts.
 
-    kmock 0.8 answers `groupVersion: "/v1"` for the core group, and client-go then
-    finds no ConfigMap, Service, ... kinds (shared/reference/helm-into-kmock.md).
+    kmock 0.8 says it is v1.26, older than the chart's kubeVersion (>= 1.28) allows.
     """
 
-    kubernetes_version = KUBERNETES_VERSION
+    kubernetes_version: str = KUBERNETES_VERSION
 
     async def _serve_server_version(self, request: Any) -> Any:
-        # kmock 0.8 claims v1.26, older than the chart's kubeVersion allows.
         response = await super()._serve_server_version(request)
         major, minor = self.kubernetes_version.split(".")[:2]
         return {**response, "major": major, "minor": minor, "gitVersion": f"v{self.kubernetes_version}"}
-
-    async def _serve_version(self, request: Any) -> Any:
-        response = await super()._serve_version(request)
-        response["groupVersion"] = response["groupVersion"].lstrip("/")
-        return response
 
     def serve_monitoring_api(self) -> None:
         """Serve monitoring.coreos.com/v1 like a cluster with prometheus-operator."""
@@ -119,7 +117,6 @@ async def run_helm(*args: str) -> dict[str, Any]:
 async def emulated_cluster(tmp_path: Path, *, monitoring: bool = False) -> AsyncIterator[tuple[ChartEmulator, Path]]:
     """A fresh emulated API server and a kubeconfig pointing at it."""
     async with ChartEmulator() as emulator, kmock.Server(emulator):
-        emulator.resources.load_bundled()
         if monitoring:
             emulator.serve_monitoring_api()
         yield emulator, write_kubeconfig(str(emulator.url), tmp_path / "kubeconfig")
