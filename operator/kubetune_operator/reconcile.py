@@ -475,6 +475,7 @@ def _succeed(draft: _Draft, pods: list) -> None:
         adapter_path=field("adapterPath", "adapter"),
         merged_path=field("mergedPath", "merged"),
         archive_path=field("archivePath", "archive"),
+        uri=field("uri", "outputUri"),
     )
     if any(value is not None for value in output.model_dump().values()):
         draft.status.output = output

@@ -27,6 +27,8 @@ TERMINATION_GRACE_SECONDS = 300
 RECIPE_VOLUME = "recipe"
 WORKSPACE_VOLUME = "workspace"
 SHM_VOLUME = "dshm"
+DATASET_VOLUME = "dataset"
+MODEL_CACHE_VOLUME = "model-cache"
 SHM_PATH = "/dev/shm"
 METRICS_PORT_NAME = "metrics"
 
@@ -134,6 +136,10 @@ def build_env(job: FineTuneJob, attempt: int, namespace: str) -> list[dict[str, 
         {"name": contract.Env.NPROC_PER_NODE, "value": str(processes_per_worker(spec))},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    if spec.dataset.config_map is not None:
+        ours.append({"name": contract.Env.DATASET_DIR, "value": contract.DATASET_CONFIGMAP_DIR})
+    if spec.model.cache_claim:
+        ours.append({"name": contract.Env.MODEL_CACHE, "value": contract.MODEL_CACHE})
     if spec.resources.workers > 1:
         # The node rank is JOB_COMPLETION_INDEX, which Kubernetes sets in Indexed Jobs.
         ours += [
@@ -203,11 +209,7 @@ def build_container(job: FineTuneJob, attempt: int, namespace: str, settings: Se
         "command": ["kubetune-trainer"],
         "env": build_env(job, attempt, namespace),
         "ports": [{"name": METRICS_PORT_NAME, "containerPort": spec.metrics_port, "protocol": "TCP"}],
-        "volumeMounts": [
-            {"name": RECIPE_VOLUME, "mountPath": contract.RECIPE_DIR, "readOnly": True},
-            {"name": WORKSPACE_VOLUME, "mountPath": contract.WORKSPACE},
-            {"name": SHM_VOLUME, "mountPath": SHM_PATH},
-        ],
+        "volumeMounts": build_volume_mounts(spec),
         "terminationMessagePath": contract.TERMINATION_LOG,
         # Without a message file (a crash before the launcher wrote one) the log tail explains the failure.
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -221,17 +223,43 @@ def build_container(job: FineTuneJob, attempt: int, namespace: str, settings: Se
     return container
 
 
+def build_volume_mounts(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    """Recipe (read-only), workspace, /dev/shm; the dataset ConfigMap and the shared model cache if set."""
+    mounts: list[dict[str, Any]] = [
+        {"name": RECIPE_VOLUME, "mountPath": contract.RECIPE_DIR, "readOnly": True},
+        {"name": WORKSPACE_VOLUME, "mountPath": contract.WORKSPACE},
+        {"name": SHM_VOLUME, "mountPath": SHM_PATH},
+    ]
+    if spec.dataset.config_map is not None:
+        mounts.append({"name": DATASET_VOLUME, "mountPath": contract.DATASET_CONFIGMAP_DIR, "readOnly": True})
+    if spec.model.cache_claim:
+        # Writable: the first FineTuneJob downloads a model into it (under a file lock), later ones reuse it.
+        mounts.append({"name": MODEL_CACHE_VOLUME, "mountPath": contract.MODEL_CACHE})
+    return mounts
+
+
 def build_volumes(job: FineTuneJob) -> list[dict[str, Any]]:
-    """The recipe ConfigMap, the workspace PVC and a memory-backed /dev/shm (NCCL and dataloaders need it)."""
-    name, storage = job.metadata.name, job.spec.storage
-    return [
+    """The recipe ConfigMap, the workspace PVC and a memory-backed /dev/shm (NCCL and dataloaders need it),
+    plus the dataset ConfigMap's key and the shared model-cache PVC when the spec names them."""
+    name, spec = job.metadata.name, job.spec
+    volumes: list[dict[str, Any]] = [
         {"name": RECIPE_VOLUME, "configMap": {"name": names.recipe_configmap_name(name), "defaultMode": 0o444}},
         {
             "name": WORKSPACE_VOLUME,
-            "persistentVolumeClaim": {"claimName": storage.existing_claim or names.pvc_name(name)},
+            "persistentVolumeClaim": {"claimName": spec.storage.existing_claim or names.pvc_name(name)},
         },
         {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}},
     ]
+    dataset = spec.dataset.config_map
+    if dataset is not None:
+        volumes.append({
+            "name": DATASET_VOLUME,
+            "configMap": {"name": dataset.name, "items": [{"key": dataset.key, "path": dataset.key}],
+                          "defaultMode": 0o444},
+        })
+    if spec.model.cache_claim:
+        volumes.append({"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": spec.model.cache_claim}})
+    return volumes
 
 
 def build_pod_template(job: FineTuneJob, attempt: int, namespace: str, settings: Settings) -> dict[str, Any]:

@@ -241,6 +241,29 @@ def test_existing_claim_is_mounted_and_no_pvc_is_rendered() -> None:
     assert {"name": "workspace", "persistentVolumeClaim": {"claimName": "team-cache"}} in volumes
 
 
+def test_dataset_configmap_and_model_cache_are_mounted_with_their_env() -> None:
+    job = make({
+        "dataset": {"configMap": {"name": "quiz-data", "key": "train.jsonl"}},
+        "model": {"name": "meta-llama/Llama-3.2-1B", "cacheClaim": "models"},
+    })
+    manifest = build_job(job, 0, "ns", SETTINGS)
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    pod = manifest["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    dataset = mounts[contract.DATASET_CONFIGMAP_DIR]
+    assert dataset["readOnly"] is True
+    assert volumes[dataset["name"]]["configMap"]["name"] == "quiz-data"
+    assert volumes[dataset["name"]]["configMap"]["items"] == [{"key": "train.jsonl", "path": "train.jsonl"}]
+    cache = mounts[contract.MODEL_CACHE]
+    assert volumes[cache["name"]]["persistentVolumeClaim"] == {"claimName": "models"}
+    env = env_of(manifest)
+    assert env[contract.Env.DATASET_DIR] == contract.DATASET_CONFIGMAP_DIR
+    assert env[contract.Env.MODEL_CACHE] == contract.MODEL_CACHE
+    plain = env_of(build_job(make(), 0, "ns", SETTINGS))
+    assert contract.Env.DATASET_DIR not in plain and contract.Env.MODEL_CACHE not in plain
+
+
 def test_pvc_from_storage_spec() -> None:
     job = make({"storage": {"size": "200Gi", "storageClassName": "fast", "accessModes": ["ReadWriteMany"]}})
     pvc = by_kind(render_children(job, 0, "ns", SETTINGS))["PersistentVolumeClaim"]
