@@ -379,6 +379,7 @@ def _after_failure(draft: _Draft, spec: FineTuneJobSpec, job: Mapping[str, Any],
     """Classify a failed attempt and either fail the FineTuneJob or count it and move to the next attempt."""
     failure = classify.classify_failure(job, pods)
     attempt = draft.status.attempt or 0
+    _checkpoint_from(classify.termination_message(classify.rank0_pod(pods)), draft)
     if failure.kind == "invalid":
         message = f"the trainer refused the recipe: {failure.message}"
         draft.set(ACCEPTED, False, INVALID_RECIPE, message)
@@ -467,33 +468,53 @@ def _take_progress(draft: _Draft, observed: Observed) -> None:
         draft.status.checkpoint = observed.checkpoint
 
 
+def _checkpoint_from(message: Mapping[str, Any], draft: _Draft) -> None:
+    """The newest complete checkpoint the trainer reported in its termination message, if newer."""
+    reported = message.get("checkpoint")
+    if not isinstance(reported, Mapping) or not isinstance(reported.get("step"), int):
+        return
+    known = draft.status.checkpoint
+    if known is None or known.step is None or reported["step"] >= known.step:
+        path = reported.get("path")
+        draft.status.checkpoint = CheckpointStatus(
+            step=reported["step"], path=str(path) if path else None,
+            time=known.time if known is not None and known.step == reported["step"] else format_time(draft.now),
+        )
+
+
 def _succeed(draft: _Draft, pods: list) -> None:
-    """The attempt Job completed: results and final numbers from rank 0's termination message."""
+    """The attempt Job completed: results and final numbers from rank 0's termination message.
+
+    The launcher's message (launcher.termination_message): {"exitCode", "reason", "message", "step",
+    "totalSteps", "loss", "evalLoss", "tokensPerSecond", "checkpoint": {...}, "output": {"adapterPath", ...}}.
+    """
     message = classify.termination_message(classify.rank0_pod(pods))
+    nested = message.get("output") if isinstance(message.get("output"), Mapping) else message
+    out = lambda *keys: classify.message_field(nested, *keys)  # noqa: E731
     field = lambda *keys: classify.message_field(message, *keys)  # noqa: E731
     output = OutputStatus(
-        adapter_path=field("adapterPath", "adapter"),
-        merged_path=field("mergedPath", "merged"),
-        archive_path=field("archivePath", "archive"),
-        uri=field("uri", "outputUri"),
+        adapter_path=out("adapterPath"), merged_path=out("mergedPath"), archive_path=out("archivePath"),
+        uri=out("uri"),
     )
     if any(value is not None for value in output.model_dump().values()):
         draft.status.output = output
+    _checkpoint_from(message, draft)
     progress = (draft.status.progress or Progress()).model_copy()
-    step = field("step", "finalStep", "globalStep")
-    progress.step = int(step) if isinstance(step, (int, float)) else progress.step
-    progress.total_steps = progress.total_steps or progress.step
-    for attribute, keys in (("loss", ("loss", "trainLoss")), ("eval_loss", ("evalLoss",)),
-                            ("tokens_per_second", ("tokensPerSecond",))):
-        value = field(*keys)
+    for attribute, key in (("step", "step"), ("total_steps", "totalSteps")):
+        value = field(key)
+        if isinstance(value, (int, float)):
+            setattr(progress, attribute, int(value))
+    for attribute, key in (("loss", "loss"), ("eval_loss", "evalLoss"), ("tokens_per_second", "tokensPerSecond")):
+        value = field(key)
         if isinstance(value, (int, float)):
             setattr(progress, attribute, float(value))
+    progress.total_steps = progress.total_steps or progress.step
     progress.percent, progress.eta_seconds = "100%", 0.0
     draft.status.progress = progress
     loss = f" (loss {progress.loss:.4g})" if progress.loss is not None else ""
-    where = f"; adapter in {output.adapter_path}" if output.adapter_path else f"; results in {contract.output_dir(contract.WORKSPACE)}"
+    where = output.adapter_path or contract.output_dir(contract.WORKSPACE)
     at = f" at step {progress.step}" if progress.step is not None else ""
-    draft.finish(True, COMPLETED, f"training finished{at}{loss}{where}")
+    draft.finish(True, COMPLETED, f"training finished{at}{loss}; results in {where}")
 
 
 def _drift(spec: FineTuneJobSpec, accepted: Mapping[str, Any] | None) -> str | None:
