@@ -62,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 MEMO_SETTINGS = "kubetune_settings"  # run_operator passes Settings in the memo under this key
 MEMO_RUNTIME = "kubetune"
+MEMO_METRICS = "kubetune_metrics"  # optional: an OperatorMetrics to use (a test reads it)
 FINETUNEJOBS = (names.GROUP, names.VERSION, names.PLURAL)
 OWNED = {names.LABEL_FINETUNEJOB: kopf.PRESENT}
 
@@ -105,7 +106,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
 
     config = memo.get(MEMO_SETTINGS) or Settings.from_env()
     tune_kopf(settings, config)
-    runtime = Runtime(config, memo.get("kubetune_metrics"))
+    runtime = Runtime(config, memo.get(MEMO_METRICS))
     runtime.metrics.serve(config.metrics_port)
     runtime.resync_task = asyncio.create_task(resync_loop(runtime), name="kubetune-resync")
     memo[MEMO_RUNTIME] = runtime

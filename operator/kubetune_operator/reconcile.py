@@ -367,12 +367,13 @@ def _suspend(draft: _Draft, current: Mapping[str, Any] | None, state: str | None
     draft.set(SUSPENDED, True, SUSPENDED_REASON, message)
     draft.set_if_present(RUNNING, False, SUSPENDED_REASON, message)
     draft.set_if_present(QUEUED, False, SUSPENDED_REASON, message)
-    if current is None or state not in ("active", "suspended"):
+    if current is None:
         return NO_ACTION
     # Move on now, in the same status write as the delete: a stale Job keeps being deleted until it goes.
+    # An attempt that failed meanwhile (its pods saw our SIGTERM first) is superseded too, never counted.
     draft.status.attempt = attempt + 1
     draft.status.next_attempt_time = None
-    return _delete(current)
+    return _delete(current) if state in ("active", "suspended") else NO_ACTION
 
 
 def _after_failure(draft: _Draft, spec: FineTuneJobSpec, job: Mapping[str, Any], pods: list) -> None:
