@@ -55,10 +55,13 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     from kubetune_operator.render import render_yaml
-    from kubetune_trainer.manifest import load_finetunejob
+    from kubetune_trainer.manifest import load_finetunejobs
 
-    job = load_finetunejob(args.file)
-    sys.stdout.write(render_yaml(job, attempt=args.attempt, namespace=args.namespace))
+    # Several files (`kubetune render examples/*.yaml`) make one YAML stream, like `helm template`.
+    for index, path in enumerate(args.file):
+        for number, job in enumerate(load_finetunejobs(path)):
+            sys.stdout.write("---\n" if index or number else "")
+            sys.stdout.write(render_yaml(job, attempt=args.attempt, namespace=args.namespace))
     return 0
 
 
@@ -89,7 +92,7 @@ def make_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=_validate)
 
     render = verbs.add_parser("render", help="print the objects the operator would create")
-    render.add_argument("file")
+    render.add_argument("file", nargs="+", help="FineTuneJob files")
     render.add_argument("--attempt", type=int, default=0)
     render.add_argument("--namespace", default="default")
     render.set_defaults(func=_render)

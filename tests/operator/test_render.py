@@ -381,3 +381,14 @@ def test_rendering_is_deterministic_and_does_not_alias_the_spec() -> None:
     first[-1]["spec"]["template"]["spec"]["tolerations"][0]["key"] = "mutated"
     assert job.spec.resources.tolerations[0]["key"] == "a"
     assert render_children(job, 0, "ns", SETTINGS) != first
+
+
+def test_kubetune_render_of_all_examples_prints_one_valid_stream(capsys: pytest.CaptureFixture[str]) -> None:
+    from kubetune_operator.cli import main
+
+    assert main(["render", *map(str, EXAMPLES), "--namespace", "team-a", "--attempt", "1"]) == 0
+    documents = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert len(documents) >= 3 * len(EXAMPLES)
+    for document in documents:
+        kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+        assert document["metadata"]["namespace"] == "team-a"
