@@ -97,6 +97,7 @@ class PodRun:
     reported: str = ""  # the last phase written, to write each transition once
     sigterm_at: float | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    released: bool = False  # the pod object is gone and its IP and tasks are freed
 
 
 class Kubelet:
@@ -160,6 +161,15 @@ class Kubelet:
             container = run.containers[0].name
         return self.pod_dir(namespace, pod) / f"{container}.log"
 
+    def log_text(self, namespace: str, pod: str) -> str:
+        """A pod's first container's log, with host paths mapped back to the pod's (as `kubectl logs` shows)."""
+        file = self.log_file(namespace, pod)
+        text = file.read_text(encoding="utf-8", errors="replace") if file.exists() else ""
+        run = next((r for r in self.pods.values() if (r.namespace, r.name) == (namespace, pod)), None)
+        if run is not None and run.containers and run.containers[0].spec is not None:
+            text = run.containers[0].spec.mounts.to_pod(text)
+        return text
+
     async def kill(self, namespace: str, pod: str, sig: int = signal.SIGKILL) -> None:
         """Signal a pod's containers: SIGKILL hits the process group (a container dies whole)."""
         for container in self._run_of(namespace, pod).containers:
@@ -200,10 +210,12 @@ class Kubelet:
                 if error.status not in (404, 409):  # gone or changed meanwhile: the next pass sees it
                     raise
         live = {pod["metadata"]["uid"] for pod in self.emulator.list_objects(PODS)}
-        for uid in list(self.pods):
-            if uid not in live and all(c.process is None or c.process.returncode is not None
-                                       for c in self.pods[uid].containers):
-                self._release(self.pods.pop(uid))
+        for uid, run in self.pods.items():
+            # Runs of deleted pods stay known (their logs and mounts), only their resources go.
+            if uid not in live and not run.released and all(
+                    c.process is None or c.process.returncode is not None for c in run.containers):
+                self._release(run)
+                run.released = True
 
     async def _bind(self, pvc: dict[str, Any]) -> None:
         meta = pvc["metadata"]

@@ -88,28 +88,33 @@ class ThreadOperator:
 
 
 class ProcessOperator:
-    """Runs an operator command in its own process group; ready once `ready_file` exists or after a probe."""
+    """Runs an operator command in its own process group.
+
+    `make_probe()` is called before each start and returns the readiness check of that start
+    (e.g. "it opened its watches since now"), so a restarted operator is awaited afresh.
+    """
 
     def __init__(self, argv: list[str], env: dict[str, str], log_file: Path,
-                 ready: Callable[[], bool] | None = None, ready_timeout: float = 60.0) -> None:
+                 make_probe: Callable[[], Callable[[], bool]] | None = None, ready_timeout: float = 60.0) -> None:
         self.argv = argv
         self.env = env
         self.log_file = log_file
-        self.ready = ready
+        self.make_probe = make_probe
         self.ready_timeout = ready_timeout
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        """Start the process; return when `ready()` holds."""
+        """Start the process; return when the probe holds."""
+        ready = self.make_probe() if self.make_probe is not None else None
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
-        if self.ready is None:
+        if ready is None:
             return
         for _ in range(int(self.ready_timeout * 10)):
             if self.process.poll() is not None:
                 raise RuntimeError(f"the operator exited with {self.process.returncode}; log: {self.log_tail()}")
-            if self.ready():
+            if ready():
                 return
             threading.Event().wait(0.1)
         raise RuntimeError(f"the operator was not ready within {self.ready_timeout} s; log: {self.log_tail()}")
