@@ -182,15 +182,19 @@ async def test_namespaced_mode_binds_roles_only_in_watched_namespaces(helm_insta
     roles = installed.of_kind("Role")
     assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in installed.of_kind("RoleBinding")) == ["team-a", "team-b"]
-    cluster_resources = {r for rule in installed.one("ClusterRole")["rules"] for r in rule["resources"]}
-    assert cluster_resources == {"customresourcedefinitions", "namespaces"}
+    # With a fixed namespace list the operator turns kopf's scanning off: nothing cluster-wide.
+    assert installed.of_kind("ClusterRole") == [] and installed.of_kind("ClusterRoleBinding") == []
+    role_binding = installed.of_kind("RoleBinding")[0]
+    assert role_binding["subjects"] == [{"kind": "ServiceAccount", "name": "kt-kubetune-operator",
+                                         "namespace": RELEASE_NAMESPACE}]
 
 
-async def test_cluster_mode_needs_no_namespace_listing(helm_install) -> None:
+async def test_cluster_mode_uses_one_cluster_role_and_never_lists_namespaces(helm_install) -> None:
     installed = await helm_install()
     assert installed.of_kind("Role") == []
     cluster_resources = {r for rule in installed.one("ClusterRole")["rules"] for r in rule["resources"]}
-    assert "namespaces" not in cluster_resources and "finetunejobs" in cluster_resources
+    assert "namespaces" not in cluster_resources and "secrets" not in cluster_resources
+    assert {"finetunejobs", "customresourcedefinitions"} <= cluster_resources
 
 
 async def test_network_policy_admits_operator_and_prometheus_on_metrics_and_workers_to_each_other(helm_install) -> None:

@@ -135,13 +135,14 @@ empty. A JSON list; read it with fromJsonArray.
 
 {{/*
 RBAC rules the operator needs in every namespace it watches: exactly the API
-calls it makes (listed in operator/kubetune_operator/handlers.py and checked
-by tests/chart against the requests recorded in the emulator runs).
+calls it makes (listed in operator/kubetune_operator/handlers.py; the chart
+tests run the operator on an install and check its recorded requests against
+these rules, and that the rules grant nothing else).
 */}}
 {{- define "kubetune.operatorNamespacedRules" -}}
 - apiGroups: [kubetune.io]
   resources: [finetunejobs]
-  # watch: the handlers; patch: kopf's progress annotations; delete: ttlSecondsAfterFinished.
+  # watch: the handlers; patch: kopf's bookkeeping annotations; delete: ttlSecondsAfterFinished.
   verbs: [get, list, watch, patch, delete]
 - apiGroups: [kubetune.io]
   resources: [finetunejobs/status]
@@ -155,26 +156,26 @@ by tests/chart against the requests recorded in the emulator runs).
   # Read only: failures are classified from pod status, progress polled from rank 0's metrics.
   verbs: [get, list, watch]
 - apiGroups: [""]
-  resources: [configmaps, persistentvolumeclaims, services]
-  verbs: [get, create]
+  resources: [configmaps, services]
+  # patch: an adopted child gets its owner reference and labels back.
+  verbs: [get, create, patch]
 - apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get, create]
+- apiGroups: ["", events.k8s.io]
   resources: [events]
-  # kopf posts an Event on the FineTuneJob for each transition.
+  # One Event on the FineTuneJob per transition (kopf posts core events; events.k8s.io is the newer API).
   verbs: [create]
 {{- end -}}
 
 {{/*
-RBAC rules the operator needs cluster-wide whatever it watches: kopf reads the
-CRD to find the FineTuneJob resource and follows its changes.
+RBAC rules the operator needs cluster-wide when it watches every namespace:
+kopf scans the CRDs to find the FineTuneJob resource and follows their changes.
+With a fixed list of namespaces the operator turns kopf's scanning off
+(kubetune_operator/main.py), and needs no cluster-wide rule at all.
 */}}
 {{- define "kubetune.operatorClusterRules" -}}
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
-  verbs: [get, list, watch]
-{{- if .Values.operator.watchNamespaces }}
-- apiGroups: [""]
-  resources: [namespaces]
-  # kopf follows the watched namespaces coming and going.
   verbs: [list, watch]
-{{- end }}
 {{- end -}}
