@@ -24,20 +24,21 @@ RBAC: every API verb and resource the operator uses (the Helm chart's
 ClusterRole, or a Role per watched namespace):
 
     kubetune.io           finetunejobs                get, list, watch, patch, delete
-    kubetune.io           finetunejobs/status         get, patch
+    kubetune.io           finetunejobs/status         patch
     batch                 jobs                        get, list, watch, create, delete
-    ""                    pods                        get, list, watch
+    ""                    pods                        list, watch
     ""                    configmaps                  get, create, patch
     ""                    persistentvolumeclaims      get, create
     ""                    services                    get, create, patch
     ""                    events                      create
-    events.k8s.io         events                      create
-    apiextensions.k8s.io  customresourcedefinitions   list, watch   (kopf's resource discovery)
-    ""                    namespaces                  list, watch   (kopf, only when watching all namespaces)
+    apiextensions.k8s.io  customresourcedefinitions   list, watch   (kopf's scanning: only when watching all namespaces)
+    ""                    namespaces                  list, watch   (kopf's scanning: only when watching all namespaces)
 
 `patch` on finetunejobs is kopf's bookkeeping annotations; `delete` on
-finetunejobs is `ttlSecondsAfterFinished`. The operator never needs secrets:
-pods read `HF_TOKEN` through a secretKeyRef.
+finetunejobs is `ttlSecondsAfterFinished`; `patch` on configmaps/services
+adopts one left by a deleted FineTuneJob of the same name. Events are core v1
+Events (kopf's poster). The operator never reads secrets: pods get `HF_TOKEN`
+through a secretKeyRef.
 """
 
 from __future__ import annotations
