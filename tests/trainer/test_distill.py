@@ -105,3 +105,101 @@ def test_teacher_with_another_tokenizer_is_refused(tmp_path) -> None:
     with pytest.raises(ModelError, match=r"teacher\.name other/teacher: its tokenizer differs .*\(1003 vs 1002 tokens; e.g. token .<extra>."):
         check_same_vocabulary(student_tokenizer, teacher_tokenizer, model, model, "other/teacher")
     assert check_same_vocabulary(student_tokenizer, build_tokenizer(), model, model, "same") == len(student_tokenizer)
+
+
+# ---------------------------------------------------------------- whole runs
+
+from tests.trainer.method_runs import (  # noqa: E402
+    adapter_tensors,
+    kill_after_checkpoint,
+    launch,
+    log_history,
+    run_in_process,
+    scrape,
+    toy_rows,
+    write_job,
+)
+
+
+@pytest.fixture(scope="module")
+def distill_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One uninterrupted 20-step distillation run (the resume test's reference)."""
+    import json
+
+    root = tmp_path_factory.mktemp("distill")
+    recipe = write_job(root, "distill")
+    outcome = run_in_process(recipe, root / "ws")
+    return {"root": root, "recipe": recipe, "outcome": outcome,
+            "metrics": scrape(json.loads(recipe.read_text())["metricsPort"])}
+
+
+def _mean_kl_to_teacher(student, teacher, tokenizer, temperature: float = 2.0) -> float:
+    """KL(teacher_T ‖ student_T) per completion token of the toy rows, from full float64 logits, no chunking."""
+    total, tokens = 0.0, 0
+    for row in toy_rows("distill"):
+        prompt_length = len(tokenizer(row["prompt"] + "\n")["input_ids"])
+        ids = tokenizer(f"{row['prompt']}\n{row['completion']}", return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            log_q = torch.log_softmax(student(ids).logits[0].double() / temperature, -1)
+            log_p = torch.log_softmax(teacher(ids).logits[0].double() / temperature, -1)
+        # Positions prompt_length - 1 … end - 2 predict the completion's tokens.
+        per_token = (log_p.exp() * (log_p - log_q)).sum(-1)[prompt_length - 1 : -1]
+        total, tokens = total + per_token.sum().item(), tokens + per_token.numel()
+    return total / tokens
+
+
+def test_distill_run_lowers_kl_to_the_teacher(distill_run: dict) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert distill_run["outcome"].status == "succeeded", distill_run["outcome"].message
+    root = distill_run["root"]
+    tokenizer = AutoTokenizer.from_pretrained(root / "student")
+    teacher = AutoModelForCausalLM.from_pretrained(root / "teacher").eval()
+    base = AutoModelForCausalLM.from_pretrained(root / "student").eval()
+    before = _mean_kl_to_teacher(base, teacher, tokenizer)
+    tuned = PeftModel.from_pretrained(base, str(root / "ws" / "output" / "adapter")).eval()
+    after = _mean_kl_to_teacher(tuned, teacher, tokenizer)
+    assert after < 0.9 * before, (before, after)
+
+
+def test_distill_logs_and_serves_both_loss_parts(distill_run: dict) -> None:
+    logs = [entry for entry in log_history(distill_run["root"] / "ws") if "kd_loss" in entry]
+    first, last = logs[0], logs[-1]
+    assert last["kd_loss"] < first["kd_loss"]
+    # The logged loss is alpha·T²·KD + (1 − alpha)·CE of the same tokens (alpha 0.9, T 2).
+    assert first["loss"] == pytest.approx(0.9 * 4 * first["kd_loss"] + 0.1 * first["ce_loss"], rel=1e-4)
+    metrics = distill_run["metrics"]
+    assert metrics["kubetune_trainer_kd_loss"] == pytest.approx(last["kd_loss"])
+    assert metrics["kubetune_trainer_ce_loss"] == pytest.approx(last["ce_loss"])
+
+
+def test_mismatched_vocabularies_are_refused_at_start(tmp_path) -> None:
+    from tests.fixtures.tokenizers import build_tokenizer
+
+    recipe = write_job(tmp_path, "distill")
+    other = build_tokenizer()
+    other.add_tokens(["<extra>"])
+    other.save_pretrained(tmp_path / "teacher")
+
+    outcome = run_in_process(recipe, tmp_path / "ws")
+
+    assert (outcome.status, int(outcome.exit_code)) == ("invalid", 2)
+    assert "method.distill.teacher.name" in outcome.message and "tokenizer differs" in outcome.message
+    assert "\n" not in outcome.message
+    assert not (tmp_path / "ws" / "output" / "checkpoints").exists() or not any(
+        (tmp_path / "ws" / "output" / "checkpoints").iterdir()
+    )
+
+
+def test_distill_resumes_after_sigkill_to_the_same_weights(distill_run: dict, tmp_path) -> None:
+    workspace = tmp_path / "ws"
+    kill_after_checkpoint(distill_run["recipe"], workspace, step=10)
+    code, message = launch(distill_run["recipe"], workspace)
+
+    assert code == 0, message
+    assert message["progress"]["step"] == 20
+    resumed, reference = adapter_tensors(workspace), adapter_tensors(distill_run["root"] / "ws")
+    assert resumed.keys() == reference.keys()
+    for name, tensor in reference.items():
+        assert torch.equal(resumed[name], tensor), name
