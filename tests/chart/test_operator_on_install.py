@@ -46,8 +46,8 @@ OPERATOR_NAME = f"{RELEASE}-kubetune-operator"
 TEST_POD = f"{RELEASE}-kubetune-test-operator"
 QUICKSTART = CHART.parents[1] / "examples" / "quickstart-cpu.yaml"
 MODES = {
-    "all-namespaces": {"trainer": {"serviceAccount": {"namespaces": [FTJ_NAMESPACE]}}},
-    "namespaced": {"operator": {"watchNamespaces": [FTJ_NAMESPACE]}},
+    "all-namespaces": {"trainer": {"serviceAccount": {"namespaces": [FTJ_NAMESPACE]}}, "networkPolicy": {"enabled": True}},
+    "namespaced": {"operator": {"watchNamespaces": [FTJ_NAMESPACE]}, "networkPolicy": {"enabled": True}},
 }
 Rule = tuple[str, str, str]  # (API group, resource, verb)
 
@@ -164,19 +164,24 @@ def finetunejob(name: str, **spec: Any) -> dict[str, Any]:
     return manifest
 
 
-async def exercise_operator(emulator: ChartEmulator) -> None:
-    """FineTuneJobs through the paths that make distinct API calls: create, gang, suspend, delete."""
+async def exercise_operator(emulator: ChartEmulator) -> dict[str, Any]:
+    """FineTuneJobs through the paths that make distinct API calls: create, gang, suspend, delete.
+
+    Returns the first attempt Job the operator created, as it created it.
+    """
     await emulator.api_create(FTJ, FTJ_NAMESPACE, finetunejob("single"))
     await emulator.api_create(FTJ, FTJ_NAMESPACE, finetunejob(
         "gang", resources={"workers": 2}, storage={"accessModes": ["ReadWriteMany"]}))
     for name in ("single", "gang"):
         await eventually(lambda n=name: emulator.get_object(JOBS, FTJ_NAMESPACE, f"{n}-0"), 30, f"{name}-0 Job")
     await eventually(lambda: emulator.get_object(SERVICES, FTJ_NAMESPACE, "gang"), 30, "the gang's Service")
+    job = copy.deepcopy(emulator.get_object(JOBS, FTJ_NAMESPACE, "single-0"))
     await emulator.api_patch(FTJ, FTJ_NAMESPACE, "single", {"spec": {"suspend": True}})
     await eventually(lambda: emulator.get_object(JOBS, FTJ_NAMESPACE, "single-0") is None or None, 30,
                      "the suspended attempt's Job deleted")
     await emulator.api_delete(FTJ, FTJ_NAMESPACE, "gang", propagation="Background")
     await asyncio.sleep(2)  # a resync or two after the deletion
+    return job
 
 
 def rules_of(obj: dict[str, Any]) -> set[Rule]:
@@ -212,7 +217,16 @@ def operator_calls(emulator: ChartEmulator) -> list[ApiCall]:
             and "helm" not in call.user_agent.lower()]
 
 
-async def install_and_run(tmp_path: Path, values: dict[str, Any]) -> tuple[ChartEmulator, list[ApiCall]]:
+@dataclass
+class Run:
+    """What one install-and-run left: the emulator, the operator's requests, its first attempt Job."""
+
+    emulator: ChartEmulator
+    calls: list[ApiCall]
+    job: dict[str, Any]
+
+
+async def install_and_run(tmp_path: Path, values: dict[str, Any]) -> Run:
     """Install the chart, start the operator as the Deployment says, run the `helm test` pod, exercise it."""
     async with emulated_cluster(tmp_path) as (emulator, kubeconfig):
         release = await run_helm("install", str(CHART), "--kubeconfig", str(kubeconfig), "--release", RELEASE,
@@ -227,16 +241,27 @@ async def install_and_run(tmp_path: Path, values: dict[str, Any]) -> tuple[Chart
             service = f"http://{RELEASE}-kubetune-metrics.{RELEASE_NAMESPACE}:{env['KUBETUNE_METRICS_PORT']}"
             code, output = await run_test_pod(emulator, pod, {service: f"http://127.0.0.1:{operator.metrics_port}"})
             assert code == 0, f"the helm test pod failed: {output}"
-            await exercise_operator(emulator)
+            job = await exercise_operator(emulator)
             assert operator.alive(), operator.log_tail()
-        return emulator, operator_calls(emulator)
+        return Run(emulator, operator_calls(emulator), job)
+
+
+_RUNS: dict[str, Run] = {}
+
+
+async def run_mode(tmp_path: Path, mode: str) -> Run:
+    """One install-and-run per mode, shared by the tests below (each takes several seconds)."""
+    if mode not in _RUNS:
+        _RUNS[mode] = await install_and_run(tmp_path, MODES[mode])
+    return _RUNS[mode]
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("mode", MODES)
 async def test_operator_runs_on_the_install_and_rbac_covers_exactly_its_calls(tmp_path: Path, mode: str) -> None:
-    emulator, calls = await install_and_run(tmp_path, MODES[mode])
-    objects = emulator.created()
+    run = await run_mode(tmp_path, mode)
+    calls = run.calls
+    objects = run.emulator.created()
     cluster_rules = set().union(*(rules_of(o) for o in objects if o["kind"] == "ClusterRole"))
     namespace_rules = {o["metadata"]["namespace"]: rules_of(o) for o in objects if o["kind"] == "Role"}
     assert calls, "no request of the operator was recorded"
@@ -249,3 +274,25 @@ async def test_operator_runs_on_the_install_and_rbac_covers_exactly_its_calls(tm
     used = {(c.group, c.resource, c.verb) for c in calls}
     assert granted - used - declared_rules() == set(), f"{mode}: granted, never used nor declared"
     assert declared_rules(conditional=False) - granted == set(), f"{mode}: declared by the operator, not granted"
+
+
+@pytest.mark.timeout(120)
+async def test_trainer_pods_get_what_the_chart_and_the_image_agree_on(tmp_path: Path) -> None:
+    from tests.chart.test_images import TRAINER, final_stage
+
+    run = await run_mode(tmp_path, "all-namespaces")
+    template = run.job["spec"]["template"]
+    pod, (container,) = template["spec"], template["spec"]["containers"]
+    assert pod["serviceAccountName"] == f"{RELEASE}-kubetune-trainer"  # the chart's account, in that namespace
+    accounts = [o for o in run.emulator.created() if o["kind"] == "ServiceAccount"
+                and o["metadata"]["name"] == pod["serviceAccountName"]]
+    assert [a["metadata"]["namespace"] for a in accounts] == [FTJ_NAMESPACE]
+    assert container["image"] == "ghcr.io/kubetune/trainer:0.1.0"  # trainer.image from values
+    (user,) = [c.value[0] for c in final_stage(TRAINER) if c.cmd == "USER"]
+    assert f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}" == user
+    # What the PodMonitor scrapes and the NetworkPolicy opens: the container's "metrics" port, these labels.
+    assert "metrics" in {port["name"] for port in container["ports"]}
+    (policy,) = [o for o in run.emulator.created() if o["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    metrics_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "metrics")
+    assert policy["spec"]["ingress"][0]["ports"][0]["port"] == metrics_port

@@ -146,15 +146,16 @@ these rules, and that the rules grant nothing else).
   verbs: [get, list, watch, patch, delete]
 - apiGroups: [kubetune.io]
   resources: [finetunejobs/status]
-  verbs: [get, patch]
+  # The reconcile writes the whole status in one patch.
+  verbs: [patch]
 - apiGroups: [batch]
   resources: [jobs]
   # delete: suspend and the next attempt replace the attempt Job.
   verbs: [get, list, watch, create, delete]
 - apiGroups: [""]
   resources: [pods]
-  # Read only: failures are classified from pod status, progress polled from rank 0's metrics.
-  verbs: [get, list, watch]
+  # Read only, through the watch: failures are classified from pod status.
+  verbs: [list, watch]
 - apiGroups: [""]
   resources: [configmaps, services]
   # patch: an adopted child gets its owner reference and labels back.
@@ -162,9 +163,9 @@ these rules, and that the rules grant nothing else).
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [get, create]
-- apiGroups: ["", events.k8s.io]
+- apiGroups: [""]
   resources: [events]
-  # One Event on the FineTuneJob per transition (kopf posts core events; events.k8s.io is the newer API).
+  # One Event on the FineTuneJob per transition, posted by kopf (core v1 Events).
   verbs: [create]
 {{- end -}}
 
