@@ -28,6 +28,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from kubetune_operator import names, render
+from kubetune_operator.events import build_event
 from kubetune_operator.kube import KubeApi, api_error_message
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.progress import metrics_url
@@ -73,7 +74,7 @@ class Controller:
         self.settings = settings
         self.kube = kube
         self.metrics = metrics
-        self.post_event = post_event or (lambda body, event: None)
+        self.post_event = post_event or self._post_event
         self.clock = clock
         self.metrics_urls: dict[Key, str] = {}  # rank 0's metrics endpoint of running attempts
         self.settled: set[Key] = set()  # finished with nothing left to do: the resync loop skips them
@@ -176,6 +177,14 @@ class Controller:
         else:
             self.metrics_urls.pop(key, None)
         return decision
+
+    def _post_event(self, body: Mapping[str, Any], event: Event) -> None:
+        """Post an Event on the FineTuneJob; a lost event never fails the reconcile."""
+        try:
+            self.kube.create(build_event(body, event, self.clock()))
+        except ApiException as error:
+            logger.warning("could not post event %s on %s: %s", event.reason, body["metadata"].get("name"),
+                           api_error_message(error))
 
     # ------------------------------------------------------------ actions
 

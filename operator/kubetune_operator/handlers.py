@@ -37,7 +37,7 @@ ClusterRole, or a Role per watched namespace):
 `patch` on finetunejobs is kopf's bookkeeping annotations; `delete` on
 finetunejobs is `ttlSecondsAfterFinished`; `patch` on configmaps/services
 adopts one left by a deleted FineTuneJob of the same name. Events are core v1
-Events (kopf's poster). The operator never reads secrets: pods get `HF_TOKEN`
+Events (events.py). The operator never reads secrets: pods get `HF_TOKEN`
 through a secretKeyRef.
 """
 
@@ -56,7 +56,6 @@ from kubetune_operator.controller import Controller, Key
 from kubetune_operator.kube import KubeApi
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.progress import ProgressPoller
-from kubetune_operator.reconcile import Event
 from kubetune_operator.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -74,19 +73,10 @@ class Runtime:
     def __init__(self, settings: Settings, metrics: OperatorMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or OperatorMetrics()
-        self.controller = Controller(settings, KubeApi(settings.request_timeout_seconds), self.metrics,
-                                     post_event=post_event)
+        self.controller = Controller(settings, KubeApi(settings.request_timeout_seconds), self.metrics)
         self.poller = ProgressPoller(settings.progress_timeout_seconds, settings.progress_concurrency)
         self.known: set[Key] = set()
         self.resync_task: asyncio.Task[None] | None = None
-
-
-def post_event(body: Mapping[str, Any], event: Event) -> None:
-    """Post a Kubernetes Event on the FineTuneJob through kopf's poster (queued, retried, never blocking)."""
-    try:
-        kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)
-    except LookupError:  # outside a running operator (a unit test): nothing to post to
-        logger.info("event %s %s: %s", event.type, event.reason, event.message)
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -125,27 +115,29 @@ async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.create(*FINETUNEJOBS)
-def finetunejob_create(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+def finetunejob_create(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     """A new FineTuneJob: validate it and create attempt 0 (or fail it with InvalidRecipe)."""
     _reconcile(memo, namespace, name)
 
 
 @kopf.on.resume(*FINETUNEJOBS)
-def finetunejob_resume(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+def finetunejob_resume(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     """The operator (re)started and found this FineTuneJob: adopt what exists, catch up."""
     _reconcile(memo, namespace, name)
 
 
 @kopf.on.update(*FINETUNEJOBS, field="spec")
-def finetunejob_update(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+def finetunejob_update(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     """spec changed: suspend/resume, or an immutable field that got past the CRD (reported, not acted on)."""
     _reconcile(memo, namespace, name)
 
 
 @kopf.on.event(*FINETUNEJOBS)
-def finetunejob_event(type: str | None, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+def finetunejob_event(type: str | None, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     """Keep the resync loop's set of FineTuneJobs; forget deleted ones."""
     runtime = _runtime(memo)
+    if namespace is None:
+        return
     if type == "DELETED":
         runtime.known.discard((namespace, name))
         runtime.controller.forget(namespace, name)
@@ -154,13 +146,13 @@ def finetunejob_event(type: str | None, namespace: str, name: str, memo: kopf.Me
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED)
-def job_event(labels: Mapping[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
+def job_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
     """An attempt Job changed (admitted, completed, failed, deleted): reconcile its FineTuneJob."""
     _reconcile(memo, namespace, labels.get(names.LABEL_FINETUNEJOB))
 
 
 @kopf.on.event("", "v1", "pods", labels=OWNED)
-def pod_event(labels: Mapping[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
+def pod_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
     """A trainer pod changed (scheduled, running, stuck, terminated): reconcile its FineTuneJob."""
     _reconcile(memo, namespace, labels.get(names.LABEL_FINETUNEJOB))
 

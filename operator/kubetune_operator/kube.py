@@ -27,6 +27,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Service": ("/api/v1", "services"),
     "Pod": ("/api/v1", "pods"),
     "Job": ("/apis/batch/v1", "jobs"),
+    "Event": ("/api/v1", "events"),
     "FineTuneJob": (f"/apis/{names.GROUP}/{names.VERSION}", names.PLURAL),
 }
 

@@ -42,7 +42,7 @@ def tune_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
     kopf_settings.watching.connect_timeout = 30
     # Short API calls fail fast and are retried by kopf, instead of hanging a handler for 5 minutes.
     kopf_settings.networking.request_timeout = settings.request_timeout_seconds
-    # Events are posted explicitly for transitions (reconcile.Event); handler log lines stay logs.
+    # The controller posts one Event per transition itself (events.py); handler log lines stay logs.
     kopf_settings.posting.loggers = False
     kopf_settings.posting.reporting_component = "kubetune-operator"
     # One replica, no peering objects to create or watch (the chart runs a single replica).

@@ -10,6 +10,9 @@ not for the `hostname` of Indexed Jobs: see `job_name`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from kubetune_trainer import recipe
 
 GROUP = recipe.API_GROUP
@@ -77,7 +80,7 @@ def attempt_labels(name: str, attempt: int) -> dict[str, str]:
     return {**labels(name, COMPONENT_TRAINER), LABEL_ATTEMPT: str(attempt)}
 
 
-def attempt_of(obj: dict) -> int | None:
+def attempt_of(obj: Mapping[str, Any]) -> int | None:
     """The attempt number a Job or pod carries in its labels, or None when it carries none."""
     value = ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_ATTEMPT)
     return int(value) if value is not None and str(value).isdigit() else None

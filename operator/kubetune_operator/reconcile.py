@@ -259,7 +259,8 @@ def _validate(body: Mapping[str, Any]) -> tuple[FineTuneJob | None, str | None]:
 
 def reconcile(observed: Observed) -> Decision:
     """The whole new status and the action for one FineTuneJob, from what is observed."""
-    draft = _Draft(previous_status(observed.body), observed.now, (observed.body.get("metadata") or {}).get("generation"))
+    generation = (observed.body.get("metadata") or {}).get("generation")
+    draft = _Draft(previous_status(observed.body), observed.now, generation)
     job, problem = _validate(observed.body)
     if job is None:
         if not draft.finished:
@@ -301,7 +302,7 @@ def _active_jobs(jobs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def _delete(job: Mapping[str, Any]) -> Action:
-    return Action(ActionType.DELETE_JOB, names.attempt_of(dict(job)), job["metadata"]["name"])
+    return Action(ActionType.DELETE_JOB, names.attempt_of(job), job["metadata"]["name"])
 
 
 def _after_finish(draft: _Draft, observed: Observed, ttl: int | None) -> Action:
@@ -319,22 +320,22 @@ def _after_finish(draft: _Draft, observed: Observed, ttl: int | None) -> Action:
 def _track(draft: _Draft, job: FineTuneJob, observed: Observed) -> Action:
     """Follow the current attempt; returns the action (finishing the draft where it ends)."""
     spec = job.spec
-    known = [a for a in (names.attempt_of(dict(j)) for j in observed.jobs) if a is not None]
+    known = [a for a in (names.attempt_of(j) for j in observed.jobs) if a is not None]
     if draft.status.attempt is None:
         # A status lost or wiped while Jobs exist: adopt the newest attempt instead of starting over.
         draft.status.attempt = max(known, default=0)
     attempt = draft.status.attempt
     current = next(
-        (j for j in observed.jobs if names.attempt_of(dict(j)) == attempt and classify.job_state(j) != "deleting"),
+        (j for j in observed.jobs if names.attempt_of(j) == attempt and classify.job_state(j) != "deleting"),
         None,
     )
-    pods = [pod for pod in observed.pods if names.attempt_of(dict(pod)) == attempt]
+    pods = [pod for pod in observed.pods if names.attempt_of(pod) == attempt]
     state = classify.job_state(current) if current is not None else None
 
     if state == "complete":
         _succeed(draft, pods)
         return NO_ACTION
-    stale = [j for j in _active_jobs(observed.jobs) if names.attempt_of(dict(j)) != attempt]
+    stale = [j for j in _active_jobs(observed.jobs) if names.attempt_of(j) != attempt]
     if stale:
         return _delete(stale[0])
     if _deadline_passed(draft, spec):
@@ -490,7 +491,8 @@ def _succeed(draft: _Draft, pods: list) -> None:
     "totalSteps", "loss", "evalLoss", "tokensPerSecond", "checkpoint": {...}, "output": {"adapterPath", ...}}.
     """
     message = classify.termination_message(classify.rank0_pod(pods))
-    nested = message.get("output") if isinstance(message.get("output"), Mapping) else message
+    output_part = message.get("output")
+    nested: Mapping[str, Any] = output_part if isinstance(output_part, Mapping) else message
     out = lambda *keys: classify.message_field(nested, *keys)  # noqa: E731
     field = lambda *keys: classify.message_field(message, *keys)  # noqa: E731
     output = OutputStatus(

@@ -180,3 +180,17 @@ def test_ttl_deletes_the_finished_finetunejob(kube: FakeKube, controller: Contro
     controller.reconcile(NAMESPACE, NAME)
     assert ("FineTuneJob", NAMESPACE, NAME) not in kube.objects
     assert ("PersistentVolumeClaim", NAMESPACE, "demo-data") in kube.objects  # retained
+
+
+def test_transitions_are_posted_as_valid_core_v1_events(kube: FakeKube, clock: Clock) -> None:
+    import kubernetes_validate
+
+    controller = Controller(Settings(), kube, OperatorMetrics(), clock=clock)
+    kube.put(finetunejob())
+    controller.reconcile(NAMESPACE, NAME)
+    posted = [obj for (kind, _, _), obj in kube.objects.items() if kind == "Event"]
+    assert sorted(e["reason"] for e in posted) == ["AttemptCreated", "Created"]
+    uid = kube.objects[("FineTuneJob", NAMESPACE, NAME)]["metadata"]["uid"]
+    for event in posted:
+        kubernetes_validate.validate(event, kubernetes_validate.latest_version(), strict=True)
+        assert event["involvedObject"]["uid"] == uid and event["involvedObject"]["kind"] == "FineTuneJob"
