@@ -59,8 +59,8 @@ def final_answer(text: str, prompt: str = "") -> str | None:
 
 def normalize_answer(text: str) -> str:
     """Case, surrounding whitespace and quotes, inner runs of whitespace and a final full stop don't count."""
-    text = " ".join(text.split()).casefold()
-    return re.sub(r"[.\s]+$", "", text).strip("\"'` ")
+    text = " ".join(text.split()).casefold().strip("\"'` ")
+    return re.sub(r"\.+$", "", text).strip("\"'` ")
 
 
 def is_exact_match(prediction: str, reference: str, prompt: str = "") -> bool:
@@ -121,7 +121,7 @@ def validation_metrics(trainer: "Trainer", spec: FineTuneJobSpec) -> dict[str, f
     """
     if trainer.eval_dataset is None or len(trainer.eval_dataset) == 0:
         return {}
-    metrics = trainer.evaluate()
+    metrics = _last_evaluation(trainer) or trainer.evaluate()
     result = {"evalLoss": float(metrics["eval_loss"])}
     if spec.method.type is not MethodType.dpo:
         cross_entropy = metrics.get("eval_ce_loss", metrics["eval_loss"])
@@ -130,6 +130,20 @@ def validation_metrics(trainer: "Trainer", spec: FineTuneJobSpec) -> dict[str, f
         if key in metrics:
             result[name] = float(metrics[key])
     return result
+
+
+def _last_evaluation(trainer: "Trainer") -> dict[str, float] | None:
+    """The eval metrics logged at the final step, if training just evaluated (every rank has the same history).
+
+    With loadBestModelAtEnd the exported weights may be an earlier checkpoint's, so they are evaluated afresh.
+    """
+    state = trainer.state
+    if trainer.args.load_best_model_at_end:
+        return None
+    for entry in reversed(state.log_history):
+        if "eval_loss" in entry:
+            return entry if entry.get("step") == state.global_step else None
+    return None
 
 
 # ---------------------------------------------------------------- files
@@ -168,6 +182,11 @@ class EvaluationReport:
             document["exactMatch"] = asdict(self.exact_match)
         document["files"] = {name: path.name for name, path in self.files.items()}
         return document
+
+    def pointers(self) -> dict[str, str]:
+        """What the termination message carries: where the samples and the scores are, not their content."""
+        names = {"samplesPath": "samplesMarkdown", "evaluationPath": "evaluation"}
+        return {key: str(self.files[name]) for key, name in names.items() if name in self.files}
 
 
 def write_report(
