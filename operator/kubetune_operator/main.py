@@ -93,6 +93,10 @@ def run_operator(settings: Settings | None = None, stop_flag: Any = None, ready_
 def main() -> int:
     """Entry point of the `kubetune-operator` console script."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kopf logs every handler success and aiohttp every liveness probe at INFO: one line per pod event.
+    # Errors still show; the operator's own INFO lines (children created, Jobs deleted) stay.
+    for chatty in ("kopf.objects", "aiohttp.access"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         settings = Settings.from_env()
     except SettingsError as error:

@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from kubetune_operator import classify
+from kubetune_operator.reconcile import phase_of
 from kubetune_trainer.metric_specs import OPERATOR_METRICS, MetricSpec
 from kubetune_trainer.recipe import FineTuneJobStatus, Phase
 
@@ -55,8 +56,8 @@ class OperatorMetrics:
         phase = after.phase.value if after.phase else Phase.pending.value
         self._set_phase(namespace, name, phase)
         if after.phase != before.phase:
-            reason = next((c.reason for c in after.conditions if c.status == "True" and c.type.lower() ==
-                           phase.lower()), "")
+            _, deciding = phase_of({c.type: c for c in after.conditions})
+            reason = deciding.reason if deciding is not None else ""
             self["kubetune_finetunejob_transitions"].labels(namespace, phase, reason).inc()
             if after.phase is Phase.failed:
                 self["kubetune_finetunejob_failures"].labels(namespace, reason).inc()

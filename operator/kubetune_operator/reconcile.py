@@ -202,12 +202,13 @@ class _Draft:
     def decide(self, action: Action, job: FineTuneJob | None) -> Decision:
         order = (ACCEPTED, QUEUED, RUNNING, SUSPENDED, SUCCEEDED, FAILED)
         self.status.conditions = [self.conditions[kind] for kind in order if kind in self.conditions]
-        self.status.phase, deciding = _phase(self.conditions)
+        self.status.phase, deciding = phase_of(self.conditions)
         self.status.message = deciding.message if deciding is not None else self.status.message
         return Decision(self.status, action, _events(self.previous.conditions, self.status.conditions), job)
 
 
-def _phase(conditions: Mapping[str, Condition]) -> tuple[Phase, Condition | None]:
+def phase_of(conditions: Mapping[str, Condition]) -> tuple[Phase, Condition | None]:
+    """The phase the conditions (by type) summarize, and the condition that decides it."""
     for kind, phase in _PHASE_ORDER:
         condition = conditions.get(kind)
         if condition is not None and condition.status == "True":
