@@ -154,13 +154,18 @@ def termination_message(code: ExitCode, outcomes: list[dict[str, Any]], returnco
         body["checkpoint"] = main["checkpoint"]
     if main.get("output"):
         body["output"] = main["output"]
-    line = json.dumps(body, separators=(",", ":"))
-    excess = len(line.encode()) - contract.TERMINATION_MESSAGE_LIMIT + 1
-    if excess > 0:
+    line = _dump(body)
+    while len(line.encode()) >= contract.TERMINATION_MESSAGE_LIMIT and body["message"] != "...":
         # Only the free-text message can be long; the details are in the pod log and on the PVC.
-        body["message"] = message.encode()[: max(0, len(message.encode()) - excess - 3)].decode(errors="ignore") + "..."
-        line = json.dumps(body, separators=(",", ":"))
+        excess = len(line.encode()) - contract.TERMINATION_MESSAGE_LIMIT + 1
+        kept = body["message"].removesuffix("...").encode()
+        body["message"] = kept[: max(0, len(kept) - excess - 3)].decode(errors="ignore") + "..."
+        line = _dump(body)
     return line
+
+
+def _dump(body: dict[str, Any]) -> str:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
 class _Forwarder:

@@ -183,6 +183,12 @@ def load_model(
 
     quant = quantization_config(spec) if quantize else None
     kwargs = source.pretrained_kwargs(cache_dir)
+    if source.gguf_file:
+        from transformers.utils.quantization_config import GgufConfig
+
+        # Without an explicit dequantize the model keeps a GGUF quantizer that the Trainer refuses
+        # to train ("quantization method does not support training"), even when dequantized.
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
     if quant is not None:
         kwargs["quantization_config"] = quant
         if device_index is not None:
