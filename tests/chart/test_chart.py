@@ -12,8 +12,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-
 from kubetune_operator.settings import ENV as OPERATOR_ENV
+
 from tests.chart.conftest import CHART, RELEASE_NAMESPACE, HelmFailed, run_helm
 
 OLDEST_KUBERNETES = "1.28"  # Chart.yaml kubeVersion
@@ -213,7 +213,8 @@ async def test_network_policy_admits_operator_and_prometheus_on_metrics_and_work
 async def test_dashboards_are_labelled_for_the_grafana_sidecar(helm_install) -> None:
     installed = await helm_install()
     maps = [cm for cm in installed.of_kind("ConfigMap") if "-dashboard-" in cm["metadata"]["name"]]
-    assert sorted(cm["metadata"]["name"] for cm in maps) == ["kt-kubetune-dashboard-jobs", "kt-kubetune-dashboard-training"]
+    names = sorted(cm["metadata"]["name"] for cm in maps)
+    assert names == ["kt-kubetune-dashboard-jobs", "kt-kubetune-dashboard-training"]
     for cm in maps:
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
         (body,) = cm["data"].values()

@@ -17,8 +17,8 @@ from typing import Any
 import promql_parser
 import pytest
 from grafana_foundation_sdk.models.dashboard import Dashboard
-
 from kubetune_trainer.metric_specs import all_exported_names
+
 from tests.chart.conftest import CHART
 
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import yaml
-
 from kubetune_trainer.recipe import parse_finetunejob
+
 from tests.chart.conftest import REPO
 
 DOCS = REPO / "docs" / "install.md"

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import kmock
+import kubetune_operator.handlers
 import pytest
 import yaml
 
-import kubetune_operator.handlers
 from tests.chart.conftest import CHART, RELEASE, RELEASE_NAMESPACE, ChartEmulator, emulated_cluster, run_helm
 from tests.harness.client import FTJ, SERVICES
 from tests.harness.emulator import JOBS, PODS, ApiCall
@@ -46,18 +46,19 @@ OPERATOR_NAME = f"{RELEASE}-kubetune-operator"
 TEST_POD = f"{RELEASE}-kubetune-test-operator"
 QUICKSTART = CHART.parents[1] / "examples" / "quickstart-cpu.yaml"
 MODES = {
-    "all-namespaces": {"trainer": {"serviceAccount": {"namespaces": [FTJ_NAMESPACE]}}, "networkPolicy": {"enabled": True}},
+    "all-namespaces": {"trainer": {"serviceAccount": {"namespaces": [FTJ_NAMESPACE]}},
+                       "networkPolicy": {"enabled": True}},
     "namespaced": {"operator": {"watchNamespaces": [FTJ_NAMESPACE]}, "networkPolicy": {"enabled": True}},
 }
 Rule = tuple[str, str, str]  # (API group, resource, verb)
 
 
-async def eventually(check: Callable[[], T | None], timeout: float, what: str) -> T:
+async def eventually(check: Callable[[], T | None], seconds: float, what: str) -> T:
     """Poll a check in the test's loop (the emulator's too, so it keeps serving) until it is truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + seconds
     while not (result := check()):
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
+            raise AssertionError(f"not within {seconds} s: {what}")
         await asyncio.sleep(0.05)
     return result
 
@@ -77,9 +78,8 @@ def container_env(deployment: dict[str, Any]) -> dict[str, str]:
 
 def healthy(port: int) -> bool:
     """Whether the operator's liveness endpoint answers 200."""
-    with contextlib.suppress(OSError):
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-            return response.status == 200
+    with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as answer:
+        return answer.status == 200
     return False
 
 
@@ -115,7 +115,8 @@ async def operator_process(env: dict[str, str], kubeconfig: Path, log: Path) -> 
     process_env.update(env, KUBECONFIG=str(kubeconfig), KUBETUNE_HEALTH_PORT=str(health),
                        KUBETUNE_METRICS_PORT=str(metrics), KUBETUNE_RESYNC_SECONDS="1")
     with log.open("wb") as out:
-        process = subprocess.Popen([command], env=process_env, stdout=out, stderr=subprocess.STDOUT)
+        process = await asyncio.to_thread(subprocess.Popen, [command], env=process_env, stdout=out,
+                                          stderr=subprocess.STDOUT)
     operator = Operator(process, log, metrics)
     try:
         await eventually(lambda: healthy(health) or (not operator.alive() and _exited(operator)), 60,
@@ -193,7 +194,8 @@ def rules_of(obj: dict[str, Any]) -> set[Rule]:
 def allowed(call: ApiCall, cluster_rules: set[Rule], namespace_rules: dict[str, set[Rule]]) -> bool:
     """Whether RBAC allows a request: a ClusterRole anywhere, a Role only in its namespace."""
     wanted = (call.group, call.resource, call.verb)
-    return wanted in cluster_rules or (call.namespace is not None and wanted in namespace_rules.get(call.namespace, set()))
+    in_namespace = namespace_rules.get(call.namespace, set()) if call.namespace is not None else set()
+    return wanted in cluster_rules or wanted in in_namespace
 
 
 def declared_rules(*, conditional: bool = True) -> set[Rule]:

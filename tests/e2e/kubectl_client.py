@@ -155,7 +155,8 @@ class KubectlCluster:
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "kubetune-e2e-reader"}},
             "spec": {
                 "restartPolicy": "Never",
-                "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+                "securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
                 "containers": [{
                     "name": "reader", "image": self.reader_image, "imagePullPolicy": "Never",
                     "command": ["sleep", "infinity"],

@@ -20,15 +20,14 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e import kind
+from tests.e2e.kubectl_client import KubectlCluster
 from tests.e2e.tools import missing_tools
 
 MISSING = missing_tools()
 if MISSING:
     pytest.skip(f"kind suite skipped: missing {', '.join(MISSING)} (it needs docker, kind, kubectl and helm)",
                 allow_module_level=True)
-
-from tests.e2e import kind  # noqa: E402 - only where the tools exist
-from tests.e2e.kubectl_client import KubectlCluster  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
@@ -132,7 +131,7 @@ def test_suspend_stops_the_attempt_and_resume_finishes_it(cluster: KubectlCluste
                      TRAINING_TIMEOUT, "training progress")
     cluster.patch_spec(name, {"suspend": True})
     cluster.wait_for(name, lambda o: phase(o) == "Suspended", RUNNING_TIMEOUT, "Suspended")
-    cluster.wait_until(lambda: not cluster.children(name, "jobs") and not cluster.children(name, "pods") or None,
+    cluster.wait_until(lambda: (not cluster.children(name, "jobs") and not cluster.children(name, "pods")) or None,
                        RUNNING_TIMEOUT, "the attempt Job and its pods gone")
     cluster.patch_spec(name, {"suspend": False})
     done = cluster.wait_for(name, lambda o: phase(o) in ("Succeeded", "Failed"), TRAINING_TIMEOUT, "finished")
@@ -144,8 +143,8 @@ def test_deleting_a_finetunejob_removes_its_children_but_keeps_the_pvc(cluster: 
     cluster.apply(quickstart(name))
     cluster.wait_for(name, lambda o: phase(o) == "Running", RUNNING_TIMEOUT, "Running")
     cluster.delete(name)
-    cluster.wait_until(lambda: cluster.get(name) is None and not any(
-        cluster.children(name, kind) for kind in ("jobs", "pods", "configmaps")) or None,
+    cluster.wait_until(lambda: (cluster.get(name) is None and not any(
+        cluster.children(name, resource) for resource in ("jobs", "pods", "configmaps"))) or None,
         RUNNING_TIMEOUT, "the FineTuneJob and its children gone")
     assert cluster.get_object("persistentvolumeclaims", f"{name}-data") is not None  # retainOnDelete
 
