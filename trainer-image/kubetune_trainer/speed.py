@@ -69,6 +69,7 @@ def attn_implementation(spec: FineTuneJobSpec) -> str:
         log.warning("training.varlenAttention: this torch has no torch.nn.attention.varlen; using sdpa")
         return requested
     register_varlen_attention()
+    log.info("training.varlenAttention: packed examples attend through torch.nn.attention.varlen")
     return VARLEN_ATTENTION
 
 

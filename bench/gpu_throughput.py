@@ -1,0 +1,576 @@
+"""Training throughput: plain Hugging Face (TRL SFTTrainer defaults) against KubeTune's trainer.
+
+    python bench/gpu_throughput.py --out /tmp/bench --doc docs/benchmarks.md          # on a GPU machine
+    python bench/gpu_throughput.py --device cpu --out /tmp/bench --budget-s 300       # rehearsal, tiny shapes
+
+One run measures, per case, training tokens per second (padding excluded; each step timed between
+CUDA synchronizations; the median over the steps after warm-up), the peak GPU memory while
+training, and MFU. FLOPs per token are 4·N for LoRA on a frozen base (forward 2·N, backward
+through the activations 2·N; no weight gradients, recomputation not counted) plus causal
+attention, 6·layers·width·n per token of an n-token example; MFU is given against the H100's
+dense bf16 peak of 989 TFLOP/s and against the bf16 matmul rate this script measures first.
+
+The models are Llama-3.2-1B and Llama-3.1-8B shapes with random weights, built from a config
+on the GPU and saved to local disk, so 4-bit loading goes through bitsandbytes as for a
+downloaded checkpoint. The tokenizer is a word-level one with Llama's 128,256-token vocabulary
+(one word, one token), so sequence lengths are exact. Data: "fixed" rows of 2,048 tokens, and
+"varlen" prompt/completion rows of 64 to 2,048 tokens (log-uniform), where padding and packing matter.
+
+- baseline: transformers + peft + bitsandbytes + TRL's SFTTrainer with its default settings
+  (bf16, gradient checkpointing, sdpa, padding to the longest row, its default optimizer), the
+  same LoRA (r16, alpha 32, dropout 0.05, all linear layers) and learning rate.
+- kubetune: `kubetune_trainer.train.train()` on a recipe, the code path a pod runs, with a timing
+  callback added through its `build_trainer` seam; levers switched by the recipe's fields.
+
+Each case runs in its own process (clean peak memory, no kernel patches leaking between cases);
+results are appended to OUT/results.jsonl as they come, and the table is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+H100_BF16_PEAK = 989e12
+VOCAB = 128256
+SPECIALS = ["<unk>", "<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+
+SHAPES: dict[str, dict[str, Any]] = {
+    # Llama-3.2-1B and Llama-3.1-8B (their config.json, weights random).
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, head_dim=64, tie_word_embeddings=True, rope_theta=500000.0,
+               max_position_embeddings=131072, rms_norm_eps=1e-5,
+               rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, head_dim=128, tie_word_embeddings=False, rope_theta=500000.0,
+               max_position_embeddings=131072, rms_norm_eps=1e-5,
+               rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    # For rehearsals on the CPU.
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, tie_word_embeddings=False, max_position_embeddings=4096),
+}
+
+
+@dataclass
+class Case:
+    """One measurement: which trainer, model shape, base precision, data, micro-batch and levers."""
+
+    name: str
+    trainer: str  # baseline | kubetune
+    shape: str
+    bits: int
+    data: str  # fixed | varlen
+    micro_batch: int
+    levers: dict[str, bool] = field(default_factory=dict)  # recipe training.* overrides (kubetune only)
+    note: str = ""
+
+
+def kt(name: str, shape: str, bits: int, data: str, mb: int, note: str = "", **levers: bool) -> Case:
+    """A KubeTune case; `levers` are training.* recipe fields (camelCase)."""
+    return Case(name, "kubetune", shape, bits, data, mb, dict(levers), note)
+
+
+def hf(name: str, shape: str, bits: int, data: str, mb: int, note: str = "") -> Case:
+    """A plain Hugging Face case."""
+    return Case(name, "baseline", shape, bits, data, mb, {}, note)
+
+
+def plan(shape_small: str, shape_large: str | None) -> list[Case]:
+    """The cases in the order they run; later ones are skipped when the time budget runs out."""
+    s = shape_small
+    cases = [
+        hf(f"hf-{s}-4bit-mb16", s, 4, "fixed", 16),
+        kt(f"kt-{s}-4bit-mb16", s, 4, "fixed", 16, "all levers on (defaults)"),
+        kt(f"kt-{s}-4bit-mb16-noliger", s, 4, "fixed", 16, "ligerKernels off", ligerKernels=False),
+        hf(f"hf-{s}-4bit-varlen-mb16", s, 4, "varlen", 16),
+        kt(f"kt-{s}-4bit-varlen-mb16-packed", s, 4, "varlen", 16, "packing on, varlen attention", packing=True),
+        kt(f"kt-{s}-4bit-varlen-mb16", s, 4, "varlen", 16, "packing off (recipe default)"),
+        hf(f"hf-{s}-16bit-mb16", s, 16, "fixed", 16),
+        kt(f"kt-{s}-16bit-mb16", s, 16, "fixed", 16, "all levers on (defaults)"),
+        kt(f"kt-{s}-16bit-mb16-fp32adapter", s, 16, "fixed", 16, "adapterInComputeDtype off",
+           adapterInComputeDtype=False),
+    ]
+    if shape_large:
+        b = shape_large
+        cases += [hf(f"hf-{b}-4bit-mb8", b, 4, "fixed", 8), kt(f"kt-{b}-4bit-mb8", b, 4, "fixed", 8)]
+    cases += [
+        kt(f"kt-{s}-4bit-mb32", s, 4, "fixed", 32, "larger micro-batch"),
+        hf(f"hf-{s}-4bit-mb8", s, 4, "fixed", 8),
+        kt(f"kt-{s}-4bit-varlen-mb16-packed-sdpa", s, 4, "varlen", 16, "packing on, varlenAttention off",
+           packing=True, varlenAttention=False),
+        kt(f"kt-{s}-4bit-mb16-nockpt", s, 4, "fixed", 16, "gradientCheckpointing off", gradientCheckpointing=False),
+    ]
+    return cases
+
+
+# ---------------------------------------------------------------- tokenizer, models, data
+
+
+def build_tokenizer(vocab_size: int) -> Any:
+    """A word-level tokenizer: `w<i>` is token i (after the specials), so n words are n tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = SPECIALS + [f"w{i}" for i in range(vocab_size - len(SPECIALS))]
+    core = Tokenizer(models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>",
+                                        bos_token="<s>", eos_token="</s>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    return tokenizer
+
+
+def linear_params(config: dict[str, Any], vocab: int) -> int:
+    """Weights the tokens multiply through: attention and MLP projections of every layer and the LM head."""
+    d, ff, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    head_dim = config.get("head_dim", d // config["num_attention_heads"])
+    q = d * config["num_attention_heads"] * head_dim
+    kv = 2 * d * config["num_key_value_heads"] * head_dim
+    per_layer = q + kv + q + 3 * d * ff
+    return layers * per_layer + d * vocab
+
+
+def make_model(shape: str, folder: Path, vocab: int, device: str) -> Path:
+    """Save a random-weight model of `shape` (bf16 on the GPU, fp32 on the CPU) and the tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    if (folder / "config.json").exists():
+        return folder
+    tokenizer = build_tokenizer(vocab)
+    config = LlamaConfig(vocab_size=vocab, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return folder
+
+
+def _words(rng: random.Random, n: int, vocab: int) -> str:
+    return " ".join(f"w{rng.randrange(vocab - len(SPECIALS))}" for _ in range(n))
+
+
+def make_data(folder: Path, seq: int, rows: int, vocab: int) -> dict[str, Path]:
+    """fixed.jsonl (text rows longer than `seq`) and varlen.jsonl (prompt/completion, 64..seq tokens)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    fixed, varlen = folder / "fixed.jsonl", folder / "varlen.jsonl"
+    with fixed.open("w") as out:
+        for _ in range(rows):
+            out.write(json.dumps({"text": _words(rng, seq + 16, vocab)}) + "\n")
+    low = min(64, seq // 4)
+    with varlen.open("w") as out:
+        for _ in range(rows * 2):
+            total = int(math.exp(rng.uniform(math.log(low), math.log(seq - 8))))
+            prompt = max(8, total // 4)
+            out.write(json.dumps({"prompt": _words(rng, prompt, vocab),
+                                  "completion": _words(rng, total - prompt, vocab)}) + "\n")
+    return {"fixed": fixed, "varlen": varlen}
+
+
+# ---------------------------------------------------------------- measuring inside a case
+
+
+class TokenCounter:
+    """Wraps a data collator and records, per batch, its real tokens and the sum of squared example lengths."""
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+        self.tokens: list[int] = []
+        self.square_lengths: list[int] = []
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collator(examples)
+        if "cu_seq_lens_q" in batch:
+            lengths = batch["cu_seq_lens_q"].diff().tolist()
+        elif "attention_mask" in batch:
+            lengths = batch["attention_mask"].sum(dim=1).tolist()
+        else:
+            lengths = [batch["input_ids"].shape[1]] * batch["input_ids"].shape[0]
+        self.tokens.append(int(sum(lengths)))
+        self.square_lengths.append(int(sum(n * n for n in lengths)))
+        return batch
+
+
+def timing_callback(device: str) -> Any:
+    """A TrainerCallback timing each optimizer step between device synchronizations."""
+    import torch
+    from transformers import TrainerCallback
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self._start = 0.0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            sync()
+            self._start = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            sync()
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return StepTimer()
+
+
+def _instrument(trainer: Any, device: str) -> tuple[Any, TokenCounter]:
+    timer = timing_callback(device)
+    trainer.add_callback(timer)
+    counter = TokenCounter(trainer.data_collator)
+    trainer.data_collator = counter
+    return timer, counter
+
+
+def run_baseline(case: Case, model_dir: Path, data: Path, steps: int, seq: int, work: Path, device: str) -> Any:
+    """Plain Hugging Face: from_pretrained (+ bitsandbytes), LoraConfig, SFTTrainer with default settings."""
+    import datasets
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+
+    on_gpu = device == "cuda"
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    kwargs: dict[str, Any] = {}
+    if case.bits == 4:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa",
+                                                 device_map={"": 0} if on_gpu else None, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = datasets.load_dataset("json", data_files=str(data), split="train")
+    args = SFTConfig(output_dir=str(work / "hf"), per_device_train_batch_size=case.micro_batch, max_steps=steps,
+                     max_length=seq, learning_rate=2e-4, logging_steps=1, report_to="none", save_strategy="no",
+                     bf16=on_gpu, use_cpu=not on_gpu, disable_tqdm=True)
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer, peft_config=lora)
+    timer, counter = _instrument(trainer, device)
+    trainer.train()
+    return trainer, timer, counter
+
+
+def kubetune_recipe(case: Case, model_dir: Path, data: Path, steps: int, seq: int) -> dict[str, Any]:
+    """The FineTuneJob a user would write for this case (recipe defaults elsewhere)."""
+    fmt = {"fixed": "text", "varlen": "prompt-completion"}[case.data]
+    training: dict[str, Any] = {"maxSteps": steps, "batchSize": case.micro_batch, "gradientAccumulation": 1,
+                                "maxSeqLength": seq, "loggingSteps": 1, "saveSteps": 100000, "reportTo": [],
+                                "learningRate": 2e-4, **case.levers}
+    return {
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+        "metadata": {"name": "bench", "namespace": "bench"},
+        "spec": {
+            "model": {"name": str(model_dir)},
+            "dataset": {"path": str(data), "format": fmt, "validationSplit": 0.0},
+            "method": {"quantization": {"bits": case.bits}},
+            "training": training,
+            "metricsPort": 19090 + os.getpid() % 1000,
+        },
+    }
+
+
+def run_kubetune(case: Case, model_dir: Path, data: Path, steps: int, seq: int, work: Path, device: str) -> Any:
+    """KubeTune's trainer through `train.train()`, instrumented through the `build_trainer` seam."""
+    from kubetune_trainer import train as kt_train
+    from kubetune_trainer.signals import StopRequest
+
+    recipe = work / "recipe.json"
+    recipe.write_text(json.dumps(kubetune_recipe(case, model_dir, data, steps, seq)), encoding="utf-8")
+    seen: dict[str, Any] = {}
+    original = kt_train.build_trainer
+
+    def instrumented(*args: Any, **kwargs: Any) -> Any:
+        trainer = original(*args, **kwargs)
+        seen["trainer"] = trainer
+        seen["timer"], seen["counter"] = _instrument(trainer, device)
+        return trainer
+
+    kt_train.build_trainer = instrumented
+    outcome = kt_train.train(kt_train.load_job(recipe), kt_train.Workspace(work / "ws"), StopRequest())
+    if outcome.status != "succeeded":
+        raise RuntimeError(f"kubetune trainer ended {outcome.status}: {outcome.message}")
+    return seen["trainer"], seen["timer"], seen["counter"]
+
+
+def measure(case: Case, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one case in this process and return its numbers."""
+    import torch
+
+    device = args.device
+    work = Path(args.out) / "cases" / case.name
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = Path(args.out) / "models" / case.shape
+    data = Path(args.out) / "data" / f"{case.data}.jsonl"
+    steps = args.warmup + args.steps
+    run = run_baseline if case.trainer == "baseline" else run_kubetune
+    started = time.perf_counter()
+    trainer, timer, counter = run(case, model_dir, data, steps, args.seq, work, device)
+    wall = time.perf_counter() - started
+    config = json.loads((model_dir / "config.json").read_text())
+    n_linear = linear_params(config, config["vocab_size"])
+    width = config["num_attention_heads"] * config.get("head_dim", config["hidden_size"] // config["num_attention_heads"])
+    attn_per_square = 6 * config["num_hidden_layers"] * width
+    timed = range(args.warmup, min(len(timer.seconds), len(counter.tokens)))
+    rates = [counter.tokens[i] / timer.seconds[i] for i in timed]
+    flops = [(4 * n_linear * counter.tokens[i] + attn_per_square * counter.square_lengths[i]) / timer.seconds[i]
+             for i in timed]
+    logs = trainer.state.log_history
+    losses = [entry["loss"] for entry in logs if "loss" in entry]
+    grads = [entry.get("grad_norm") for entry in logs if "loss" in entry]
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
+    return {
+        **asdict(case),
+        "tokens_per_s": statistics.median(rates) if rates else 0.0,
+        "tokens_per_step": statistics.median(counter.tokens[args.warmup:]) if counter.tokens else 0,
+        "step_s": [round(s, 4) for s in timer.seconds],
+        "flops_per_s": statistics.median(flops) if flops else 0.0,
+        "peak_gib": peak,
+        "losses": losses,
+        "grad_norms": grads,
+        "wall_s": wall,
+    }
+
+
+# ---------------------------------------------------------------- orchestration and report
+
+
+def matmul_ceiling(device: str) -> float:
+    """The bf16 matmul rate of this GPU (8192^3 on random data, median of timed runs), in FLOP/s."""
+    if device != "cuda":
+        return 0.0
+    import torch
+
+    n = 8192
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(20):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n**3 / statistics.median(times)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries that decide the numbers."""
+    import importlib.metadata as md
+
+    found = {}
+    for name in ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "liger-kernel", "triton"):
+        try:
+            found[name] = md.version(name)
+        except md.PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+def run_case_process(case: Case, args: argparse.Namespace, timeout: float) -> dict[str, Any]:
+    """Run `case` in a child process; a crash or timeout becomes an error row."""
+    log = Path(args.out) / "cases" / f"{case.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    result = Path(args.out) / "cases" / f"{case.name}.json"
+    command = [sys.executable, __file__, "--child", json.dumps(asdict(case)), "--out", args.out,
+               "--device", args.device, "--seq", str(args.seq), "--steps", str(args.steps),
+               "--warmup", str(args.warmup)]
+    try:
+        with log.open("w") as out:
+            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        return {**asdict(case), "error": f"timed out after {timeout:.0f} s"}
+    if code != 0 or not result.exists():
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        return {**asdict(case), "error": f"exit {code}: {' | '.join(tail)[-300:]}"}
+    return json.loads(result.read_text())
+
+
+def estimate_s(case: Case) -> float:
+    """A rough wall time for a case, to skip it when the budget cannot hold it."""
+    return {"8b": 110.0}.get(case.shape, 40.0)
+
+
+def _baseline_of(results: list[dict[str, Any]], r: dict[str, Any]) -> dict[str, Any] | None:
+    """The first baseline run on the same shape, bits and data (the plan runs mb 16, or 8 for 8B, first)."""
+    return next((b for b in results if b["trainer"] == "baseline" and "error" not in b
+                 and (b["shape"], b["bits"], b["data"]) == (r["shape"], r["bits"], r["data"])), None)
+
+
+def _max_gap(a: list[float], b: list[float]) -> float:
+    pairs = list(zip(a, b))
+    return max(abs(x - y) / abs(y) for x, y in pairs) if pairs else float("nan")
+
+
+def parity(results: list[dict[str, Any]]) -> dict[str, str]:
+    """Loss curves against the run they should match: baseline at equal micro-batch, and levers on vs off."""
+    notes: dict[str, str] = {}
+    ok = [r for r in results if "error" not in r and r["losses"]]
+    for r in ok:
+        if r["trainer"] != "kubetune":
+            continue
+        same = [o for o in ok if (o["shape"], o["bits"], o["data"], o["micro_batch"])
+                == (r["shape"], r["bits"], r["data"], r["micro_batch"])]
+        base = next((o for o in same if o["trainer"] == "baseline"), None)
+        found = []
+        if base is not None:
+            found.append(f"loss vs baseline: step 1 {_max_gap(r['losses'][:1], base['losses'][:1]):.1e}, "
+                         f"max {_max_gap(r['losses'], base['losses']):.1e}")
+        plain = next((o for o in same if o["trainer"] == "kubetune" and not o["levers"]), None)
+        if r["levers"] and plain is not None and not r["levers"].get("packing"):
+            found.append(f"loss vs levers on: max {_max_gap(r['losses'], plain['losses']):.1e}")
+        notes[r["name"]] = "; ".join(found)
+    return notes
+
+
+def table(results: list[dict[str, Any]], ceiling: float) -> str:
+    """The markdown table of all cases, with ratios against the baseline of the same shape/bits/data."""
+    notes = parity(results)
+    columns = ["case", "trainer", "model", "base", "data", "mb", "tokens/s", "× baseline", "peak GiB",
+               "× baseline mem", "MFU (989)", "MFU (measured)", "last loss", "grad norm", "note"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in results:
+        head = [r["name"], r["trainer"], r["shape"], f"{r['bits']}-bit", r["data"], str(r["micro_batch"])]
+        if "error" in r:
+            lines.append("| " + " | ".join(head + ["—"] + [""] * 7 + [r["error"].replace("|", "/")]) + " |")
+            continue
+        b = _baseline_of(results, r)
+        speed = f"{r['tokens_per_s'] / b['tokens_per_s']:.2f}" if b and b["tokens_per_s"] else ""
+        memory = f"{r['peak_gib'] / b['peak_gib']:.2f}" if b and b["peak_gib"] else ""
+        mfu_measured = f"{r['flops_per_s'] / ceiling:.1%}" if ceiling else ""
+        loss = f"{r['losses'][-1]:.3f}" if r["losses"] else ""
+        grad = f"{r['grad_norms'][-1]:.3g}" if r["grad_norms"] and r["grad_norms"][-1] is not None else ""
+        note = "; ".join(x for x in (r.get("note", ""), notes.get(r["name"], "")) if x)
+        cells = [f"{r['tokens_per_s']:,.0f}", speed, f"{r['peak_gib']:.1f}", memory,
+                 f"{r['flops_per_s'] / H100_BF16_PEAK:.1%}", mfu_measured, loss, grad, note]
+        lines.append("| " + " | ".join(head + cells) + " |")
+    return "\n".join(lines)
+
+
+def write_doc(path: Path, header: dict[str, Any], body: str) -> None:
+    """docs/benchmarks.md: how it was measured, then the table."""
+    text = [
+        "# Benchmarks: KubeTune's trainer against plain Hugging Face",
+        "",
+        "Written by `bench/gpu_throughput.py` from one run (see the module docstring for the method).",
+        "",
+        "| | |", "|---|---|",
+        *[f"| {k} | {v} |" for k, v in header.items()],
+        "",
+        "× baseline: against plain Hugging Face (TRL SFTTrainer defaults) on the same model shape, base "
+        "precision and data, at micro-batch 16 (8 for the 8B shape). Tokens exclude padding.",
+        "",
+        body,
+        "",
+    ]
+    path.write_text("\n".join(text), encoding="utf-8")
+
+
+def orchestrate(args: argparse.Namespace) -> int:
+    """Build models and data, run the cases within the budget, print and write the table."""
+    started = time.monotonic()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    small, large = ("1b", None if args.no_8b else "8b") if args.device == "cuda" else ("tiny", None)
+    vocab = VOCAB if args.device == "cuda" else 2000
+    import torch
+
+    ceiling = matmul_ceiling(args.device)
+    header: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
+        "bf16 matmul measured (8192³)": f"{ceiling / 1e12:.0f} TFLOP/s" if ceiling else "n/a",
+        "sequence length": args.seq, "warm-up steps": args.warmup, "timed steps": args.steps,
+        **versions(),
+    }
+    print(json.dumps(header), flush=True)
+    make_data(out / "data", args.seq, rows=max(64, 34 * (args.warmup + args.steps)), vocab=vocab)
+    make_model(small, out / "models" / small, vocab, args.device)
+    results: list[dict[str, Any]] = []
+    for case in plan(small, large):
+        if args.only and not any(word in case.name for word in args.only.split(",")):
+            continue
+        left = args.budget_s - (time.monotonic() - started)
+        if case.shape == large and not (out / "models" / large / "config.json").exists():
+            if left < 3 * estimate_s(case):
+                print(f"skip {case.name}: {left:.0f} s left", flush=True)
+                continue
+            make_model(large, out / "models" / large, vocab, args.device)
+            left = args.budget_s - (time.monotonic() - started)
+        if left < estimate_s(case):
+            print(f"skip {case.name}: {left:.0f} s left", flush=True)
+            continue
+        result = run_case_process(case, args, timeout=max(30.0, left))
+        results.append(result)
+        with (out / "results.jsonl").open("a") as sink:
+            sink.write(json.dumps(result) + "\n")
+        shown = result.get("error") or (f"{result['tokens_per_s']:,.0f} tok/s, {result['peak_gib']:.1f} GiB, "
+                                        f"{result['wall_s']:.0f} s, losses {[round(x, 3) for x in result['losses']]}")
+        print(f"{case.name}: {shown}", flush=True)
+    body = table(results, ceiling)
+    print(body, flush=True)
+    (out / "table.md").write_text(body + "\n")
+    if args.doc:
+        write_doc(Path(args.doc), header, body)
+    return 0 if results and all("error" not in r for r in results) else 1
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """Command-line arguments."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="/tmp/kubetune-bench", help="models, data, logs and results.jsonl")
+    parser.add_argument("--doc", default=None, help="write the report here (docs/benchmarks.md)")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--warmup", type=int, default=2, help="steps left out of the timing")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting cases after this long")
+    parser.add_argument("--only", default="", help="comma-separated substrings of case names to run")
+    parser.add_argument("--no-8b", action="store_true", help="leave out the 8B shape")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: the orchestrator, or one case in a child process."""
+    args = make_parser().parse_args(argv)
+    sys.path[:0] = [str(ROOT / "trainer-image"), str(ROOT / "operator"), str(ROOT)]
+    if args.child is None:
+        return orchestrate(args)
+    case = Case(**json.loads(args.child))
+    result = measure(case, args)
+    (Path(args.out) / "cases" / f"{case.name}.json").write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
