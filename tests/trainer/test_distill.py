@@ -174,6 +174,33 @@ def test_distill_logs_and_serves_both_loss_parts(distill_run: dict) -> None:
     assert metrics["kubetune_trainer_ce_loss"] == pytest.approx(last["ce_loss"])
 
 
+def test_distill_perplexity_is_that_of_the_cross_entropy_part(distill_run: dict) -> None:
+    import json
+
+    final_eval = [entry for entry in log_history(distill_run["root"] / "ws") if "eval_ce_loss" in entry][-1]
+    report = json.loads((distill_run["root"] / "ws" / "output" / "evaluation.json").read_text())
+    assert report["evalLoss"] == pytest.approx(final_eval["eval_loss"])
+    assert report["perplexity"] == pytest.approx(math.exp(final_eval["eval_ce_loss"]))
+
+
+def test_teacher_loads_frozen_in_4_bits(tmp_path) -> None:
+    from bitsandbytes.nn import Linear4bit
+
+    from kubetune_trainer.distill import load_teacher
+    from kubetune_trainer.recipe import parse_spec
+    from tests.fixtures.models import save_tiny_model
+
+    teacher_path = save_tiny_model(tmp_path / "teacher", seed=1)
+    spec = parse_spec({
+        "model": {"name": str(tmp_path / "student")}, "dataset": {"path": "x.jsonl"},
+        "method": {"type": "distill", "distill": {"teacher": {"name": str(teacher_path), "quantizationBits": 4}}},
+    })
+    teacher, tokenizer = load_teacher(spec, base_dir=None, cache_dir=None, dtype=torch.float32)
+    assert isinstance(teacher.model.layers[0].self_attn.q_proj, Linear4bit)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert len(tokenizer) == 1002
+
+
 def test_mismatched_vocabularies_are_refused_at_start(tmp_path) -> None:
     from tests.fixtures.tokenizers import build_tokenizer
 
