@@ -21,7 +21,7 @@ def attempt_pods(cluster, name: str, attempt: int) -> list[dict]:
 
 
 def test_a_killed_trainer_restarts_and_resumes_from_its_checkpoint(cluster, inputs):
-    cluster.apply(finetunejob("killed", cluster, inputs, training={"maxSteps": 100}))
+    cluster.apply(finetunejob("killed", cluster, inputs, training={"maxSteps": 60}))
     before = cluster.wait_for("killed", checkpointed, 120, "a checkpoint while running")
     cluster.kill_pod(attempt_pods(cluster, "killed", 0)[0]["metadata"]["name"], signal.SIGKILL)
     done = cluster.wait_for("killed", phase("Succeeded"), 240, "Succeeded after a restart")
@@ -34,7 +34,7 @@ def test_a_killed_trainer_restarts_and_resumes_from_its_checkpoint(cluster, inpu
 
 
 def test_an_eviction_resumes_and_counts_as_a_preemption_only(cluster, inputs):
-    cluster.apply(finetunejob("evicted", cluster, inputs, training={"maxSteps": 100}))
+    cluster.apply(finetunejob("evicted", cluster, inputs, training={"maxSteps": 60}))
     cluster.wait_for("evicted", checkpointed, 120, "a checkpoint while running")
     cluster.evict(attempt_pods(cluster, "evicted", 0)[0]["metadata"]["name"])
     done = cluster.wait_for("evicted", phase("Succeeded"), 240, "Succeeded after the eviction")
@@ -44,7 +44,7 @@ def test_an_eviction_resumes_and_counts_as_a_preemption_only(cluster, inputs):
 
 
 def test_a_killed_and_restarted_operator_neither_duplicates_nor_loses_children(cluster, inputs):
-    cluster.apply(finetunejob("steady", cluster, inputs, training={"maxSteps": 100}))
+    cluster.apply(finetunejob("steady", cluster, inputs, training={"maxSteps": 60}))
     before = cluster.wait_for("steady", lambda o: (o.get("status") or {}).get("progress", {}).get("step"),
                               120, "progress while running")
     cluster.restart_operator()  # SIGKILL, then a new process

@@ -15,6 +15,8 @@ features an operator of training gangs uses:
   startTime, completionTime and the conditions Complete / SuccessCriteriaMet,
   Failed / FailureTarget (reasons PodFailurePolicy, BackoffLimitExceeded,
   DeadlineExceeded, with the controller's messages) and Suspended;
+- a terminating pod's index is not replaced before that pod has finished
+  (podReplacementPolicy Failed, the default with a podFailurePolicy);
 - `spec.suspend`: active pods deleted (gracefully), Suspended=True; resumed
   with a new startTime. Pods the controller deletes do not count as failures.
 
@@ -187,7 +189,8 @@ class JobController:
         if not finished:
             self._suspension(job, status)
             if not spec.get("suspend"):
-                live += await self._create_missing(job, live, outcomes)
+                terminating = [p for p in pods if p["metadata"].get("deletionTimestamp") and not _terminal(p)]
+                live += await self._create_missing(job, live, terminating, outcomes)
         self._counts(status, pods, live, outcomes)
         if status != (job.get("status") or {}):
             await self.emulator.api_patch(JOBS, meta["namespace"], meta["name"],
@@ -262,19 +265,21 @@ class JobController:
         if not conditions:
             del status["conditions"]
 
-    async def _create_missing(self, job: dict[str, Any], live: list[dict[str, Any]],
+    async def _create_missing(self, job: dict[str, Any], live: list[dict[str, Any]], terminating: list[dict[str, Any]],
                               outcomes: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
         spec = job["spec"]
         completions, parallelism = spec.get("completions", 1), spec.get("parallelism", 1)
         done = {int(message) for outcome, message in outcomes.values() if outcome == "Succeeded" and message != "None"}
         if spec.get("completionMode") == "Indexed":
-            busy = {_index(p) for p in live}
+            # podReplacementPolicy Failed (the default with a podFailurePolicy): a terminating pod's index
+            # gets no replacement until that pod has finished.
+            busy = {_index(p) for p in live} | {_index(p) for p in terminating}
             wanted: list[int | None] = [i for i in range(completions) if i not in done and i not in busy]
         else:
             succeeded = sum(1 for outcome, _ in outcomes.values() if outcome == "Succeeded")
-            wanted = [None] * max(0, min(parallelism, completions - succeeded) - len(live))
+            wanted = [None] * max(0, min(parallelism, completions - succeeded) - len(live) - len(terminating))
         created = []
-        for index in wanted[: max(0, parallelism - len(live))]:
+        for index in wanted[: max(0, parallelism - len(live) - len(terminating))]:
             created.append(await self.emulator.api_create(PODS, job["metadata"]["namespace"], build_pod(job, index)))
         return created
 

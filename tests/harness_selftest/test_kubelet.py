@@ -95,6 +95,8 @@ def test_eviction_marks_disruption_and_the_trainer_gets_sigterm(cluster):
     failed = cluster.wait_until(lambda: job_condition(cluster, "evict", "Failed"), 30, "the Job fails")
     assert failed["message"] == (f"Pod {NAMESPACE}/{pod} has condition DisruptionTarget matching FailJob rule at index 0")
     cluster.wait_until(lambda: not pods_of(cluster, "evict"), 10, "the evicted pod is gone")
+    created = [key for key in cluster.emulator.objects if key[0] == "v1/pods" and key[2].startswith("evict-0-")]
+    assert len(created) == 1  # no replacement while the evicted pod was terminating
     final = cluster.emulator.objects["v1/pods", NAMESPACE, pod].last
     assert final["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 75  # it checkpointed
 
