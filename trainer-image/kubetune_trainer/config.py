@@ -66,6 +66,8 @@ def build_sft_config(spec: FineTuneJobSpec, context: RunContext) -> "SFTConfig":
     import torch
     from trl import SFTConfig
 
+    from kubetune_trainer import speed
+
     training = spec.training
     eval_on = context.has_validation
     return SFTConfig(
@@ -130,4 +132,5 @@ def build_sft_config(spec: FineTuneJobSpec, context: RunContext) -> "SFTConfig":
         # (see the resume reference); kubetune's callback stops at a step boundary instead.
         enable_jit_checkpoint=False,
         push_to_hub=False,
+        **speed.sft_options(spec, context.on_cpu),  # GPU kernels per training.ligerKernels
     )

@@ -133,7 +133,13 @@ def quantization_config(spec: FineTuneJobSpec) -> "BitsAndBytesConfig | None":
         bnb_4bit_quant_type=quant.quant_type,
         bnb_4bit_use_double_quant=quant.double_quant,
         bnb_4bit_compute_dtype=getattr(torch, quant.compute_dtype.value),
+        # ZeRO-3 shards the 4-bit weights with the others only when they are stored in a float dtype.
+        **({"bnb_4bit_quant_storage": getattr(torch, quant.compute_dtype.value)} if _zero3(spec) else {}),
     )
+
+
+def _zero3(spec: FineTuneJobSpec) -> bool:
+    return spec.deepspeed is not None and spec.deepspeed.zero_stage == 3
 
 
 def lora_config(spec: FineTuneJobSpec) -> "LoraConfig":
@@ -181,6 +187,8 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
+    from kubetune_trainer import speed
+
     quant = quantization_config(spec) if quantize else None
     kwargs = source.pretrained_kwargs(cache_dir)
     if source.gguf_file:
@@ -197,6 +205,6 @@ def load_model(
         source.location,
         dtype=dtype,
         trust_remote_code=spec.model.trust_remote_code,
-        attn_implementation=spec.model.attn_implementation.value,
+        attn_implementation=speed.attn_implementation(spec),  # varlen attention with packing (training.varlenAttention)
         **kwargs,
     )

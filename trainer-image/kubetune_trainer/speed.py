@@ -73,7 +73,7 @@ def attn_implementation(spec: FineTuneJobSpec) -> str:
     return VARLEN_ATTENTION
 
 
-def cast_adapter(model: Any, spec: FineTuneJobSpec, dtype: "torch.dtype") -> None:
+def cast_adapter(model: Any, spec: FineTuneJobSpec, bf16: bool) -> None:
     """Cast the trainable LoRA weights to bf16 when training in bf16 (`training.adapterInComputeDtype`).
 
     Call before the optimizer exists. DoRA magnitude vectors stay in fp32: their updates can be
@@ -82,7 +82,7 @@ def cast_adapter(model: Any, spec: FineTuneJobSpec, dtype: "torch.dtype") -> Non
     """
     import torch
 
-    if not spec.training.adapter_in_compute_dtype or dtype != torch.bfloat16 or not _cuda():
+    if not spec.training.adapter_in_compute_dtype or not bf16 or not _cuda():
         return
     for name, param in model.named_parameters():
         if param.requires_grad and param.dtype == torch.float32 and "lora_magnitude_vector" not in name:

@@ -133,9 +133,10 @@ def build_trainer(
     """
     from trl import SFTTrainer
 
+    from kubetune_trainer import speed
     from kubetune_trainer.model import lora_config
 
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=config,
         train_dataset=data.train,
@@ -144,6 +145,8 @@ def build_trainer(
         peft_config=lora_config(spec),
         callbacks=callbacks,
     )
+    speed.cast_adapter(trainer.model, spec, bf16=bool(config.bf16))  # training.adapterInComputeDtype
+    return trainer
 
 
 def _quiet_libraries() -> None:
