@@ -1,0 +1,109 @@
+"""Resume is exact: killed or stopped runs, restarted, end with the same adapter bit for bit.
+
+The reference is one uninterrupted run; the others are cut short (SIGKILL after a
+checkpoint and in the middle of the next save, plus a left-over partial folder; SIGTERM
+through the launcher) and restarted through the launcher. LoRA dropout is on, so a
+resume that restored the wrong RNG state would show.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubetune_trainer.checkpoints import list_checkpoints
+from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER
+from tests.trainer.sft_runs import (
+    adapter_tensors,
+    assert_identical,
+    checkpoint_dir,
+    run_launcher,
+    sft_spec,
+    sigterm,
+    start_launcher,
+    start_trainer,
+    termination_message,
+    wait_for,
+    wait_for_checkpoint,
+    write_recipe,
+)
+
+pytestmark = pytest.mark.slow
+
+STEPS = 30
+
+
+def _spec(tiny_llama: Path, toy_data: Path) -> dict[str, Any]:
+    return sft_spec(
+        tiny_llama,
+        toy_data,
+        dataset={"validationSplit": 0},
+        method={"lora": {"dropout": 0.1}},
+        training={"maxSteps": STEPS, "saveSteps": 5, "saveTotalLimit": 2, "loggingSteps": 10},
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, toy_data: Path) -> dict[str, Any]:
+    """The adapter of an uninterrupted run."""
+    folder = tmp_path_factory.mktemp("reference")
+    workspace = folder / "ws"
+    result = run_launcher(write_recipe(folder, _spec(tiny_llama, toy_data)), workspace)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # saveTotalLimit 2: older checkpoints were rotated away, only after the newer ones were complete.
+    kept = list_checkpoints(workspace / "output" / "checkpoints")
+    assert [checkpoint.step for checkpoint in kept] == [25, 30]
+    assert all(checkpoint.complete for checkpoint in kept)
+    return adapter_tensors(workspace / "output" / "adapter")
+
+
+def test_sigkill_mid_save_then_restart_is_bit_identical(
+    reference: dict[str, Any], tiny_llama: Path, toy_data: Path, tmp_path: Path
+) -> None:
+    recipe, workspace = write_recipe(tmp_path, _spec(tiny_llama, toy_data)), tmp_path / "ws"
+    trainer = start_trainer(recipe, workspace)
+    wait_for_checkpoint(workspace, 10, trainer)
+    # The next checkpoint's folder appears when its save begins: kill at once, most likely mid-save.
+    wait_for(lambda: checkpoint_dir(workspace, 15).exists(), trainer, interval=0.002)
+    trainer.send_signal(signal.SIGKILL)
+    trainer.wait()
+    # A folder left by a kill before any marker, at a later step, as a crashed save leaves it.
+    partial = checkpoint_dir(workspace, 25)
+    shutil.copytree(checkpoint_dir(workspace, 10), partial)
+    (partial / CHECKPOINT_COMPLETE_MARKER).unlink()
+    (partial / "trainer_state.json").unlink()
+
+    result = run_launcher(recipe, workspace)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "removed incomplete checkpoint" in result.stderr + result.stdout
+    assert_identical(adapter_tensors(workspace / "output" / "adapter"), reference)
+
+
+def test_sigterm_checkpoints_exits_75_and_resumes_bit_identical(
+    reference: dict[str, Any], tiny_llama: Path, toy_data: Path, tmp_path: Path
+) -> None:
+    recipe, workspace = write_recipe(tmp_path, _spec(tiny_llama, toy_data)), tmp_path / "ws"
+    launcher = start_launcher(recipe, workspace, tmp_path / "first.log")
+    wait_for_checkpoint(workspace, 5, launcher)
+    sigterm(launcher)
+    assert launcher.wait(timeout=300) == 75, (tmp_path / "first.log").read_text()[-3000:]
+
+    stopped = termination_message(workspace)
+    assert stopped["reason"] == "Stopped" and stopped["exitCode"] == 75
+    step = stopped["step"]
+    assert 5 <= step < STEPS
+    # The checkpoint is of the very step training stopped at, and complete.
+    assert stopped["checkpoint"]["step"] == step
+    assert (checkpoint_dir(workspace, step) / CHECKPOINT_COMPLETE_MARKER).exists()
+    assert "output" not in stopped and not (workspace / "output" / "adapter").exists()
+
+    result = run_launcher(recipe, workspace)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert termination_message(workspace)["step"] == STEPS
+    assert_identical(adapter_tensors(workspace / "output" / "adapter"), reference)
