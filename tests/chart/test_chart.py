@@ -202,7 +202,7 @@ async def test_network_policy_admits_operator_and_prometheus_on_metrics_and_work
     policy = installed.one("NetworkPolicy")
     assert policy["metadata"]["namespace"] == "team-a"
     metrics_rule, workers_rule = policy["spec"]["ingress"]
-    assert metrics_rule["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
     operator_peer, prometheus_peer = metrics_rule["from"]
     assert operator_peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": RELEASE_NAMESPACE}
     assert operator_peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"

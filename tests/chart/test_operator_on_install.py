@@ -296,5 +296,4 @@ async def test_trainer_pods_get_what_the_chart_and_the_image_agree_on(tmp_path: 
     assert "metrics" in {port["name"] for port in container["ports"]}
     (policy,) = [o for o in run.emulator.created() if o["kind"] == "NetworkPolicy"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
-    metrics_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "metrics")
-    assert policy["spec"]["ingress"][0]["ports"][0]["port"] == metrics_port
+    assert policy["spec"]["ingress"][0]["ports"][0]["port"] == "metrics"
