@@ -7,6 +7,7 @@ chart allows and the newest one kubernetes-validate knows.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import kubernetes_validate
@@ -255,3 +256,34 @@ def test_values_file_and_schema_agree_on_every_key() -> None:
         return problems
 
     assert walk(values, schema, "") == []
+
+
+def test_every_value_has_a_comment_right_above_it() -> None:
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+
+    def is_value(path: list[str]) -> bool:  # a key the schema declares (not content of a free-form map)
+        node = schema
+        for key in path:
+            node = (node.get("properties") or {}).get(key)
+            if node is None:
+                return False
+        return "properties" not in node  # sections group values; the values carry the comments
+
+    lines = (CHART / "values.yaml").read_text(encoding="utf-8").splitlines()
+    stack: list[tuple[int, str]] = []
+    documented: set[tuple[str, ...]] = set()  # keys with a comment right above (it covers their children)
+    undocumented = []
+    for number, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z_][\w.-]*):", line)
+        if not match:
+            continue
+        indent = len(match.group(1))
+        stack = [(i, k) for i, k in stack if i < indent] + [(indent, match.group(2))]
+        path = tuple(key for _, key in stack)
+        if number and lines[number - 1].strip().startswith("#"):
+            documented.add(path)
+        if is_value(list(path)) and not any(path[:i] in documented for i in range(1, len(path) + 1)):
+            undocumented.append(f"values.yaml:{number + 1}: {'.'.join(path)}")
+    assert undocumented == []
