@@ -114,7 +114,7 @@ def test_missing_metrics_leave_fields_empty() -> None:
 
 async def test_a_slow_endpoint_is_given_up_after_the_timeout(serve) -> None:  # type: ignore[no-untyped-def]
     async def slow(_: web.Request) -> web.Response:
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(0.6)
         return web.Response(text="kubetune_trainer_step 1\n")
 
     url = await serve(slow)
