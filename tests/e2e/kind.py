@@ -52,6 +52,11 @@ class KindSetup:
         return f"{self.registry}/trainer:{self.version}-cpu"
 
     @property
+    def fullname(self) -> str:
+        """The chart's object name prefix for this release (the `kubetune.fullname` helper)."""
+        return self.release if "kubetune" in self.release else f"{self.release}-kubetune"
+
+    @property
     def operator_selector(self) -> str:
         """Label selector of the operator pod."""
         return f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component=operator"
