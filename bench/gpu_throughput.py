@@ -94,24 +94,24 @@ def plan(shape_small: str, shape_large: str | None) -> list[Case]:
     cases = [
         hf(f"hf-{s}-4bit-mb16", s, 4, "fixed", 16),
         kt(f"kt-{s}-4bit-mb16", s, 4, "fixed", 16, "all levers on (defaults)"),
-        kt(f"kt-{s}-4bit-mb16-noliger", s, 4, "fixed", 16, "ligerKernels off", ligerKernels=False),
         hf(f"hf-{s}-4bit-varlen-mb16", s, 4, "varlen", 16),
         kt(f"kt-{s}-4bit-varlen-mb16-packed", s, 4, "varlen", 16, "packing on, varlen attention", packing=True),
-        kt(f"kt-{s}-4bit-varlen-mb16", s, 4, "varlen", 16, "packing off (recipe default)"),
         hf(f"hf-{s}-16bit-mb16", s, 16, "fixed", 16),
         kt(f"kt-{s}-16bit-mb16", s, 16, "fixed", 16, "all levers on (defaults)"),
+        kt(f"kt-{s}-4bit-mb16-noliger", s, 4, "fixed", 16, "ligerKernels off", ligerKernels=False),
         kt(f"kt-{s}-16bit-mb16-fp32adapter", s, 16, "fixed", 16, "adapterInComputeDtype off",
            adapterInComputeDtype=False),
+        kt(f"kt-{s}-4bit-mb32", s, 4, "fixed", 32, "larger micro-batch"),
     ]
     if shape_large:
         b = shape_large
         cases += [hf(f"hf-{b}-4bit-mb8", b, 4, "fixed", 8), kt(f"kt-{b}-4bit-mb8", b, 4, "fixed", 8)]
     cases += [
-        kt(f"kt-{s}-4bit-mb32", s, 4, "fixed", 32, "larger micro-batch"),
-        hf(f"hf-{s}-4bit-mb8", s, 4, "fixed", 8),
+        kt(f"kt-{s}-4bit-varlen-mb16", s, 4, "varlen", 16, "packing off (recipe default)"),
         kt(f"kt-{s}-4bit-varlen-mb16-packed-sdpa", s, 4, "varlen", 16, "packing on, varlenAttention off",
            packing=True, varlenAttention=False),
         kt(f"kt-{s}-4bit-mb16-nockpt", s, 4, "fixed", 16, "gradientCheckpointing off", gradientCheckpointing=False),
+        hf(f"hf-{s}-4bit-mb8", s, 4, "fixed", 8),
     ]
     return cases
 

@@ -48,6 +48,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpus(n): needs n CUDA GPUs")
 
 
+@pytest.fixture(autouse=True)
+def _kill_leftover_pods() -> Any:
+    """A failed or timed-out test must not leave trainers holding the GPUs for the next one."""
+    yield
+    from tests.gpu.pod import STARTED
+
+    while STARTED:
+        pod = STARTED.pop()
+        if pod.running():
+            pod.kill()
+            pod.process.wait(timeout=30)  # type: ignore[union-attr]
+
+
 def save_llama(path: Path, shape: str) -> Path:
     """A random-weight Llama of `shape` (bf16) with the test tokenizer, saved like a downloaded checkpoint."""
     from transformers import AutoModelForCausalLM, LlamaConfig

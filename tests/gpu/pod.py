@@ -33,6 +33,9 @@ from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER, Env
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 """NVLink multicast stays off on the lent GPU machines, in every process we start (their README says why)."""
 
+STARTED: list["PodProcess"] = []
+"""Every pod started in this process, so a failed or timed-out test can kill what it left running."""
+
 
 def render_pod(job: dict[str, Any], attempt: int = 0, namespace: str = "default") -> tuple[dict[str, Any], str]:
     """The attempt Job's trainer container and the recipe ConfigMap's recipe.json, as the operator renders them."""
@@ -105,6 +108,7 @@ class PodProcess:
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
+        STARTED.append(self)
 
     def run(self, timeout: float) -> int:
         """Start, wait for the exit code."""
@@ -123,6 +127,10 @@ class PodProcess:
             if self._log is not None:
                 self._log.close()
         return code
+
+    def running(self) -> bool:
+        """Whether the pod's main process is still alive."""
+        return self.process is not None and self.process.poll() is None
 
     def terminate(self) -> None:
         """SIGTERM to the main process, as the kubelet does on deletion, suspend or preemption."""
