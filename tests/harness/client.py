@@ -105,11 +105,11 @@ class EmulatedCluster:
     """`ClusterClient` over the emulated API server, the test Job controller and kubelet."""
 
     def __init__(self, root: Path, namespace: str = "default", *, node_env: dict[str, str] | None = None,
-                 keep_history: bool = True) -> None:
+                 **emulator_options: Any) -> None:
         self.root = root
         self.namespace = namespace
         self.node_env = node_env or {}
-        self.server = ApiServer(keep_history=keep_history)
+        self.server = ApiServer(**emulator_options)  # KubeEmulator's keep_history, admission
         self.kubelet: Kubelet | None = None
         self.controller: JobController | None = None
         self.operator: OperatorRunner | None = None
