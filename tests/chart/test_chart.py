@@ -8,6 +8,7 @@ PodMonitor against prometheus-operator's API models.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 import yaml
 from kubetune_operator.settings import ENV as OPERATOR_ENV
 
-from tests.chart.conftest import CHART, RELEASE_NAMESPACE, HelmFailed, run_helm
+from tests.chart.conftest import CHART, RELEASE_NAMESPACE, HelmFailed, emulated_cluster, run_helm
 
 OLDEST_KUBERNETES = "1.28"  # Chart.yaml kubeVersion
 NEWEST_KUBERNETES = kubernetes_validate.utils.latest_version()
@@ -256,8 +257,6 @@ async def test_notes_tell_the_user_what_to_apply_next(helm_install) -> None:
 
 
 def test_values_file_and_schema_agree_on_every_key() -> None:
-    import json
-
     values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
     schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
 
@@ -277,8 +276,6 @@ def test_values_file_and_schema_agree_on_every_key() -> None:
 
 
 def test_every_value_has_a_comment_right_above_it() -> None:
-    import json
-
     schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
 
     def is_value(path: list[str]) -> bool:  # a key the schema declares (not content of a free-form map)
@@ -305,3 +302,18 @@ def test_every_value_has_a_comment_right_above_it() -> None:
         if is_value(list(path)) and not any(path[:i] in documented for i in range(1, len(path) + 1)):
             undocumented.append(f"values.yaml:{number + 1}: {'.'.join(path)}")
     assert undocumented == []
+
+
+async def test_upgrade_switches_modes_and_uninstall_keeps_the_crd(tmp_path) -> None:
+    steps = [{"action": "install", "values": {}},
+             {"action": "upgrade", "values": {"operator": {"watchNamespaces": ["team-a"]}}},
+             {"action": "uninstall"}]
+    async with emulated_cluster(tmp_path) as (emulator, kubeconfig):
+        installed, upgraded, _ = await run_helm("sequence", str(CHART), "--kubeconfig", str(kubeconfig), "--release",
+                                                "kt", "--namespace", RELEASE_NAMESPACE, "--steps", json.dumps(steps))
+        left = {(obj["kind"], obj["metadata"]["name"]) for obj in emulator.created()}
+    assert (installed["version"], upgraded["version"]) == (1, 2)
+    upgraded_kinds = {doc["kind"] for doc in yaml.safe_load_all(upgraded["manifest"]) if doc}
+    assert "Role" in upgraded_kinds and "ClusterRole" not in upgraded_kinds  # the upgrade switched modes
+    # helm.sh/resource-policy: keep: the CRD (and so every FineTuneJob) outlives the release.
+    assert left == {("CustomResourceDefinition", "finetunejobs.kubetune.io")}
