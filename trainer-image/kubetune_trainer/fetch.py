@@ -37,7 +37,7 @@ from kubetune_trainer.remote import StorageError, explain, filesystem, is_uri, s
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-    from kubetune_trainer.recipe import DatasetSpec, ModelSpec
+    from kubetune_trainer.recipe import DatasetSpec, FineTuneJobSpec, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -244,3 +244,18 @@ def localize_model(spec: ModelSpec, workspace: str | os.PathLike[str]) -> str:
             exit_code=ExitCode.INVALID,
         )
     return str(fetch(spec.name, cache, field="model.name"))
+
+
+def local_inputs(spec: FineTuneJobSpec, workspace: str | os.PathLike[str]) -> FineTuneJobSpec:
+    """`spec` with its dataset and base model as this pod sees them: URIs downloaded, a ConfigMap key found.
+
+    The trainer calls this before loading anything; the rest of it then only meets local
+    paths and hub ids. Raises DownloadError.
+    """
+    dataset = spec.dataset
+    if dataset.config_map is not None or (dataset.path is not None and is_uri(dataset.path)):
+        dataset = dataset.model_copy(update={"path": localize_dataset(dataset, workspace), "config_map": None})
+    model = spec.model
+    if is_uri(model.name):
+        model = model.model_copy(update={"name": localize_model(model, workspace)})
+    return spec.model_copy(update={"dataset": dataset, "model": model})

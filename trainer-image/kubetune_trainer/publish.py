@@ -336,7 +336,14 @@ def publish_result(
     except Exception as err:  # noqa: BLE001 - any store or network error becomes one explained line
         message, _ = explain(err, uri, "output.uri", "upload")
         raise UploadError(f"{message}; the local result in {output_dir} is kept") from err
-    log.info(
-        "uploaded the result to %s: %d files sent, %d already there", uri, len(published.uploaded), len(published.skipped)
-    )
+    sent, kept = len(published.uploaded), len(published.skipped)
+    log.info("uploaded the result to %s: %d files sent, %d already there", uri, sent, kept)
     return published
+
+
+def publish_outputs(
+    spec: FineTuneJobSpec, output_dir: Path, *, job_name: str, metrics: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """The termination message's output entries for the upload: `{"uri": …}` once verified, {} without output.uri."""
+    published = publish_result(spec, output_dir, job_name=job_name, metrics=metrics)
+    return {"uri": published.uri} if published is not None else {}
