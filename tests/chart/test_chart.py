@@ -180,7 +180,9 @@ async def test_operator_reads_every_setting_the_chart_passes(helm_install) -> No
     env = env_of(installed.one("Deployment"))
     assert env["KUBETUNE_WATCH_NAMESPACES"] == "a,b"
     assert env["KUBETUNE_TRAINER_IMAGE"] == "ghcr.io/kubetune/trainer:0.1.0"
-    assert env["KUBETUNE_TRAINER_SERVICE_ACCOUNT"] == "kt-kubetune-trainer"
+    assert env["KUBETUNE_TRAINER_SERVICE_ACCOUNT"] == "kt-kubetune-trainer"  # it exists in a and b
+    cluster_env = env_of((await helm_install()).one("Deployment"))
+    assert "KUBETUNE_TRAINER_SERVICE_ACCOUNT" not in cluster_env  # it cannot exist in every namespace
     assert env["KUBETUNE_HEALTH_PORT"] == "8081" and env["KUBETUNE_METRICS_PORT"] == "8080"
     unread = sorted(set(env) - set(OPERATOR_ENV))
     assert unread == [], f"the chart sets variables the operator's Settings does not read: {unread}"

@@ -94,6 +94,22 @@ FineTuneJobs that set no serviceAccountName.
 {{- end -}}
 
 {{/*
+"true" when the trainer ServiceAccount exists in every namespace the operator
+serves, so the operator may default trainer pods to it: the chart creates it in
+each watched namespace, or the user named an account they manage. When the
+operator watches every namespace it cannot be everywhere; trainer pods then run
+as their namespace's default account (never with a token mounted), or as the
+FineTuneJob's spec.serviceAccountName.
+*/}}
+{{- define "kubetune.trainerServiceAccountEverywhere" -}}
+{{- if .Values.trainer.serviceAccount.create -}}
+{{- if .Values.operator.watchNamespaces }}true{{ end -}}
+{{- else if .Values.trainer.serviceAccount.name -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
 An image reference: repository, then "@digest" when a digest is set, else
 ":tag" with the chart's appVersion as the default tag.
 Usage: {{ include "kubetune.image" (dict "image" .Values.operator.image "context" $) }}
