@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from kubetune_operator import names
-from kubetune_trainer.contract import ExitCode
+from kubetune_trainer.contract import RETRYABLE_TRAINER_REASONS, ExitCode
 
 JobState = Literal["active", "suspended", "complete", "failed", "deleting"]
 FailureKind = Literal["invalid", "preempted", "failed"]
@@ -179,7 +179,8 @@ def classify_pod(pod: Mapping[str, Any]) -> Failure | None:
     if code == ExitCode.STOPPED:
         return Failure("preempted", "Stopped", shorten(f"pod {name} stopped after a checkpoint (exit 75)"))
     reason = terminated.get("reason") or ""
-    detail = "OOMKilled" if reason == "OOMKilled" else f"ExitCode{code}"
+    said = message_field(termination_message(pod), "reason")  # the trainer's own: UploadFailed, DownloadFailed
+    detail = "OOMKilled" if reason == "OOMKilled" else said if said in RETRYABLE_TRAINER_REASONS else f"ExitCode{code}"
     text = f"pod {name}: {reason or 'Error'} (exit {code})"
     if trainer_says:
         text += f": {trainer_says}"

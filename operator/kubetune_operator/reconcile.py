@@ -72,6 +72,7 @@ WARNING_REASONS = frozenset(
     {
         INVALID_RECIPE, PREEMPTED, ATTEMPT_FAILED, BACKOFF_LIMIT_EXCEEDED, PREEMPTION_LIMIT_EXCEEDED,
         DEADLINE_EXCEEDED, IMMUTABLE_FIELD_CHANGED, "Unschedulable", "ImagePullFailed", "ContainerConfigError",
+        *contract.RETRYABLE_TRAINER_REASONS,
     }
 )
 
@@ -408,7 +409,8 @@ def _after_failure(draft: _Draft, spec: FineTuneJobSpec, job: Mapping[str, Any],
     delay = backoff_seconds(draft.status.restarts)
     draft.status.attempt = attempt + 1
     draft.status.next_attempt_time = format_time(draft.now + dt.timedelta(seconds=delay))
-    draft.set(RUNNING, False, ATTEMPT_FAILED, f"attempt {attempt} failed ({failure.message}); attempt "
+    retried = failure.detail if failure.detail in contract.RETRYABLE_TRAINER_REASONS else ATTEMPT_FAILED
+    draft.set(RUNNING, False, retried, f"attempt {attempt} failed ({failure.message}); attempt "
               f"{attempt + 1} starts in {delay:.0f}s (restart {draft.status.restarts} of {spec.backoff_limit})")
 
 

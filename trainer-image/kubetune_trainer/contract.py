@@ -70,6 +70,13 @@ class ExitCode(IntEnum):
     STOPPED = 75  # stopped on request after saving a checkpoint (EX_TEMPFAIL): preemption, suspend
 
 
+UPLOAD_FAILED = "UploadFailed"
+"""Termination reason (exit 1, retried): output.uri could not be written or verified; the PVC keeps the result."""
+DOWNLOAD_FAILED = "DownloadFailed"
+"""Termination reason (exit 1, retried): an input URI could not be read (access, credentials, network)."""
+RETRYABLE_TRAINER_REASONS = (UPLOAD_FAILED, DOWNLOAD_FAILED)
+"""Trainer reasons the operator shows as the Running condition's reason when it retries."""
+
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_COMPLETE_MARKER = "kubetune-complete"
 """Written last into a checkpoint folder, after every rank finished writing."""

@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from kubetune_trainer.contract import DATASET_CONFIGMAP_DIR, Env, ExitCode, cache_dir
+from kubetune_trainer.contract import DATASET_CONFIGMAP_DIR, DOWNLOAD_FAILED, Env, ExitCode, cache_dir
 from kubetune_trainer.remote import StorageError, explain, filesystem, is_uri, scheme
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def _download_error(err: BaseException, uri: str, field: str, *, listed: bool = 
     message, missing = explain(err, uri, field, "download")
     if missing and not listed:
         return DownloadError(message, reason="InputNotFound", exit_code=ExitCode.INVALID)
-    return DownloadError(message, reason="DownloadFailed", exit_code=ExitCode.FAILED)
+    return DownloadError(message, reason=DOWNLOAD_FAILED, exit_code=ExitCode.FAILED)
 
 
 def _version(info: dict[str, Any]) -> str:
@@ -161,7 +161,7 @@ def fetch(uri: str, cache_root: Path, *, field: str) -> Path:
         raise DownloadError(
             f"{field} {uri}: cannot write the cache {uris} ({err.strerror or err}); a read-only model cache "
             "must already hold the model: fill it from a job whose claim is writable",
-            reason="DownloadFailed",
+            reason=DOWNLOAD_FAILED,
             exit_code=ExitCode.FAILED,
         ) from err
     except StorageError:

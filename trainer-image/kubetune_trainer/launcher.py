@@ -146,7 +146,7 @@ def termination_message(code: ExitCode, outcomes: list[dict[str, Any]], returnco
         f"a trainer process ended without reporting (exit status {returncode}); see the pod log"
     )
     progress = main.get("progress") or {}
-    body: dict[str, Any] = {"exitCode": int(code), "reason": REASONS[code], "message": message}
+    body: dict[str, Any] = {"exitCode": int(code), "reason": main.get("reason") or REASONS[code], "message": message}
     for key in ("step", "totalSteps", "loss", "evalLoss", "tokensPerSecond"):
         if key in progress:
             body[key] = round(progress[key], 4) if isinstance(progress[key], float) else progress[key]

@@ -19,6 +19,7 @@ from kubetune_trainer.contract import Env, ExitCode
 from kubetune_trainer.launcher import LaunchSettings, launch
 from kubetune_trainer.manifest import load_finetunejob
 from kubetune_trainer.recipe import FineTuneJob, FineTuneJobSpec
+from kubetune_trainer.remote import is_uri
 from kubetune_trainer.train import PROGRESS_ENV
 
 
@@ -32,7 +33,7 @@ def resolve_paths(spec: FineTuneJobSpec, base_dir: Path) -> FineTuneJobSpec:
     spec = spec.model_copy(deep=True)
     if not spec.model.name.startswith("pkg://") and _is_local_path(spec.model.name, base_dir):
         spec.model.name = str((base_dir / spec.model.name).resolve())
-    if spec.dataset.path is not None and not os.path.isabs(spec.dataset.path):
+    if spec.dataset.path is not None and not os.path.isabs(spec.dataset.path) and not is_uri(spec.dataset.path):
         spec.dataset.path = str((base_dir / spec.dataset.path).resolve())
     return spec
 

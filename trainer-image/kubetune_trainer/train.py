@@ -30,7 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 from kubetune_trainer import contract, distributed
 from kubetune_trainer.contract import Env, ExitCode
+from kubetune_trainer.fetch import local_inputs
+from kubetune_trainer.publish import publish_outputs
 from kubetune_trainer.recipe import FineTuneJobSpec, RecipeError, parse_finetunejob, parse_spec
+from kubetune_trainer.remote import StorageError
 from kubetune_trainer.signals import StopRequest, stop_callback
 
 if TYPE_CHECKING:
@@ -52,6 +55,7 @@ class Outcome:
     progress: dict[str, Any] = field(default_factory=dict)
     checkpoint: dict[str, Any] | None = None
     output: dict[str, str] = field(default_factory=dict)
+    reason: str | None = None  # the termination message's reason when not the exit code's (UploadFailed)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -97,6 +101,13 @@ class Workspace:
     def cache(self) -> str:
         """The Hugging Face cache (models, datasets)."""
         return contract.cache_dir(str(self.root))
+
+    @property
+    def models(self) -> str:
+        """The base-model cache: the shared model.cacheClaim mount when the operator set one, else `cache`."""
+        from kubetune_trainer.fetch import model_cache
+
+        return str(model_cache(self.root))
 
 
 class InvalidInput(Exception):
@@ -177,14 +188,14 @@ def _load(job: Job, workspace: Workspace) -> Loaded:
     from kubetune_trainer.data import DataError, load_training_data
     from kubetune_trainer.model import ModelError, load_model, load_tokenizer, resolve_model_source, training_dtype
 
-    spec = job.spec
+    spec = local_inputs(job.spec, workspace.root)  # URIs downloaded (once, cached), a ConfigMap key found
     try:
         source = resolve_model_source(spec.model)
-        tokenizer = _hub_call(lambda: load_tokenizer(source, spec.model, workspace.cache), spec)
+        tokenizer = _hub_call(lambda: load_tokenizer(source, spec.model, workspace.models), spec)
         data = load_training_data(spec.dataset, tokenizer, cache_dir=f"{workspace.cache}/datasets")
         dtype = training_dtype(spec.training.precision)
         device = distributed.local_rank() if torch.cuda.is_available() else None
-        model = _hub_call(lambda: load_model(source, spec, workspace.cache, dtype=dtype, device_index=device), spec)
+        model = _hub_call(lambda: load_model(source, spec, workspace.models, dtype=dtype, device_index=device), spec)
     except (DataError, ModelError) as error:
         raise InvalidInput(str(error)) from error
     return Loaded(source, tokenizer, data, model, dtype)
@@ -278,6 +289,8 @@ def train(job: Job, workspace: Workspace, stop: StopRequest) -> Outcome:
     if metrics is not None:
         metrics.phase("exporting")
     outputs = _export(job, workspace, trainer, loaded)
+    if distributed.is_global_zero():  # upload to output.uri (resumable, verified); UploadError is retryable
+        outputs.update(publish_outputs(spec, workspace.output, job_name=job.name, metrics=progress.progress.as_dict()))
     if metrics is not None:
         metrics.phase("done")
     return Outcome(
@@ -306,7 +319,7 @@ def _export(job: Job, workspace: Workspace, trainer: Any, loaded: Loaded) -> dic
         members.append(write_samples(samples, output))
         print(format_samples(samples), flush=True)
     if spec.output.merge_adapter:
-        load_base = lambda: load_model(loaded.source, spec, workspace.cache, dtype=loaded.dtype, quantize=False)  # noqa: E731
+        load_base = lambda: load_model(loaded.source, spec, workspace.models, dtype=loaded.dtype, quantize=False)  # noqa: E731
         merged = export.merge_adapter(load_base, adapter, tokenizer, output)
         outputs["mergedPath"] = str(merged)
         members.append(merged)
@@ -331,6 +344,9 @@ def run(recipe: Path, workspace: Path, stop: StopRequest) -> Outcome:
         message = " ".join(str(error).split())
         log.error("invalid recipe or data: %s", message)
         return Outcome("invalid", message)
+    except StorageError as error:  # a download or upload: its own reason, exit 2 or 1 as the error says
+        log.error("%s: %s", error.reason, error)
+        return Outcome("invalid" if error.exit_code == ExitCode.INVALID else "failed", str(error), reason=error.reason)
     except Exception as error:  # noqa: BLE001 - every other failure becomes exit 1 with its reason
         traceback.print_exc()
         return Outcome("failed", f"{type(error).__name__}: {' '.join(str(error).split())}")
