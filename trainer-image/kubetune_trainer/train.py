@@ -146,16 +146,26 @@ def build_trainer(
 
     from kubetune_trainer import speed
     from kubetune_trainer.model import lora_config
+    from kubetune_trainer.recipe import MethodType
 
-    trainer = SFTTrainer(
-        model=model,
-        args=config,
-        train_dataset=data.train,
-        eval_dataset=data.validation,
-        processing_class=tokenizer,
-        peft_config=lora_config(spec),
-        callbacks=callbacks,
-    )
+    if spec.method.type is MethodType.distill:  # SFTTrainer with the KD + CE loss
+        from kubetune_trainer.distill import build_distill_trainer
+
+        trainer = build_distill_trainer(spec, model, tokenizer, data, config, callbacks)
+    elif spec.method.type is MethodType.dpo:  # DPOTrainer on preference pairs, the same shared settings
+        from kubetune_trainer.dpo import build_dpo_trainer
+
+        trainer = build_dpo_trainer(spec, model, tokenizer, data, config, callbacks)
+    else:
+        trainer = SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=data.train,
+            eval_dataset=data.validation,
+            processing_class=tokenizer,
+            peft_config=lora_config(spec),
+            callbacks=callbacks,
+        )
     speed.cast_adapter(trainer.model, spec, bf16=bool(config.bf16))  # training.adapterInComputeDtype
     return trainer
 
@@ -304,20 +314,19 @@ def _ckpt(checkpoint: Any) -> dict[str, Any] | None:
 
 def _export(job: Job, workspace: Workspace, trainer: Any, loaded: Loaded) -> dict[str, str]:
     """Adapter on every rank (save_model gathers sharded weights), the rest on global rank 0."""
-    from kubetune_trainer import export
+    from kubetune_trainer import evaluation, export
     from kubetune_trainer.model import load_model
-    from kubetune_trainer.samples import format_samples, generate_samples, write_samples
 
     spec, output, tokenizer = job.spec, workspace.output, loaded.tokenizer
     adapter = export.save_adapter(trainer, tokenizer, output)
     outputs = {"adapterPath": str(adapter)}
+    scores = evaluation.validation_metrics(trainer, spec)  # every rank: evaluate() is collective
     if not distributed.is_global_zero():
         return outputs
     members = [adapter]
-    if spec.evaluation.prompts:
-        samples = generate_samples(trainer.model, tokenizer, spec)
-        members.append(write_samples(samples, output))
-        print(format_samples(samples), flush=True)
+    report = evaluation.write_report(trainer, tokenizer, spec, output, scores, loaded.data.validation)
+    members.extend(report.files.values())
+    outputs.update(report.pointers())  # samples.md and evaluation.json: the message only points at them
     if spec.output.merge_adapter:
         load_base = lambda: load_model(loaded.source, spec, workspace.models, dtype=loaded.dtype, quantize=False)  # noqa: E731
         merged = export.merge_adapter(load_base, adapter, tokenizer, output)
