@@ -110,41 +110,42 @@ def test_teacher_with_another_tokenizer_is_refused(tmp_path) -> None:
 # ---------------------------------------------------------------- whole runs
 
 from tests.trainer.method_runs import (  # noqa: E402
-    adapter_tensors,
-    kill_after_checkpoint,
-    launch,
+    kill_and_resume,
     log_history,
+    method_rows,
+    metrics_port,
     run_in_process,
     scrape,
-    toy_rows,
     write_job,
 )
+from tests.trainer.sft_runs import adapter_tensors, assert_identical  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def distill_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One uninterrupted 20-step distillation run (the resume test's reference)."""
-    import json
-
     root = tmp_path_factory.mktemp("distill")
     recipe = write_job(root, "distill")
     outcome = run_in_process(recipe, root / "ws")
     return {"root": root, "recipe": recipe, "outcome": outcome,
-            "metrics": scrape(json.loads(recipe.read_text())["metricsPort"])}
+            "metrics": scrape(metrics_port(recipe))}
 
 
 def _mean_kl_to_teacher(student, teacher, tokenizer, temperature: float = 2.0) -> float:
     """KL(teacher_T ‖ student_T) per completion token of the toy rows, from full float64 logits, no chunking."""
+    rows = method_rows("distill")
+    tokenizer.padding_side = "right"
+    batch = tokenizer([f"{row['prompt']}\n{row['completion']}" for row in rows], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        log_q = torch.log_softmax(student(**batch).logits.double() / temperature, -1)
+        log_p = torch.log_softmax(teacher(**batch).logits.double() / temperature, -1)
+    per_token = (log_p.exp() * (log_p - log_q)).sum(-1)
     total, tokens = 0.0, 0
-    for row in toy_rows("distill"):
-        prompt_length = len(tokenizer(row["prompt"] + "\n")["input_ids"])
-        ids = tokenizer(f"{row['prompt']}\n{row['completion']}", return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            log_q = torch.log_softmax(student(ids).logits[0].double() / temperature, -1)
-            log_p = torch.log_softmax(teacher(ids).logits[0].double() / temperature, -1)
-        # Positions prompt_length - 1 … end - 2 predict the completion's tokens.
-        per_token = (log_p.exp() * (log_p - log_q)).sum(-1)[prompt_length - 1 : -1]
-        total, tokens = total + per_token.sum().item(), tokens + per_token.numel()
+    for index, row in enumerate(rows):
+        start = len(tokenizer(row["prompt"] + "\n")["input_ids"]) - 1
+        end = int(batch["attention_mask"][index].sum()) - 1
+        # Positions start … end - 1 predict the completion's tokens.
+        total, tokens = total + per_token[index, start:end].sum().item(), tokens + end - start
     return total / tokens
 
 
@@ -219,14 +220,9 @@ def test_mismatched_vocabularies_are_refused_at_start(tmp_path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_distill_resumes_after_sigkill_to_the_same_weights(distill_run: dict, tmp_path) -> None:
-    workspace = tmp_path / "ws"
-    kill_after_checkpoint(distill_run["recipe"], workspace, step=10)
-    code, message = launch(distill_run["recipe"], workspace)
+    message, resumed = kill_and_resume(distill_run["recipe"], tmp_path / "ws", step=10)
 
-    assert code == 0, message
-    assert message["progress"]["step"] == 20
-    resumed, reference = adapter_tensors(workspace), adapter_tensors(distill_run["root"] / "ws")
-    assert resumed.keys() == reference.keys()
-    for name, tensor in reference.items():
-        assert torch.equal(resumed[name], tensor), name
+    assert message["step"] == 20
+    assert_identical(resumed, adapter_tensors(distill_run["root"] / "ws" / "output" / "adapter"))

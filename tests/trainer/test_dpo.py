@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +10,14 @@ import pytest
 pytest.importorskip("trl")
 
 from tests.trainer.method_runs import (  # noqa: E402
-    adapter_tensors,
-    kill_after_checkpoint,
-    launch,
+    kill_and_resume,
     log_history,
+    metrics_port,
     run_in_process,
     scrape,
     write_job,
 )
+from tests.trainer.sft_runs import adapter_tensors, assert_identical  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +26,7 @@ def dpo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("dpo")
     recipe = write_job(root, "dpo")
     outcome = run_in_process(recipe, root / "ws")
-    port = json.loads(recipe.read_text())["metricsPort"]
-    return {"root": root, "recipe": recipe, "outcome": outcome, "metrics": scrape(port)}
+    return {"root": root, "recipe": recipe, "outcome": outcome, "metrics": scrape(metrics_port(recipe))}
 
 
 def test_dpo_run_increases_the_chosen_over_rejected_margin(dpo_run: dict[str, Any]) -> None:
@@ -68,16 +66,9 @@ def test_dpo_uses_the_recipe_beta_and_loss_type(tmp_path: Path) -> None:
         assert getattr(dpo, name) == getattr(sft, name), name
 
 
+@pytest.mark.slow
 def test_dpo_resumes_after_sigkill_to_the_same_weights(dpo_run: dict[str, Any], tmp_path: Path) -> None:
-    import torch
+    message, resumed = kill_and_resume(dpo_run["recipe"], tmp_path / "ws", step=10)
 
-    workspace = tmp_path / "ws"
-    kill_after_checkpoint(dpo_run["recipe"], workspace, step=10)
-    code, message = launch(dpo_run["recipe"], workspace)
-
-    assert code == 0, message
-    assert message["progress"]["step"] == 20
-    resumed, reference = adapter_tensors(workspace), adapter_tensors(dpo_run["root"] / "ws")
-    assert resumed.keys() == reference.keys()
-    for name, tensor in reference.items():
-        assert torch.equal(resumed[name], tensor), name
+    assert message["step"] == 20
+    assert_identical(resumed, adapter_tensors(dpo_run["root"] / "ws" / "output" / "adapter"))

@@ -80,7 +80,7 @@ def test_exact_match_scores_base_and_tuned_on_a_real_model(tmp_path: Path) -> No
 
 from tests.trainer.method_runs import run_in_process, write_job  # noqa: E402
 
-PROMPTS = ["Reverse: red blue green", "Reverse: one two three", "Reverse: black white five"]
+PROMPTS = ["Reverse these letters: a b c d.", "Reverse these letters: j i h g.", "Reverse these letters: e e f a."]
 
 
 @pytest.fixture(scope="module")

@@ -217,6 +217,6 @@ def write_report(
     if spec.evaluation.exact_match and validation is not None:
         report.exact_match = score_exact_match(trainer.model, tokenizer, validation, spec)
     path = output / EVALUATION_FILE
-    path.write_text(json.dumps(report.as_dict(), indent=2), encoding="utf-8")
     report.files["evaluation"] = path
+    path.write_text(json.dumps(report.as_dict(), indent=2), encoding="utf-8")
     return report
