@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kubetune_operator.reconcile import ActionType, Observed, reconcile
+
 from tests.operator.objects import NOW, ago, attempt_job, failed_by, finetunejob, pod
 
 RUNNING = {
