@@ -9,8 +9,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-
 from kubetune_trainer.recipe import parse_finetunejob
+
 from tests.crd_validation import crd_errors
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "data.md"
