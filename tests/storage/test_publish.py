@@ -47,6 +47,7 @@ def result(tmp_path: Path) -> Path:
         "merged/config.json": b"{}",
         "tiny.tar.gz": b"\x1f\x8b" + b"\0" * 500,
         "samples.jsonl": b'{"prompt": "hi"}\n',
+        "tensorboard/events.out.tfevents.1.host": b"\0" * 64,
         "checkpoints/checkpoint-10/adapter_model.safetensors": b"\2" * 100,  # never uploaded
         "adapter.partial/junk": b"half",  # an interrupted export: never uploaded
     }
@@ -68,11 +69,12 @@ EXPECTED = [
     "merged/config.json",
     "merged/model.safetensors",
     "samples.jsonl",
+    "tensorboard/events.out.tfevents.1.host",
     "tiny.tar.gz",
 ]
 
 
-def test_the_result_files_are_the_adapter_merged_archive_and_small_files_not_checkpoints(result: Path) -> None:
+def test_the_result_files_are_adapter_merged_logs_archive_and_small_files_not_checkpoints(result: Path) -> None:
     assert [remote for _, remote in result_files(result)] == EXPECTED
 
 

@@ -7,6 +7,7 @@ loads it from the Hub):
 
     <uri>/adapter/...        the LoRA adapter and the tokenizer
     <uri>/merged/...         the merged model (output.mergeAdapter)
+    <uri>/tensorboard/...    the TensorBoard event files of the run
     <uri>/<name>.tar.gz      the archive (output.archive), and the result's small top-level files
     <uri>/kubetune.json      recipe, metrics summary, library versions, every file's size and sha256; last
 
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "kubetune.json"
-RESULT_DIRS = ("adapter", "merged")
+RESULT_DIRS = ("adapter", "merged", "tensorboard")  # the logs too: the curves stay with the model
 RESULT_SUFFIXES = (".tar.gz", ".json", ".jsonl", ".md", ".txt")  # archive, samples, summaries
 S3_PART_SIZE = 64 * 2**20
 """Multipart part size for S3 uploads; also how the expected multipart ETag is computed."""
