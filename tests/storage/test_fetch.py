@@ -207,3 +207,19 @@ def test_local_inputs_turn_uris_and_configmaps_into_paths(s3, tmp_path: Path, mo
     local = local_inputs(spec, tmp_path)
     assert local.dataset.path == str(tmp_path / "rows.csv") and local.dataset.config_map is None
     assert local.model.name == "org/base"
+
+
+def test_a_cache_that_cannot_take_a_download_says_so_before_downloading(http_server, tmp_path: Path) -> None:
+    (http_server.root / "train.jsonl").write_bytes(JSONL)
+    uri = f"{http_server.url}/train.jsonl"
+    cached = fetch(uri, tmp_path / "shared", field="model.name")  # filled earlier, by a writable job
+
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "uris").write_text("")  # a cache whose folder cannot be created (the tests run as root,
+    # so a read-only mount is out of reach; the error path is the same OSError)
+    with pytest.raises(DownloadError, match=r"not in the cache, and the cache .* is not writable") as failed:
+        fetch(uri, tmp_path / "broken", field="model.name")
+    assert failed.value.reason == "DownloadFailed"
+    assert http_server.counts["GET", "/train.jsonl"] == 1  # nothing was downloaded for the broken cache
+
+    assert fetch(uri, tmp_path / "shared", field="model.name") == cached  # a filled cache needs no writing

@@ -153,22 +153,30 @@ def fetch(uri: str, cache_root: Path, *, field: str) -> Path:
     if final.exists():  # the rename below is atomic: existing means complete
         log.info("%s %s: reusing the cached copy %s", field, uri, final)
         return _local_path(final, source)
+    _check_writable(uris, uri, field)
     try:
         with cache_lock(uris / f"{source.key}.lock"):
             if not final.exists():  # another process may have filled it while we waited
                 _fill(fs, source, uris, final)
-    except PermissionError as err:
-        raise DownloadError(
-            f"{field} {uri}: cannot write the cache {uris} ({err.strerror or err}); a read-only model cache "
-            "must already hold the model: fill it from a job whose claim is writable",
-            reason=DOWNLOAD_FAILED,
-            exit_code=ExitCode.FAILED,
-        ) from err
-    except StorageError:
-        raise
     except Exception as err:  # noqa: BLE001
         raise _download_error(err, uri, field, listed=True) from err
     return _local_path(final, source)
+
+
+def _check_writable(uris: Path, uri: str, field: str) -> None:
+    """Refuse early, and say why, when the cache cannot take a download (a read-only shared cache)."""
+    try:
+        uris.mkdir(parents=True, exist_ok=True)
+        probe = uris / f".probe-{uuid.uuid4().hex[:8]}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:  # EACCES, EROFS: told apart from the store's own access errors
+        raise DownloadError(
+            f"{field} {uri}: not in the cache, and the cache {uris} is not writable ({err.strerror or err}); "
+            "a read-only model cache must already hold the model: fill it from a job whose claim is writable",
+            reason=DOWNLOAD_FAILED,
+            exit_code=ExitCode.FAILED,
+        ) from err
 
 
 def _fill(fs: AbstractFileSystem, source: RemoteSource, uris: Path, final: Path) -> None:
