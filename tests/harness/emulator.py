@@ -230,10 +230,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def list_objects(self, res: kmock.resource, namespace: str | None = None, label_selector: str | None = None,
                      field_selector: str | None = None) -> list[dict[str, Any]]:
         """Live objects of a resource, filtered like a LIST request (no copies)."""
+        requirements = selectors.parse_label_selector(label_selector)
         return [
             obj.raw for (ns, _), obj in self._index[res].items()
             if not obj.deleted and (namespace is None or ns == namespace)
-            and selectors.labels_match(label_selector, obj.raw) and selectors.fields_match(field_selector, obj.raw)
+            and selectors.labels_match(requirements, obj.raw) and selectors.fields_match(field_selector, obj.raw)
         ]
 
     def namespaces(self) -> set[str]:

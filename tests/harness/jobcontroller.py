@@ -151,9 +151,13 @@ class JobController:
     async def sync(self) -> None:
         """One pass over all Jobs, then over pods whose Job is gone."""
         jobs = self.emulator.list_objects(JOBS)
+        pods_by_owner: dict[str, list[dict[str, Any]]] = {}  # one pass over pods, not one per Job
+        for pod in self.emulator.list_objects(PODS):
+            for ref in pod["metadata"].get("ownerReferences") or []:
+                pods_by_owner.setdefault(ref.get("uid"), []).append(pod)
         for job in jobs:
             try:
-                await self._sync_job(job)
+                await self._sync_job(job, pods_by_owner.get(job["metadata"]["uid"], []))
             except kmock.KubernetesError as error:
                 if error.status not in (404, 409):  # changed meanwhile: the next pass sees it
                     raise
@@ -169,12 +173,10 @@ class JobController:
                 await self.emulator.api_patch(PODS, meta["namespace"], meta["name"],
                                               {"metadata": {"finalizers": finalizers or None}}, validate=False)
 
-    async def _sync_job(self, job: dict[str, Any]) -> None:
+    async def _sync_job(self, job: dict[str, Any], pods: list[dict[str, Any]]) -> None:
         meta, spec = job["metadata"], job["spec"]
         if meta.get("deletionTimestamp"):
             return
-        pods = [p for p in self.emulator.list_objects(PODS, meta["namespace"])
-                if any(ref.get("uid") == meta["uid"] for ref in p["metadata"].get("ownerReferences") or [])]
         outcomes = self._outcomes.setdefault(meta["uid"], {})
         await self._account(job, pods, outcomes)
         status = copy.deepcopy(job.get("status") or {})

@@ -61,10 +61,13 @@ def parse_label_selector(text: str | None) -> list[Requirement]:
     return requirements
 
 
-def labels_match(selector: str | None, obj: dict[str, Any]) -> bool:
-    """Whether an object's labels satisfy a label selector string."""
+def labels_match(selector: str | None | list[Requirement], obj: dict[str, Any]) -> bool:
+    """Whether an object's labels satisfy a label selector (a string, or parsed requirements)."""
+    if not selector:
+        return True
+    requirements = parse_label_selector(selector) if isinstance(selector, str) else selector
     labels = obj.get("metadata", {}).get("labels") or {}
-    return all(req.matches(labels) for req in parse_label_selector(selector))
+    return all(req.matches(labels) for req in requirements)
 
 
 def _field_value(obj: dict[str, Any], path: str) -> str:
