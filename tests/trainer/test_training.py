@@ -125,7 +125,8 @@ def test_termination_message_reports_success(finished_run: FinishedRun) -> None:
     assert body["step"] == body["totalSteps"] == STEPS
     assert body["loss"] > 0 and body["evalLoss"] > 0 and body["tokensPerSecond"] > 0
     assert body["checkpoint"]["step"] == STEPS
-    assert set(body["output"]) == {"adapterPath", "mergedPath", "archivePath"}
+    # samplesPath/evaluationPath: the end-of-training evaluation's files (evaluation.py), pointed at, not inlined.
+    assert set(body["output"]) == {"adapterPath", "mergedPath", "archivePath", "samplesPath", "evaluationPath"}
     assert line in finished_run.result.stdout
 
 
