@@ -54,17 +54,26 @@ class CountingServer:
     def __init__(self, root: Path) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
         self.get_delay = 0.0
+        self.forbidden = "/nothing-is-forbidden/"  # requests under this path prefix get 403
         server = self
 
         class Handler(SimpleHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 server.counts["GET", self.path] += 1
                 time.sleep(server.get_delay)
-                super().do_GET()
+                if not self._refused():
+                    super().do_GET()
 
             def do_HEAD(self) -> None:  # noqa: N802
                 server.counts["HEAD", self.path] += 1
-                super().do_HEAD()
+                if not self._refused():
+                    super().do_HEAD()
+
+            def _refused(self) -> bool:
+                if self.path.startswith(server.forbidden):
+                    self.send_error(403, "Forbidden")
+                    return True
+                return False
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -223,3 +223,17 @@ def test_a_cache_that_cannot_take_a_download_says_so_before_downloading(http_ser
     assert http_server.counts["GET", "/train.jsonl"] == 1  # nothing was downloaded for the broken cache
 
     assert fetch(uri, tmp_path / "shared", field="model.name") == cached  # a filled cache needs no writing
+
+
+def test_an_http_refusal_or_an_unreachable_server_is_retryable_not_missing(http_server, tmp_path: Path) -> None:
+    (http_server.root / "secret").mkdir()
+    (http_server.root / "secret" / "train.jsonl").write_bytes(JSONL)
+    http_server.forbidden = "/secret/"  # type: ignore[attr-defined]
+    with pytest.raises(DownloadError, match=r"access denied \(403") as denied:
+        fetch(f"{http_server.url}/secret/train.jsonl", tmp_path, field="dataset.path")
+    assert denied.value.exit_code == ExitCode.FAILED
+
+    http_server.close()
+    with pytest.raises(DownloadError, match=r"download failed: ClientConnectorError") as unreachable:
+        fetch(f"{http_server.url}/train.jsonl", tmp_path, field="dataset.path")
+    assert unreachable.value.exit_code == ExitCode.FAILED and unreachable.value.reason == "DownloadFailed"

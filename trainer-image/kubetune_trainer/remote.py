@@ -93,13 +93,24 @@ def filesystem(uri: str, field: str) -> tuple[AbstractFileSystem, str]:
 
 def explain(err: BaseException, uri: str, field: str, doing: str) -> tuple[str, bool]:
     """A one-line message for a failed transfer, and whether the cause is missing data (not retryable)."""
+    err = _http_cause(err)
     name = type(err).__name__
     detail = _first_line(err) or name
-    if isinstance(err, FileNotFoundError):
+    status = getattr(err, "status", None)
+    if isinstance(err, FileNotFoundError) or status in (404, 410):
         return f"{field} {uri}: {doing} failed: it does not exist ({detail}); fix the URI or create it", True
-    if isinstance(err, PermissionError) or name in ("NoCredentialsError", "PartialCredentialsError"):
+    denied = status in (401, 403) or name in ("NoCredentialsError", "PartialCredentialsError")
+    if isinstance(err, PermissionError) or denied:
         return f"{field} {uri}: {doing} failed: access denied ({detail}); {CREDENTIAL_HINT}", False
     return f"{field} {uri}: {doing} failed: {name}: {detail}", False
+
+
+def _http_cause(err: BaseException) -> BaseException:
+    """fsspec's HTTP filesystem reports every failed request as FileNotFoundError; its cause says what it was."""
+    cause = err.__cause__
+    if isinstance(err, FileNotFoundError) and cause is not None and type(cause).__module__.startswith("aiohttp"):
+        return cause
+    return err
 
 
 def _first_line(err: BaseException) -> str:
