@@ -94,6 +94,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _shutdown_timeout() -> list[str]:
+    """torchrun's wait for the workers after forwarding SIGTERM; older torch (2.11) lacks the flag and waits 30 s."""
+    from torch.distributed.run import get_args_parser
+
+    flag = f"--shutdown-timeout={TORCHRUN_SHUTDOWN_TIMEOUT_S}"
+    _, unknown = get_args_parser().parse_known_args([flag, "trainer.py"])
+    return [] if unknown else [flag]
+
+
 def trainer_command(settings: LaunchSettings, outcome_dir: Path) -> list[str]:
     """The command that starts this pod's trainer processes."""
     trainer = ["-m", "kubetune_trainer.train", "--recipe", str(settings.recipe),
@@ -109,7 +118,7 @@ def trainer_command(settings: LaunchSettings, outcome_dir: Path) -> list[str]:
         f"--master-addr={settings.master_addr}",
         f"--master-port={port}",
         "--max-restarts=0",
-        f"--shutdown-timeout={TORCHRUN_SHUTDOWN_TIMEOUT_S}",
+        *_shutdown_timeout(),
         *trainer,
     ]
 
