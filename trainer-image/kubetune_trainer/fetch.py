@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 URIS_DIR = "uris"
+INPUT_NOT_FOUND = "InputNotFound"  # exit 2: the recipe names data that is not there
 # What identifies a version of an object, per store: s3 (ETag, VersionId, LastModified),
 # https (ETag, Last-Modified, Content-MD5), local-like stores (mtime), gcs (md5Hash, generation).
 VERSION_FIELDS = ("VersionId", "ETag", "LastModified", "Last-Modified", "Content-MD5", "mtime", "md5Hash", "generation")
@@ -81,7 +82,7 @@ def _download_error(err: BaseException, uri: str, field: str, *, listed: bool = 
     """Explain `err`; only a source missing when listed is the recipe's fault (once listed, it vanished)."""
     message, missing = explain(err, uri, field, "download")
     if missing and not listed:
-        return DownloadError(message, reason="InputNotFound", exit_code=ExitCode.INVALID)
+        return DownloadError(message, reason=INPUT_NOT_FOUND, exit_code=ExitCode.INVALID)
     return DownloadError(message, reason=DOWNLOAD_FAILED, exit_code=ExitCode.FAILED)
 
 
@@ -217,7 +218,7 @@ def configmap_dataset_path(spec: DatasetSpec) -> Path:
         raise DownloadError(
             f"dataset.configMap {spec.config_map.name}/{spec.config_map.key}: not mounted at {path}; "
             "the operator mounts it (kubetune run cannot: use dataset.path there)",
-            reason="InputNotFound",
+            reason=INPUT_NOT_FOUND,
             exit_code=ExitCode.INVALID,
         )
     return path
