@@ -18,15 +18,17 @@ from kubetune_trainer.distill import (  # noqa: E402
 from kubetune_trainer.model import ModelError  # noqa: E402
 
 
-def _reference_loss(student: list[list[float]], teacher: list[list[float]], targets: list[int], T: float, alpha: float) -> float:
+def _reference_loss(
+    student: list[list[float]], teacher: list[list[float]], targets: list[int], T: float, alpha: float
+) -> float:
     """The recipe's formula in plain float64 Python, written independently of the implementation."""
     total_kl = total_ce = 0.0
-    for s_row, t_row, target in zip(student, teacher, targets):
+    for s_row, t_row, target in zip(student, teacher, targets, strict=True):
         s_scaled = [x / T for x in s_row]
         t_scaled = [x / T for x in t_row]
         s_norm = math.log(sum(math.exp(x) for x in s_scaled))
         t_norm = math.log(sum(math.exp(x) for x in t_scaled))
-        for s, t in zip(s_scaled, t_scaled):
+        for s, t in zip(s_scaled, t_scaled, strict=True):
             p = math.exp(t - t_norm)
             total_kl += p * ((t - t_norm) - (s - s_norm))
         total_ce += math.log(sum(math.exp(x) for x in s_row)) - s_row[target]
@@ -42,7 +44,9 @@ def test_kd_loss_equals_the_formula_in_float64(temperature: float, alpha: float,
     targets = torch.randint(0, 17, (10,), generator=generator)
     identity = LogitHead(project=lambda x: x)
 
-    kd, ce = kd_ce_sums(student, teacher, targets, identity, identity, temperature=temperature, vocab_size=17, chunk_size=chunk)
+    kd, ce = kd_ce_sums(
+        student, teacher, targets, identity, identity, temperature=temperature, vocab_size=17, chunk_size=chunk
+    )
     loss = distillation_loss(kd, ce, targets.numel(), alpha=alpha, temperature=temperature)
 
     expected = _reference_loss(student.tolist(), teacher.tolist(), targets.tolist(), temperature, alpha)
@@ -102,7 +106,8 @@ def test_teacher_with_another_tokenizer_is_refused(tmp_path) -> None:
     teacher_tokenizer = build_tokenizer()
     teacher_tokenizer.add_tokens(["<extra>"])
 
-    with pytest.raises(ModelError, match=r"teacher\.name other/teacher: its tokenizer differs .*\(1003 vs 1002 tokens; e.g. token .<extra>."):
+    expected = r"teacher\.name other/teacher: its tokenizer differs .*\(1003 vs 1002 tokens; e.g. token .<extra>."
+    with pytest.raises(ModelError, match=expected):
         check_same_vocabulary(student_tokenizer, teacher_tokenizer, model, model, "other/teacher")
     assert check_same_vocabulary(student_tokenizer, build_tokenizer(), model, model, "same") == len(student_tokenizer)
 
@@ -168,7 +173,7 @@ def test_distill_logs_and_serves_both_loss_parts(distill_run: dict) -> None:
     logs = [entry for entry in log_history(distill_run["root"] / "ws") if "kd_loss" in entry]
     first, last = logs[0], logs[-1]
     assert last["kd_loss"] < first["kd_loss"]
-    # The logged loss is alpha·T²·KD + (1 − alpha)·CE of the same tokens (alpha 0.9, T 2).
+    # The logged loss is alpha·T²·KD + (1 - alpha)·CE of the same tokens (alpha 0.9, T 2).
     assert first["loss"] == pytest.approx(0.9 * 4 * first["kd_loss"] + 0.1 * first["ce_loss"], rel=1e-4)
     metrics = distill_run["metrics"]
     assert metrics["kubetune_trainer_kd_loss"] == pytest.approx(last["kd_loss"])
@@ -186,9 +191,9 @@ def test_distill_perplexity_is_that_of_the_cross_entropy_part(distill_run: dict)
 
 def test_teacher_loads_frozen_in_4_bits(tmp_path) -> None:
     from bitsandbytes.nn import Linear4bit
-
     from kubetune_trainer.distill import load_teacher
     from kubetune_trainer.recipe import parse_spec
+
     from tests.fixtures.models import save_tiny_model
 
     teacher_path = save_tiny_model(tmp_path / "teacher", seed=1)
@@ -226,3 +231,17 @@ def test_distill_resumes_after_sigkill_to_the_same_weights(distill_run: dict, tm
 
     assert message["step"] == 20
     assert_identical(resumed, adapter_tensors(distill_run["root"] / "ws" / "output" / "adapter"))
+
+
+def test_kubetune_run_resolves_a_relative_teacher_path(tmp_path) -> None:
+    from kubetune_trainer.local import resolve_paths
+    from kubetune_trainer.recipe import parse_spec
+
+    (tmp_path / "models" / "teacher").mkdir(parents=True)
+    spec = parse_spec({
+        "model": {"name": "org/student"}, "dataset": {"path": "data.jsonl"},
+        "method": {"type": "distill", "distill": {"teacher": {"name": "models/teacher"}}},
+    })
+    resolved = resolve_paths(spec, tmp_path)
+    assert resolved.method.distill.teacher.name == str((tmp_path / "models" / "teacher").resolve())
+    assert resolved.model.name == "org/student"  # a hub id stays one

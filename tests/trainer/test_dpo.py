@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("trl")
 
-from tests.trainer.method_runs import (  # noqa: E402
+from tests.trainer.method_runs import (
     kill_and_resume,
     log_history,
     metrics_port,
@@ -17,7 +17,7 @@ from tests.trainer.method_runs import (  # noqa: E402
     scrape,
     write_job,
 )
-from tests.trainer.sft_runs import adapter_tensors, assert_identical  # noqa: E402
+from tests.trainer.sft_runs import adapter_tensors, assert_identical
 
 
 @pytest.fixture(scope="module")

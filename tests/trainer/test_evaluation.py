@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from kubetune_trainer.evaluation import final_answer, is_exact_match, normalize_answer
 
 
@@ -45,13 +44,13 @@ def test_normalize_answer_ignores_case_spacing_and_a_final_stop() -> None:
 def test_exact_match_scores_base_and_tuned_on_a_real_model(tmp_path: Path) -> None:
     import datasets
     import torch
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from kubetune_trainer.evaluation import score_exact_match
     from kubetune_trainer.model import lora_config
     from kubetune_trainer.recipe import parse_spec
     from kubetune_trainer.samples import _generate
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from tests.fixtures.models import save_tiny_model
 
     path = save_tiny_model(tmp_path / "model")

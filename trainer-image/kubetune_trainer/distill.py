@@ -1,6 +1,6 @@
 """Token-level knowledge distillation (`method.type: distill`): an SFT trainer whose loss also learns a teacher.
 
-    loss = alpha · T² · KL(softmax(teacher / T) ‖ softmax(student / T)) + (1 − alpha) · CE
+    loss = alpha · T² · KL(softmax(teacher / T) ‖ softmax(student / T)) + (1 - alpha) · CE
 
 averaged over the completion tokens (labels != -100), the quiz recipe's formula.
 TRL's GKD/distillation trainers compute something else (a beta-weighted JSD, no CE
@@ -22,6 +22,7 @@ mismatch at start with one line (exit code 2 through `ModelError`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import os
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_TOKENS = 1024
-"""Completion tokens whose logits are materialised at once: 1024 × 128k × 4 B ≈ 0.5 GiB per model."""
+"""Completion tokens whose logits are materialised at once: 1024 x 128k x 4 B ≈ 0.5 GiB per model."""
 
 IGNORE_INDEX = -100
 
@@ -56,12 +57,12 @@ CE_LOSS_KEY = "ce_loss"
 class LogitHead:
     """Hidden states → logits: a model's LM head plus the scaling some families apply after it."""
 
-    project: Callable[["torch.Tensor"], "torch.Tensor"]
+    project: Callable[[torch.Tensor], torch.Tensor]
     scale: float = 1.0
     softcap: float | None = None
 
-    def __call__(self, hidden: "torch.Tensor") -> "torch.Tensor":
-        """fp32 logits of `hidden` (tokens × hidden size)."""
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of `hidden` (tokens x hidden size)."""
         import torch
 
         logits = self.project(hidden).float() * self.scale
@@ -70,7 +71,7 @@ class LogitHead:
         return logits
 
     @classmethod
-    def of(cls, model: "PreTrainedModel") -> "LogitHead":
+    def of(cls, model: PreTrainedModel) -> LogitHead:
         """The head of a causal LM, with its config's logit scale and final soft-capping (Gemma, Cohere)."""
         config = model.config.get_text_config()
         return cls(
@@ -81,19 +82,19 @@ class LogitHead:
 
 
 def kd_ce_sums(
-    student_hidden: "torch.Tensor",
-    teacher_hidden: "torch.Tensor",
-    targets: "torch.Tensor",
-    student_head: Callable[["torch.Tensor"], "torch.Tensor"],
-    teacher_head: Callable[["torch.Tensor"], "torch.Tensor"],
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    targets: torch.Tensor,
+    student_head: Callable[[torch.Tensor], torch.Tensor],
+    teacher_head: Callable[[torch.Tensor], torch.Tensor],
     *,
     temperature: float,
     vocab_size: int,
     chunk_size: int = DEFAULT_CHUNK_TOKENS,
-) -> tuple["torch.Tensor", "torch.Tensor"]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed KL(teacher_T ‖ student_T) and summed CE over N scored tokens.
 
-    `student_hidden` (N × Hs) and `teacher_hidden` (N × Ht) are the states that predict
+    `student_hidden` (N x Hs) and `teacher_hidden` (N x Ht) are the states that predict
     `targets` (N); the heads map them to logits. KL compares the first `vocab_size`
     logits (the shared tokenizer's; padded LM heads of one family differ beyond it);
     CE uses the student's whole head, as plain SFT does. Each chunk runs under
@@ -108,7 +109,7 @@ def kd_ce_sums(
         with torch.no_grad():
             teacher_log_probs = F.log_softmax(teacher_head(t_hidden)[:, :vocab_size] / temperature, dim=-1)
         student_log_probs = F.log_softmax(student_logits[:, :vocab_size] / temperature, dim=-1)
-        # kl_div(input=log q, target=log p, log_target) = Σ p · (log p − log q): KL(teacher ‖ student).
+        # kl_div(input=log q, target=log p, log_target) = Σ p · (log p - log q): KL(teacher ‖ student).
         kd = F.kl_div(student_log_probs, teacher_log_probs, reduction="sum", log_target=True)
         ce = F.cross_entropy(student_logits, chunk_targets, reduction="sum")
         return torch.stack((kd, ce))
@@ -125,13 +126,13 @@ def kd_ce_sums(
 
 
 def distillation_loss(
-    kd_sum: "torch.Tensor", ce_sum: "torch.Tensor", tokens: "torch.Tensor | float", *, alpha: float, temperature: float
-) -> "torch.Tensor":
-    """alpha · T² · KL + (1 − alpha) · CE, both averaged over `tokens`."""
+    kd_sum: torch.Tensor, ce_sum: torch.Tensor, tokens: torch.Tensor | float, *, alpha: float, temperature: float
+) -> torch.Tensor:
+    """alpha · T² · KL + (1 - alpha) · CE, both averaged over `tokens`."""
     return (alpha * temperature**2 * kd_sum + (1 - alpha) * ce_sum) / tokens
 
 
-def scored_positions(labels: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+def scored_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask over the hidden states' positions, targets) for next-token prediction of completion tokens.
 
     Position t predicts label t + 1, so the last position predicts nothing and the first label is never a target.
@@ -167,9 +168,9 @@ def load_teacher(
     *,
     base_dir: Path | None,
     cache_dir: str | None,
-    dtype: "torch.dtype",
+    dtype: torch.dtype,
     device_index: int | None = None,
-) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The teacher model (frozen, eval mode) and its tokenizer, loaded like the student."""
     tspec = teacher_spec(spec)
     source = resolve_model_source(tspec.model, base_dir)
@@ -182,10 +183,10 @@ def load_teacher(
 
 
 def check_same_vocabulary(
-    student_tokenizer: "PreTrainedTokenizerBase",
-    teacher_tokenizer: "PreTrainedTokenizerBase",
-    student: "PreTrainedModel",
-    teacher: "PreTrainedModel",
+    student_tokenizer: PreTrainedTokenizerBase,
+    teacher_tokenizer: PreTrainedTokenizerBase,
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
     teacher_name: str,
 ) -> int:
     """The shared vocabulary size; ModelError when the teacher's tokens differ from the student's.
@@ -216,7 +217,7 @@ def check_same_vocabulary(
 
 
 @contextlib.contextmanager
-def _captured_output(module: "torch.nn.Module") -> Iterator[dict[str, Any]]:
+def _captured_output(module: torch.nn.Module) -> Iterator[dict[str, Any]]:
     """Keep what `module` returns during the block (the backbone's last hidden state)."""
     box: dict[str, Any] = {}
 
@@ -230,22 +231,18 @@ def _captured_output(module: "torch.nn.Module") -> Iterator[dict[str, Any]]:
         handle.remove()
 
 
-def _causal_lm(model: Any) -> "PreTrainedModel":
+def _causal_lm(model: Any) -> PreTrainedModel:
     """The transformers causal LM inside a PeftModel (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _trainer_base() -> type["SFTTrainer"]:
-    from trl import SFTTrainer
-
-    return SFTTrainer
-
-
-def make_distillation_trainer_class() -> type["SFTTrainer"]:
+@functools.cache
+def make_distillation_trainer_class() -> type[SFTTrainer]:
     """`DistillationTrainer`, built on first use so that importing this module does not import TRL."""
     import torch
+    from trl import SFTTrainer
 
-    class DistillationTrainer(_trainer_base()):  # type: ignore[misc]
+    class DistillationTrainer(SFTTrainer):
         """SFTTrainer with the KD + CE loss of the module docstring; logs `kd_loss` and `ce_loss`."""
 
         # compute_loss divides by the tokens of the whole accumulated batch itself.
@@ -254,7 +251,7 @@ def make_distillation_trainer_class() -> type["SFTTrainer"]:
         def __init__(
             self,
             *args: Any,
-            teacher: "PreTrainedModel",
+            teacher: PreTrainedModel,
             distill: DistillSpec,
             vocab_size: int,
             chunk_size: int = DEFAULT_CHUNK_TOKENS,
@@ -314,7 +311,7 @@ def make_distillation_trainer_class() -> type["SFTTrainer"]:
             steps = self.current_gradient_accumulation_steps if mode == "train" else 1
             return max(local_tokens, 1) * steps
 
-        def _record(self, mode: str, kd_sum: "torch.Tensor", ce_sum: "torch.Tensor", tokens: int) -> None:
+        def _record(self, mode: str, kd_sum: torch.Tensor, ce_sum: torch.Tensor, tokens: int) -> None:
             # Per-token means of this micro-batch, all ranks; SFTTrainer.log averages them into the logs.
             sums = self.accelerator.gather(
                 torch.stack((kd_sum.detach(), ce_sum.detach(), kd_sum.new_tensor(float(tokens))))[None]
@@ -326,19 +323,19 @@ def make_distillation_trainer_class() -> type["SFTTrainer"]:
     return DistillationTrainer
 
 
-def _few_logits(model: "PreTrainedModel") -> dict[str, int]:
+def _few_logits(model: PreTrainedModel) -> dict[str, int]:
     """`logits_to_keep=1` where the model takes it: the loss needs hidden states, not full logits."""
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
 def build_distill_trainer(
     spec: FineTuneJobSpec,
-    model: "PreTrainedModel",
-    tokenizer: "PreTrainedTokenizerBase",
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     data: Any,
-    config: "SFTConfig",
-    callbacks: list["TrainerCallback"],
-) -> "SFTTrainer":
+    config: SFTConfig,
+    callbacks: list[TrainerCallback],
+) -> SFTTrainer:
     """The distillation trainer: loads the teacher, checks its vocabulary, then builds like SFT.
 
     A teacher that cannot be used (wrong tokenizer, missing folder) raises the trainer's

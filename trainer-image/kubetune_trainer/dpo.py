@@ -27,12 +27,13 @@ REWARD_MARGIN_KEY = "rewards/margins"
 REWARD_ACCURACY_KEY = "rewards/accuracies"
 
 
-def build_dpo_config(sft_config: "SFTConfig", spec: FineTuneJobSpec) -> "DPOConfig":
+def build_dpo_config(sft_config: SFTConfig, spec: FineTuneJobSpec) -> DPOConfig:
     """A DPOConfig with every TrainingArguments value of `sft_config`, plus the recipe's DPO settings."""
     from transformers import TrainingArguments
     from trl import DPOConfig
 
-    shared = {field.name: getattr(sft_config, field.name) for field in dataclasses.fields(TrainingArguments) if field.init}
+    names = [field.name for field in dataclasses.fields(TrainingArguments) if field.init]
+    shared = {name: getattr(sft_config, name) for name in names}
     dpo = spec.method.dpo
     return DPOConfig(
         **shared,
@@ -45,12 +46,12 @@ def build_dpo_config(sft_config: "SFTConfig", spec: FineTuneJobSpec) -> "DPOConf
 
 def build_dpo_trainer(
     spec: FineTuneJobSpec,
-    model: "PreTrainedModel",
-    tokenizer: "PreTrainedTokenizerBase",
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     data: Any,
-    sft_config: "SFTConfig",
-    callbacks: list["TrainerCallback"],
-) -> "DPOTrainer":
+    sft_config: SFTConfig,
+    callbacks: list[TrainerCallback],
+) -> DPOTrainer:
     """TRL's DPOTrainer on `data`'s preference pairs, a LoRA adapter on `model`, the bare base as reference."""
     from trl import DPOTrainer
 

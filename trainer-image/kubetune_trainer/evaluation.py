@@ -80,7 +80,7 @@ class ExactMatch:
     tuned: float
 
 
-def _strip_special(tokenizer: "PreTrainedTokenizerBase", text: str) -> str:
+def _strip_special(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
     # References are rendered training text: they end with eos / turn-end tokens that generations drop.
     for token in tokenizer.all_special_tokens:
         text = text.replace(token, "")
@@ -88,7 +88,7 @@ def _strip_special(tokenizer: "PreTrainedTokenizerBase", text: str) -> str:
 
 
 def score_exact_match(
-    model: Any, tokenizer: "PreTrainedTokenizerBase", rows: "datasets.Dataset", spec: FineTuneJobSpec
+    model: Any, tokenizer: PreTrainedTokenizerBase, rows: datasets.Dataset, spec: FineTuneJobSpec
 ) -> ExactMatch | None:
     """Greedy answers of base and fine-tuned model to up to EXACT_MATCH_LIMIT rows, scored; None without rows."""
     from kubetune_trainer.samples import _generate as generate  # samples' one generation routine
@@ -113,7 +113,7 @@ def score_exact_match(
 # ---------------------------------------------------------------- loss and perplexity
 
 
-def validation_metrics(trainer: "Trainer", spec: FineTuneJobSpec) -> dict[str, float]:
+def validation_metrics(trainer: Trainer, spec: FineTuneJobSpec) -> dict[str, float]:
     """evalLoss (and perplexity, for language-modelling objectives) on the validation split; all ranks call it.
 
     Perplexity is exp of the cross-entropy: for distillation that is the CE part of the loss, not the
@@ -132,7 +132,7 @@ def validation_metrics(trainer: "Trainer", spec: FineTuneJobSpec) -> dict[str, f
     return result
 
 
-def _last_evaluation(trainer: "Trainer") -> dict[str, float] | None:
+def _last_evaluation(trainer: Trainer) -> dict[str, float] | None:
     """The eval metrics logged at the final step, if training just evaluated (every rank has the same history).
 
     With loadBestModelAtEnd the exported weights may be an earlier checkpoint's, so they are evaluated afresh.
@@ -149,7 +149,7 @@ def _last_evaluation(trainer: "Trainer") -> dict[str, float] | None:
 # ---------------------------------------------------------------- files
 
 
-def format_samples_markdown(samples: list["Sample"], spec: FineTuneJobSpec) -> str:
+def format_samples_markdown(samples: list[Sample], spec: FineTuneJobSpec) -> str:
     """samples.md: each prompt with the base and the fine-tuned answer, and the generation settings."""
     settings = spec.evaluation
     sampling = "greedy" if settings.temperature == 0 else f"temperature {settings.temperature}, top_p {settings.top_p}"
@@ -190,12 +190,12 @@ class EvaluationReport:
 
 
 def write_report(
-    trainer: "Trainer",
-    tokenizer: "PreTrainedTokenizerBase",
+    trainer: Trainer,
+    tokenizer: PreTrainedTokenizerBase,
     spec: FineTuneJobSpec,
     output: Path,
     metrics: dict[str, float],
-    validation: "datasets.Dataset | None",
+    validation: datasets.Dataset | None,
 ) -> EvaluationReport:
     """Samples, exact match and evaluation.json in `output` (global rank 0 only).
 

@@ -66,7 +66,7 @@ def find_result(directory: Path) -> TrainedResult:
     )
 
 
-def load_result(result: TrainedResult, spec: FineTuneJobSpec) -> tuple[Any, "PreTrainedTokenizerBase"]:
+def load_result(result: TrainedResult, spec: FineTuneJobSpec) -> tuple[Any, PreTrainedTokenizerBase]:
     """The fine-tuned model (merged, or base + adapter) in eval mode, and its tokenizer."""
     import torch
     from peft import PeftModel

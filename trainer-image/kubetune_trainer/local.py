@@ -35,6 +35,9 @@ def resolve_paths(spec: FineTuneJobSpec, base_dir: Path) -> FineTuneJobSpec:
         spec.model.name = str((base_dir / spec.model.name).resolve())
     if spec.dataset.path is not None and not os.path.isabs(spec.dataset.path) and not is_uri(spec.dataset.path):
         spec.dataset.path = str((base_dir / spec.dataset.path).resolve())
+    teacher = spec.method.distill.teacher if spec.method.distill else None
+    if teacher is not None and _is_local_path(teacher.name, base_dir):  # method.type distill
+        teacher.name = str((base_dir / teacher.name).resolve())
     return spec
 
 
