@@ -10,6 +10,7 @@ toy "reverse three words" dataset.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import socket
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.harness.client import EmulatedCluster, kubeconfig_env
+from tests.e2e_emulated.scenarios import MakeJob
 from tests.harness.operator_runner import ProcessOperator
 
 NAMESPACE = "e2e"
@@ -61,12 +63,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def finetunejob(name: str, cluster: Any, inputs: Inputs, **spec: Any) -> dict[str, Any]:
-    """A FineTuneJob of the tiny model on the CPU: LoRA on a 16-bit base, a checkpoint every 5 steps.
+def finetunejob(name: str, *, cluster: Any, inputs: Inputs, **spec: Any) -> dict[str, Any]:
+    """A FineTuneJob of the tiny model on the CPU: LoRA on a 16-bit base, 60 steps, a checkpoint every 5.
 
     Keyword arguments replace top-level spec fields; `training=` entries update the training block.
     """
-    training = {"maxSteps": 30, "batchSize": 4, "gradientAccumulation": 1, "learningRate": 2e-2,
+    training = {"maxSteps": 60, "batchSize": 4, "gradientAccumulation": 1, "learningRate": 2e-2,
                 "optimizer": "adamw_torch", "precision": "fp32", "loggingSteps": 1, "saveSteps": 5,
                 "saveTotalLimit": 2, "gradientCheckpointing": False, "maxSeqLength": 64, "reportTo": []}
     training.update(spec.pop("training", {}))
@@ -81,7 +83,8 @@ def finetunejob(name: str, cluster: Any, inputs: Inputs, **spec: Any) -> dict[st
         # A distinct metrics port per test: pods bind their own 127.0.0.N, but a stray listener on
         # 0.0.0.0 of a parallel job of the CI would still collide.
         "metricsPort": _free_port(),
-        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
+        # Our own rendezvous port for gangs: the contract's 29500 may be taken on a shared CI host.
+        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "KUBETUNE_MASTER_PORT", "value": str(_free_port())}],
         **spec,
     }
     return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": body}
@@ -108,23 +111,14 @@ def operator_process(cluster: EmulatedCluster, log_file: Path) -> ProcessOperato
 
 
 @pytest.fixture
+def make(cluster: EmulatedCluster, inputs: Inputs) -> MakeJob:
+    """The scenarios' FineTuneJob factory for this cluster."""
+    return functools.partial(finetunejob, cluster=cluster, inputs=inputs)
+
+
+@pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[EmulatedCluster]:
     """An emulated cluster in namespace `e2e` with the operator running."""
     with EmulatedCluster(tmp_path / "cluster", NAMESPACE, node_env=NODE_ENV) as running:
         running.run_operator(operator_process(running, tmp_path / "operator.log"))
         yield running
-
-
-def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    """The FineTuneJob's condition of a type, if present."""
-    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == kind), None)
-
-
-def phase(expected: str) -> Callable[[dict[str, Any]], bool]:
-    """A wait check: status.phase is `expected`."""
-    return lambda obj: (obj.get("status") or {}).get("phase") == expected
-
-
-def termination(pod: dict[str, Any]) -> dict[str, Any]:
-    """The trainer container's terminated state."""
-    return pod["status"]["containerStatuses"][0]["state"]["terminated"]

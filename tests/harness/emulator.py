@@ -98,6 +98,16 @@ class ApiCall:
     user_agent: str
 
 
+def required_permissions(calls: list[ApiCall], user_agent_prefix: str = "") -> set[tuple[str, str, str]]:
+    """The (apiGroup, resource, verb) triples that a set of recorded calls needs from RBAC.
+
+    Only calls whose User-Agent starts with `user_agent_prefix` count (e.g. "kopf" for the operator's
+    watches and patches, or "" for all). A Role rule covers a triple when its apiGroups, resources and
+    verbs each contain the value (or "*").
+    """
+    return {(c.group, c.resource, c.verb) for c in calls if c.user_agent.startswith(user_agent_prefix)}
+
+
 @dataclass(frozen=True)
 class CustomResource:
     """What the emulator knows of a registered CRD."""

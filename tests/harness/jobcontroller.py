@@ -35,6 +35,7 @@ import kmock
 from tests.harness.emulator import JOBS, PODS, KubeEmulator, now_iso, parse_iso
 
 TRACKING_FINALIZER = "batch.kubernetes.io/job-tracking"
+BATCH_SECONDS = 0.02  # a sync waits this long after a wake-up, to handle a burst of events in one pass
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
 
 
@@ -145,6 +146,7 @@ class JobController:
                 await asyncio.wait_for(self._wake.wait(), self.resync_seconds)
             except TimeoutError:
                 pass
+            await asyncio.sleep(BATCH_SECONDS)  # let a burst of events land, then sync once for all
             self._wake.clear()
             await self.sync()
 
@@ -177,6 +179,10 @@ class JobController:
         meta, spec = job["metadata"], job["spec"]
         if meta.get("deletionTimestamp"):
             return
+        finished = _has_condition(job, "Complete") or _has_condition(job, "Failed")
+        if finished and all(_terminal(p) and TRACKING_FINALIZER not in (p["metadata"].get("finalizers") or [])
+                            for p in pods):
+            return  # nothing left to do for a finished Job whose pods are all counted
         outcomes = self._outcomes.setdefault(meta["uid"], {})
         await self._account(job, pods, outcomes)
         status = copy.deepcopy(job.get("status") or {})

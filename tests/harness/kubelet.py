@@ -1,7 +1,10 @@
 """A test kubelet: runs the emulator's pods as local processes, or fakes them.
 
 For every pod (created by `jobcontroller.JobController`, or by anyone) it
-picks a `PodPlan` (rules added by the test, newest first; default: run):
+picks a `PodPlan`: rules added by the test (newest first), else what the one
+emulated node says (a nodeSelector it does not match or an extended resource
+such as nvidia.com/gpu it lacks: Unschedulable, as the scheduler reports; an
+image from a `*.invalid` registry: ErrImagePull), else run:
 
 - `run`: bind the pod to the emulated node with a distinct loopback IP
   (127.0.0.N, so each pod's metrics port is its own), materialize its
@@ -46,6 +49,7 @@ CONFIGMAPS = kmock.resource("", "v1", "configmaps")
 SECRETS = kmock.resource("", "v1", "secrets")
 NODE_NAME = "emulated-node"
 VENV_BIN = str(Path(sys.executable).parent)
+BATCH_SECONDS = 0.02  # a sync waits this long after a wake-up, to handle a burst of events in one pass
 SETUP_RETRY_SECONDS = 1.0  # a pod whose ConfigMap is missing retries its setup this often
 
 
@@ -104,8 +108,13 @@ class Kubelet:
     """Runs or fakes every pod of the emulator; lives in the emulator's event loop."""
 
     def __init__(self, emulator: KubeEmulator, root: Path, *, node_env: dict[str, str] | None = None,
-                 entrypoints: dict[str, list[str]] | None = None, resync_seconds: float = 0.2) -> None:
+                 entrypoints: dict[str, list[str]] | None = None, resync_seconds: float = 0.2,
+                 node_labels: dict[str, str] | None = None, extended_resources: set[str] | None = None) -> None:
         self.emulator = emulator
+        # The one node: its labels (for nodeSelector) and extended resources (none: no GPUs here).
+        self.node_labels = {"kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux",
+                            "kubernetes.io/arch": "amd64", **(node_labels or {})}
+        self.extended_resources = extended_resources or set()
         self.root = root
         self.node_env = node_env or {}
         self.entrypoints = entrypoints or {}
@@ -195,6 +204,7 @@ class Kubelet:
                 await asyncio.wait_for(self._wake.wait(), self.resync_seconds)
             except TimeoutError:
                 pass
+            await asyncio.sleep(BATCH_SECONDS)  # let a burst of events land, then sync once for all
             self._wake.clear()
             await self.sync()
 
@@ -243,7 +253,30 @@ class Kubelet:
                 if rule.times is not None:
                     rule.times -= 1
                 return rule.plan
+        unschedulable = self._unschedulable(pod)
+        if unschedulable:
+            return PodPlan(mode="unschedulable", message=unschedulable)
+        for container in pod["spec"]["containers"]:
+            image = container.get("image", "")
+            host = image.split("/", 1)[0] if "/" in image else ""
+            if host.endswith(".invalid"):  # RFC 2606: never resolves, on any cluster
+                return PodPlan(mode="image-pull", message=(
+                    f'Failed to pull image "{image}": failed to resolve reference "{image}": '
+                    f"dial tcp: lookup {host}: no such host"))
         return PodPlan()
+
+    def _unschedulable(self, pod: dict[str, Any]) -> str | None:
+        """The scheduler's message when the one emulated node cannot take the pod, else None."""
+        selector = pod["spec"].get("nodeSelector") or {}
+        if any(self.node_labels.get(key) != value for key, value in selector.items()):
+            return "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+        for container in pod["spec"]["containers"]:
+            resources = container.get("resources") or {}
+            for name in {**(resources.get("requests") or {}), **(resources.get("limits") or {})}:
+                if name not in ("cpu", "memory", "ephemeral-storage") and not name.startswith("hugepages-") \
+                        and name not in self.extended_resources:
+                    return f"0/1 nodes are available: 1 Insufficient {name}."
+        return None
 
     async def _start(self, pod: dict[str, Any], run: PodRun) -> None:
         plan, meta = run.plan, pod["metadata"]

@@ -11,7 +11,7 @@ from typing import Any
 import kubernetes
 import pytest
 
-from tests.harness.emulator import JOBS, PODS
+from tests.harness.emulator import JOBS, PODS, required_permissions
 from tests.harness.kubelet import CONFIGMAPS
 from tests.harness_selftest.conftest import NAMESPACE, create
 
@@ -188,6 +188,7 @@ def test_every_http_request_is_recorded_in_rbac_terms(cluster, api):
     calls = [(c.verb, c.group, c.resource, c.namespace) for c in cluster.emulator.calls]
     assert calls == [("list", "", "pods", NAMESPACE), ("create", "kubetune.io", "finetunejobs", NAMESPACE),
                      ("patch", "kubetune.io", "finetunejobs/status", NAMESPACE)]
+    assert required_permissions(cluster.emulator.calls, "OpenAPI-Generator") == {("", "pods", "list")}
 
 
 def test_the_eviction_api_marks_the_pod_and_deletes_it_gracefully(cluster):

@@ -159,3 +159,21 @@ def test_a_missing_configmap_keeps_the_pod_pending_until_it_exists(cluster):
     assert waiting["reason"] == "ContainerCreating" and "late-recipe" in waiting["message"]
     with_inputs(cluster, "late")
     cluster.wait_until(lambda: job_condition(cluster, "late", "Complete"), 30, "it runs once the ConfigMap exists")
+
+
+def test_the_node_refuses_gpus_and_foreign_node_selectors_and_invalid_registries(cluster):
+    gpu = toy_job("gpu")
+    gpu["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
+    picky = toy_job("picky")
+    picky["spec"]["template"]["spec"]["nodeSelector"] = {"pool": "a100"}
+    missing = toy_job("missing")
+    missing["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.invalid/kubetune/trainer:0"
+    for job in (gpu, picky, missing):
+        create(cluster, JOBS, job)
+    gpu_pod = cluster.wait_until(lambda: pods_of(cluster, "gpu")[0]["status"]["conditions"][0], 10, "pending")
+    assert gpu_pod["reason"] == "Unschedulable" and "Insufficient nvidia.com/gpu" in gpu_pod["message"]
+    picky_pod = cluster.wait_until(lambda: pods_of(cluster, "picky")[0]["status"]["conditions"][0], 10, "pending")
+    assert "didn't match Pod's node affinity/selector" in picky_pod["message"]
+    waiting = cluster.wait_until(
+        lambda: pods_of(cluster, "missing")[0]["status"]["containerStatuses"][0]["state"]["waiting"], 10, "waiting")
+    assert waiting["reason"] == "ErrImagePull" and "no such host" in waiting["message"]
