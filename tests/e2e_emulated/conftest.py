@@ -41,6 +41,16 @@ class Inputs:
     data: Path
 
 
+SCENARIO_TIMEOUT_SECONDS = 900
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A hung scenario fails after 15 minutes instead of eating CI's budget."""
+    for item in items:
+        if "e2e_emulated" in item.nodeid:
+            item.add_marker(pytest.mark.timeout(SCENARIO_TIMEOUT_SECONDS))
+
+
 @pytest.fixture(scope="session")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     """A tiny random Llama with the test tokenizer, and 96 prompt/completion rows."""

@@ -11,11 +11,12 @@ import json
 
 from kubetune_trainer.contract import DATASET_CONFIGMAP_DIR
 
-from tests.e2e_emulated.conftest import NAMESPACE, finetunejob, phase, termination
+from tests.e2e_emulated.conftest import NAMESPACE
+from tests.e2e_emulated.scenarios import phase, termination
 from tests.harness.kubelet import CONFIGMAPS
 
 
-def test_a_job_trains_from_a_configmap_dataset(cluster, inputs):
+def test_a_job_trains_from_a_configmap_dataset(cluster, make, inputs):
     configmap = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -23,7 +24,7 @@ def test_a_job_trains_from_a_configmap_dataset(cluster, inputs):
         "data": {"train.jsonl": inputs.data.read_text(encoding="utf-8")},
     }
     cluster.server.call(cluster.emulator.api_create(CONFIGMAPS, NAMESPACE, configmap, strict=True))
-    manifest = finetunejob("from-configmap", cluster, inputs, training={"maxSteps": 10, "saveSteps": 10})
+    manifest = make("from-configmap", training={"maxSteps": 10, "saveSteps": 10})
     manifest["spec"]["dataset"] = {
         "configMap": {"name": "reverse-data", "key": "train.jsonl"},
         "format": "prompt-completion",

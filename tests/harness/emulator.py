@@ -15,7 +15,8 @@ the Eviction API, discovery that client-go understands (core `groupVersion`
   writes are validated like the API server does (openAPIV3Schema with
   openapi-schema-validator OAS30, CEL rules incl. `oldSelf` transition rules,
   unknown fields pruned, or refused with `?fieldValidation=Strict`);
-- builtins are validated by kubernetes-validate in strict mode.
+- builtins are validated against kubernetes-validate's strict schemas
+  (unknown fields refused), loaded once per kind.
 
 Every HTTP request to a resource is recorded as an `ApiCall` (verb, group,
 resource, namespace) so an RBAC test can check that a Role covers them.

@@ -67,6 +67,13 @@ def toy_job(name: str, *, workers: int = 1, env: dict[str, str] | None = None, s
             "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"kubetune.io/finetunejob": name}}}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Self-tests are quick: one that hangs fails after 2 minutes."""
+    for item in items:
+        if "harness_selftest" in item.nodeid:
+            item.add_marker(pytest.mark.timeout(120))
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[EmulatedCluster]:
     """A started emulated cluster in namespace `selftest`."""
