@@ -89,6 +89,7 @@ def evaluated_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     recipe = write_job(root, "sft", {
         "training": {"maxSteps": 6, "saveSteps": 6},
         "evaluation": {"prompts": PROMPTS, "maxNewTokens": 8, "temperature": 0, "exactMatch": True},
+        "output": {"mergeAdapter": True},
     })
     outcome = run_in_process(recipe, root / "ws")
     return {"root": root, "output": root / "ws" / "output", "outcome": outcome}
@@ -129,10 +130,23 @@ def test_generate_prints_the_tuned_answer_with_the_recipe_settings(
 
     sample = json.loads((evaluated_run["output"] / "samples.jsonl").read_text().splitlines()[0])
 
-    assert generate_cli(evaluated_run["root"] / "ws", sample["prompt"]) == 0
+    assert generate_cli(evaluated_run["root"] / "ws", sample["prompt"]) == 0  # the workspace: merged/ is used
 
     # Greedy decoding in the recipe: the CLI reproduces the end-of-training sample exactly.
     assert capsys.readouterr().out.strip() == sample["tuned"]
+
+
+def test_generate_from_base_plus_adapter_gives_the_same_answer(evaluated_run: dict[str, Any]) -> None:
+    from dataclasses import replace
+
+    from kubetune_trainer.generate import find_result, generate_text
+
+    result = find_result(evaluated_run["output"])
+    assert result.merged is not None and result.adapter is not None
+    sample = json.loads((evaluated_run["output"] / "samples.jsonl").read_text().splitlines()[1])
+
+    assert generate_text(replace(result, merged=None), sample["prompt"]) == sample["tuned"]
+    assert sample["tuned"].startswith(generate_text(replace(result, merged=None), sample["prompt"], max_new_tokens=2))
 
 
 def test_generate_without_a_result_says_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
