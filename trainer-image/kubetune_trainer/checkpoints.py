@@ -102,6 +102,13 @@ class CompleteCheckpointCallback(TrainerCallback):
         if control.should_save:
             self._save_started = time.monotonic()
 
+    def on_evaluate(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        # The Trainer evaluates before it saves: time the save alone.
+        if self._save_started is not None:
+            self._save_started = time.monotonic()
+
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
         barrier()
@@ -113,6 +120,7 @@ class CompleteCheckpointCallback(TrainerCallback):
                 best_model_checkpoint=state.best_model_checkpoint,
             )
             seconds = time.monotonic() - self._save_started if self._save_started else 0.0
+            self._save_started = None
             log.info("checkpoint %s complete (%.1f s)", path, seconds)
             if self.on_saved is not None:
                 self.on_saved(state.global_step, path, seconds, written)
