@@ -38,6 +38,9 @@ def stop_and_resume(job: dict[str, Any], root: Path) -> PodProcess:
     # Both ranks saw the same stop step: one checkpoint of that step, marked complete once.
     checkpoint = Path(stopped["checkpoint"]["path"])
     assert (checkpoint / "kubetune-complete").is_file()
+    if job["spec"].get("deepspeed"):
+        # The DeepSpeed engine wrote its own sharded state (global_step<n>/), so ZeRO really ran.
+        assert list(checkpoint.glob("global_step*")), sorted(p.name for p in checkpoint.iterdir())
 
     again = PodProcess.render(job, root / "attempt-1", root / "pvc", attempt=1)
     assert again.run(TIMEOUT) == 0, again.log_tail()
