@@ -1,0 +1,52 @@
+"""The trainer's Prometheus metrics are exactly metric_specs.TRAINER_METRICS, labelled by FineTuneJob."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client import generate_latest
+
+from kubetune_trainer.metric_specs import TRAINER_METRICS, TRAINER_PHASES
+from kubetune_trainer.metrics import Progress, TrainerMetrics
+from tests.trainer.sft_runs import free_port
+
+
+def _exposition(metrics: TrainerMetrics) -> str:
+    return generate_latest(metrics.registry).decode()
+
+
+def test_every_spec_is_exported_with_job_labels() -> None:
+    text = _exposition(TrainerMetrics("quiz", "team-a"))
+    for spec in TRAINER_METRICS:
+        for name in spec.exported_names():
+            assert f"{name}{{" in text, name
+    assert 'finetunejob="quiz"' in text and 'namespace="team-a"' in text
+    assert ' job="' not in text and '{job="' not in text
+
+
+def test_phase_is_one_state_at_a_time() -> None:
+    metrics = TrainerMetrics("quiz", "team-a")
+    metrics.phase("saving")
+    lines = [line for line in _exposition(metrics).splitlines() if line.startswith("kubetune_trainer_phase{")]
+    assert len(lines) == len(TRAINER_PHASES)
+    assert [line for line in lines if line.endswith(" 1.0")] == [
+        'kubetune_trainer_phase{finetunejob="quiz",kubetune_trainer_phase="saving",namespace="team-a"} 1.0'
+    ]
+
+
+def test_serves_over_http_and_refuses_a_taken_port_quietly() -> None:
+    port = free_port()
+    first, second = TrainerMetrics("quiz", "ns"), TrainerMetrics("quiz", "ns")
+    try:
+        assert first.serve(port, "127.0.0.1")
+        first.set("kubetune_trainer_step", 7)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'kubetune_trainer_step{finetunejob="quiz",namespace="ns"} 7.0' in body
+        assert second.serve(port, "127.0.0.1") is False  # metrics are best effort: training goes on
+    finally:
+        first.shutdown()
+
+
+def test_progress_uses_the_termination_message_names() -> None:
+    progress = Progress(step=3, total_steps=10, loss=1.5, tokens_per_second=99.0)
+    assert progress.as_dict() == {"step": 3, "totalSteps": 10, "loss": 1.5, "tokensPerSecond": 99.0}
