@@ -77,6 +77,15 @@ def test_chunked_gradient_equals_the_float64_gradient() -> None:
     assert torch.allclose(chunked_hidden.grad.double(), exact_hidden.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_a_batch_without_completion_tokens_gives_zero_gradients() -> None:
+    hidden = torch.randn(0, 8, requires_grad=True)
+    head = LogitHead(project=torch.nn.Linear(8, 17))
+    kd, ce = kd_ce_sums(hidden, torch.randn(0, 8), torch.zeros(0, dtype=torch.long), head, head,
+                        temperature=2.0, vocab_size=17)
+    distillation_loss(kd, ce, 1, alpha=0.5, temperature=2.0).backward()
+    assert hidden.grad is not None and hidden.grad.numel() == 0
+
+
 def test_kd_compares_only_the_shared_vocabulary() -> None:
     # A padded teacher head (one family, larger model) has extra rows that must not count.
     student = torch.randn(4, 10)

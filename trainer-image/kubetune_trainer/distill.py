@@ -114,7 +114,9 @@ def kd_ce_sums(
         ce = F.cross_entropy(student_logits, chunk_targets, reduction="sum")
         return torch.stack((kd, ce))
 
-    total = student_hidden.new_zeros(2, dtype=torch.float32)
+    # Connected to the student even without scored tokens (a fully truncated batch): backward and DDP's
+    # gradient all-reduce must still run, with zero gradients.
+    total = student_hidden.new_zeros(2, dtype=torch.float32) + 0.0 * student_hidden.sum()
     for start in range(0, targets.shape[0], chunk_size):
         end = start + chunk_size
         parts = (student_hidden[start:end], teacher_hidden[start:end], targets[start:end])
