@@ -96,3 +96,11 @@ def test_gguf_with_bitsandbytes_is_refused() -> None:
     spec = _spec(model={"name": "/models/x", "ggufFile": "x.gguf"})
     with pytest.raises(ModelError, match="method.quantization.bits to 16"):
         quantization_config(spec)
+
+
+def test_precision_auto_is_fp32_on_the_cpu() -> None:
+    from kubetune_trainer.model import training_dtype
+
+    assert not torch.cuda.is_available()
+    assert training_dtype("auto") == torch.float32
+    assert training_dtype("bf16") == torch.bfloat16 and training_dtype("fp16") == torch.float16
