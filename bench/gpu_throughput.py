@@ -48,19 +48,25 @@ SPECIALS = ["<unk>", "<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 
 SHAPES: dict[str, dict[str, Any]] = {
     # Llama-3.2-1B and Llama-3.1-8B (their config.json, weights random).
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, head_dim=64, tie_word_embeddings=True, rope_theta=500000.0,
-               max_position_embeddings=131072, rms_norm_eps=1e-5,
-               rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
-    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=8, head_dim=128, tie_word_embeddings=False, rope_theta=500000.0,
-               max_position_embeddings=131072, rms_norm_eps=1e-5,
-               rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    "1b": {
+        "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "head_dim": 64, "tie_word_embeddings": True, "rope_theta": 500000.0,
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
+        "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192},
+    },
+    "8b": {
+        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": False, "rope_theta": 500000.0,
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192},
+    },
     # For rehearsals on the CPU.
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=16, tie_word_embeddings=False, max_position_embeddings=4096),
+    "tiny": {
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 16, "tie_word_embeddings": False, "max_position_embeddings": 4096,
+    },
 }
 
 
@@ -407,7 +413,7 @@ def run_case_process(case: Case, args: argparse.Namespace, timeout: float) -> di
                "--warmup", str(args.warmup)]
     try:
         with log.open("w") as out:
-            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, timeout=timeout).returncode
+            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False).returncode
     except subprocess.TimeoutExpired:
         return {**asdict(case), "error": f"timed out after {timeout:.0f} s"}
     if code != 0 or not result.exists():
@@ -487,8 +493,8 @@ def write_doc(path: Path, header: dict[str, Any], body: str) -> None:
         "| | |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in header.items()],
         "",
-        "× baseline: against plain Hugging Face (TRL SFTTrainer defaults) on the same model shape, base "
-        "precision and data, at micro-batch 16 (8 for the 8B shape). Tokens exclude padding.",
+        ("× baseline: against plain Hugging Face (TRL SFTTrainer defaults) on the same model shape, base "
+         "precision and data, in the same run (micro-batch 16, 8 for the 8B shape). Tokens exclude padding."),
         "",
         body,
         "",

@@ -23,11 +23,15 @@ except ImportError:  # the operator-only environment
     GPUS = 0
 
 SHAPES: dict[str, dict[str, Any]] = {
-    "mid": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=8, num_attention_heads=16,
-                num_key_value_heads=4, max_position_embeddings=4096),
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, head_dim=64, tie_word_embeddings=True, rope_theta=500000.0,
-               max_position_embeddings=8192),
+    "mid": {
+        "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 8, "num_attention_heads": 16,
+        "num_key_value_heads": 4, "max_position_embeddings": 4096,
+    },
+    "1b": {
+        "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "head_dim": 64, "tie_word_embeddings": True, "rope_theta": 500000.0,
+        "max_position_embeddings": 8192,
+    },
 }
 
 

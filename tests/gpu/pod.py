@@ -33,7 +33,7 @@ from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER, Env
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 """NVLink multicast stays off on the lent GPU machines, in every process we start (their README says why)."""
 
-STARTED: list["PodProcess"] = []
+STARTED: list[PodProcess] = []
 """Every pod started in this process, so a failed or timed-out test can kill what it left running."""
 
 
@@ -80,7 +80,7 @@ class PodProcess:
 
     @classmethod
     def render(cls, job: dict[str, Any], root: Path, workspace: Path, *, index: int = 0, gpus: str | None = None,
-               attempt: int = 0) -> "PodProcess":
+               attempt: int = 0) -> PodProcess:
         """Pod `index` of `job`'s attempt, with its files under `root` and the PVC at `workspace`."""
         container, recipe_text = render_pod(job, attempt)
         root.mkdir(parents=True, exist_ok=True)

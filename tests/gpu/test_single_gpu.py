@@ -111,7 +111,6 @@ def test_varlen_attention_matches_sdpa_per_example() -> None:
     """The packed path equals sdpa run on each example alone (forward and gradients), GQA included."""
     import torch
     import torch.nn.functional as F
-
     from kubetune_trainer import speed
 
     torch.manual_seed(0)
@@ -147,7 +146,6 @@ def test_varlen_attention_falls_back_to_sdpa_with_padding() -> None:
     """Without packed boundaries (generation with left padding), the lever gives sdpa's answer on real tokens."""
     import torch
     import torch.nn.functional as F
-
     from kubetune_trainer import speed
 
     torch.manual_seed(1)

@@ -37,10 +37,9 @@ def test_packed_batch_through_the_registered_attention_equals_examples_alone(
 ) -> None:
     """A TRL padding-free batch through `kubetune_varlen` gives each example's own logits."""
     import torch
+    from kubetune_trainer import speed
     from transformers import AutoModelForCausalLM
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-
-    from kubetune_trainer import speed
 
     monkeypatch.setattr(speed, "_varlen_kernel", lambda: (_reference_kernel,
                                                            frozenset({"scale", "window_size", "enable_gqa"})))
@@ -58,9 +57,8 @@ def test_packed_batch_through_the_registered_attention_equals_examples_alone(
 def test_generation_with_left_padding_uses_the_sdpa_fallback(models: dict) -> None:
     """Batched generation (padding, a KV cache) under `kubetune_varlen` matches sdpa token for token."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from kubetune_trainer import speed
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     speed.register_varlen_attention()
     tokenizer = AutoTokenizer.from_pretrained(models["tiny"], padding_side="left")
@@ -77,7 +75,6 @@ def test_generation_with_left_padding_uses_the_sdpa_fallback(models: dict) -> No
 def test_levers_do_nothing_on_the_cpu(tmp_path: Path) -> None:
     """On the CPU the switches change nothing: no Liger options, the recipe's attention, fp32 adapters kept."""
     import torch
-
     from kubetune_trainer import speed
     from kubetune_trainer.recipe import parse_spec
 

@@ -112,14 +112,14 @@ def register_varlen_attention() -> None:
 
 def varlen_attention_forward(
     module: Any,
-    query: "torch.Tensor",
-    key: "torch.Tensor",
-    value: "torch.Tensor",
-    attention_mask: "torch.Tensor | None",
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
     **kwargs: Any,
-) -> tuple["torch.Tensor", None]:
+) -> tuple[torch.Tensor, None]:
     """transformers' attention signature: varlen flash for packed rows, sdpa for everything else.
 
     `query` is (batch, heads, tokens, head_dim); the result is (batch, tokens, heads, head_dim).
@@ -134,8 +134,8 @@ def varlen_attention_forward(
 
 
 def _packed_attention(
-    query: "torch.Tensor", key: "torch.Tensor", value: "torch.Tensor", kwargs: dict[str, Any], scaling: float | None
-) -> "torch.Tensor":
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kwargs: dict[str, Any], scaling: float | None
+) -> torch.Tensor:
     """Causal attention within each packed example of a (1, heads, tokens, head_dim) row."""
     kernel, params = _varlen_kernel()  # type: ignore[misc]
     q, k, v = (tensor[0].transpose(0, 1) for tensor in (query, key, value))  # (tokens, heads, head_dim)
@@ -162,13 +162,13 @@ def _packed_attention(
     return out.unsqueeze(0)
 
 
-def _int32() -> "torch.dtype":
+def _int32() -> torch.dtype:
     import torch
 
     return torch.int32
 
 
-def _dense_mask(attention_mask: "torch.Tensor | None", q_len: int, kv_len: int) -> "torch.Tensor | None":
+def _dense_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int) -> torch.Tensor | None:
     """A 4D boolean sdpa mask from flash attention's 2D padding mask (None: sdpa's own causal path).
 
     The queries are the last `q_len` of `kv_len` positions (a KV cache holds the others).
