@@ -39,10 +39,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.harness.client import FTJ, EmulatedCluster, kubeconfig_env  # noqa: E402
-from tests.harness.emulator import JOBS  # noqa: E402
-from tests.harness.kubelet import PodPlan  # noqa: E402
-from tests.harness.operator_runner import ProcessOperator  # noqa: E402
+from tests.harness.client import FTJ, EmulatedCluster, kubeconfig_env
+from tests.harness.emulator import JOBS
+from tests.harness.kubelet import PodPlan
+from tests.harness.operator_runner import ProcessOperator
 
 NAMESPACE = "bench"
 TARGET_P99_SECONDS = 1.0
@@ -172,8 +172,8 @@ def table(result: dict[str, Any]) -> str:
         ("Succeeded (after)", f"{result['succeeded']} of {jobs} ({result['all_succeeded_in']:.1f} s)"),
         ("API requests per lifecycle", f"{result['call_count'] / jobs:.1f} ("
          + ", ".join(f"{verb} {count:.1f}" for verb, count in per_job.items()) + ")"),
-        ("operator RSS idle / mean / peak", f"{result['idle_rss_mib']:.0f} / {result['mean_rss_mib']:.0f} / "
-         f"{result['peak_rss_mib']:.0f} MiB (target ≤ {TARGET_RSS_MIB:.0f} MiB)"),
+        ("operator RSS idle / mean / peak", (f"{result['idle_rss_mib']:.0f} / {result['mean_rss_mib']:.0f} / "
+                                             f"{result['peak_rss_mib']:.0f} MiB (target ≤ {TARGET_RSS_MIB:.0f} MiB)")),
         ("operator CPU", f"{result['cpu_seconds']:.1f} s ({result['cpu_seconds'] / jobs * 1000:.0f} ms per lifecycle)"),
     ]
     width = max(len(name) for name, _ in rows)

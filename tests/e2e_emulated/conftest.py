@@ -22,13 +22,13 @@ from typing import Any
 
 import pytest
 
-from tests.harness.client import EmulatedCluster, kubeconfig_env
 from tests.e2e_emulated.scenarios import MakeJob
+from tests.harness.client import EmulatedCluster, kubeconfig_env
 from tests.harness.operator_runner import ProcessOperator
 
 NAMESPACE = "e2e"
 OPERATOR_RESYNC_SECONDS = 1.0  # the operator's resync (progress polls, backoffs, deadlines, TTLs)
-WORDS = "red blue green black white one two three four five six seven".split()
+WORDS = ["red", "blue", "green", "black", "white", "one", "two", "three", "four", "five", "six", "seven"]
 # The node's env for every pod: one BLAS thread each, so two workers share the CI's 2 cores politely.
 NODE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 

@@ -21,16 +21,15 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import kmock
+from kubetune_trainer.recipe import API_GROUP, API_VERSION, PLURAL
 
 from tests.harness.emulator import EVENTS, JOBS, PODS, ApiServer, KubeEmulator
 from tests.harness.jobcontroller import JobController
 from tests.harness.kubelet import CONFIGMAPS, PVCS, Kubelet, PodPlan
 from tests.harness.operator_runner import OperatorRunner
-
-from kubetune_trainer.recipe import API_GROUP, API_VERSION, PLURAL
 
 FTJ = kmock.resource(API_GROUP, API_VERSION, PLURAL)
 SERVICES = kmock.resource("", "v1", "services")
@@ -140,8 +139,9 @@ class EmulatedCluster:
             self.server.call(self.kubelet.stop())
         self.server.stop()
 
-    def __enter__(self) -> EmulatedCluster:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

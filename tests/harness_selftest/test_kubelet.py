@@ -8,8 +8,7 @@ import time
 
 from tests.harness.emulator import JOBS
 from tests.harness.kubelet import PodPlan
-from tests.harness_selftest.conftest import (NAMESPACE, create, job_condition, job_status, pods_of, toy_job,
-                                             with_inputs)
+from tests.harness_selftest.conftest import NAMESPACE, create, job_condition, job_status, pods_of, toy_job, with_inputs
 
 
 def _terminated(pod: dict) -> dict:
