@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from kubetune_trainer.contract import Env
 from tests.gpu.conftest import assert_trained_adapter, finetunejob, logged
 from tests.gpu.pod import PodProcess
 
@@ -125,12 +126,14 @@ def test_two_pods_kill_one_other_exits(models: dict, toy_data: Path, tmp_path: P
                       storage={"accessModes": ["ReadWriteMany"]},
                       training={"maxSteps": 100000, "saveSteps": SAVE_STEPS})
     pods = two_pods(job, tmp_path)
+    collective_timeout = 30
     for pod in pods:
+        pod.env[Env.COLLECTIVE_TIMEOUT] = str(collective_timeout)
         pod.start()
     pods[0].wait_for_checkpoint(SAVE_STEPS, TIMEOUT)
     pods[1].kill()
     killed_at = time.monotonic()
-    bound = 60.0
+    bound = collective_timeout + 60.0  # NCCL's watchdog fires after the timeout; torchrun then tears down
     code = pods[0].wait(bound)  # raises (and kills pod 0) when it hangs longer than the bound
     print(f"pod 0 exited {code} {time.monotonic() - killed_at:.1f} s after pod 1 was killed")
     assert code not in (0, 75), pods[0].log_tail()

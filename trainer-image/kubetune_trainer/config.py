@@ -9,9 +9,11 @@ found. Anything not in the recipe is fixed here with a comment saying why.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kubetune_trainer import contract
 from kubetune_trainer.distributed import world_size
 from kubetune_trainer.recipe import DeepSpeedSpec, FineTuneJobSpec
 
@@ -61,6 +63,11 @@ def _warmup(spec: FineTuneJobSpec) -> float:
     return training.warmup_steps or 0
 
 
+def collective_timeout_seconds() -> int:
+    """Seconds a rank waits in a collective for its peers (`KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS`)."""
+    return int(os.environ.get(contract.Env.COLLECTIVE_TIMEOUT, contract.COLLECTIVE_TIMEOUT_SECONDS))
+
+
 def build_sft_config(spec: FineTuneJobSpec, context: RunContext) -> "SFTConfig":
     """SFTConfig for `spec`; checkpoints go to `context.checkpoints_dir`."""
     import torch
@@ -98,6 +105,9 @@ def build_sft_config(spec: FineTuneJobSpec, context: RunContext) -> "SFTConfig":
         # Naming a backend makes accelerate set up a process group, so only under torchrun.
         ddp_backend="gloo" if context.on_cpu and world_size() > 1 else None,
         ddp_find_unused_parameters=False,
+        # A peer pod that dies leaves the others inside a collective; NCCL only gives up after
+        # this timeout, and the gang restart should not wait transformers' default 30 minutes.
+        ddp_timeout=collective_timeout_seconds(),
         # Data
         max_length=training.max_seq_length,
         packing=training.packing,

@@ -56,6 +56,12 @@ class Env:
     ATTEMPT = "KUBETUNE_ATTEMPT"
     DATASET_DIR = "KUBETUNE_DATASET_DIR"  # where dataset.configMap is mounted (DATASET_CONFIGMAP_DIR)
     MODEL_CACHE = "KUBETUNE_MODEL_CACHE"  # the shared model cache's mount; set only with model.cacheClaim
+    COLLECTIVE_TIMEOUT = "KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS"  # how long ranks wait for each other
+
+
+COLLECTIVE_TIMEOUT_SECONDS = 600
+"""Default collective timeout: long enough for the slowest rank's model load, short enough that
+a pod whose peer died exits (and the gang restarts) within minutes."""
 
 
 MASTER_PORT = 29500
