@@ -95,6 +95,29 @@ class JobCreations:
                 self.at.setdefault(name[:-2], time.monotonic())
 
 
+class ServiceTimes:
+    """Seconds the emulator spends serving each non-watch request (to tell its share of the latency)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def install(self) -> None:
+        """Wrap KubeEmulator._serve (class-level: the emulator is an attrs slots class)."""
+        from tests.harness.emulator import KubeEmulator
+
+        serve = KubeEmulator._serve
+        times = self.seconds
+
+        async def timed(emulator: Any, verb: str, request: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await serve(emulator, verb, request)
+            finally:
+                times.append(time.perf_counter() - started)
+
+        KubeEmulator._serve = timed  # type: ignore[method-assign]
+
+
 def count_succeeded(cluster: EmulatedCluster) -> int:
     """FineTuneJobs in phase Succeeded."""
     async def count() -> int:
@@ -105,6 +128,8 @@ def count_succeeded(cluster: EmulatedCluster) -> int:
 
 def run(jobs: int, rate: float, pod_seconds: float, resync: float, timeout: float) -> dict[str, Any]:
     """Run the benchmark; returns the measurements."""
+    service = ServiceTimes()
+    service.install()
     with tempfile.TemporaryDirectory() as tmp, EmulatedCluster(Path(tmp), NAMESPACE, keep_history=False, admission=False) as cluster:
         cluster.add_pod_rule(PodPlan(mode="exit", after=pod_seconds, message=TERMINATION_MESSAGE))
         creations = JobCreations()
@@ -155,12 +180,14 @@ def run(jobs: int, rate: float, pod_seconds: float, resync: float, timeout: floa
             "latencies": latencies, "calls": Counter(c.verb for c in calls), "call_count": len(calls),
             "calls_by_resource": Counter(f"{c.verb} {c.resource}" for c in calls),
             "cpu_seconds": cpu, "peak_rss_mib": peak, "idle_rss_mib": idle_rss,
-            "mean_rss_mib": statistics.mean(rss_samples) if rss_samples else peak, "log_tail": log_tail}
+            "mean_rss_mib": statistics.mean(rss_samples) if rss_samples else peak, "log_tail": log_tail,
+            "service_seconds": service.seconds, "load": os.getloadavg()[0]}
 
 
 def table(result: dict[str, Any]) -> str:
     """The measurements as a Markdown table."""
-    lat, jobs = result["latencies"], result["jobs"]
+    lat, jobs, service = result["latencies"], result["jobs"], result["service_seconds"] or [0.0]
+    reconciles = result["calls_by_resource"].get("get finetunejobs", 0)
     per_job = {verb: count / jobs for verb, count in sorted(result["calls"].items())}
     rows = [
         ("FineTuneJobs (created in)", f"{jobs} ({result['created_in']:.1f} s, rate {result['rate'] or 'burst'}/s)"),
@@ -175,6 +202,11 @@ def table(result: dict[str, Any]) -> str:
         ("operator RSS idle / mean / peak", (f"{result['idle_rss_mib']:.0f} / {result['mean_rss_mib']:.0f} / "
                                              f"{result['peak_rss_mib']:.0f} MiB (target ≤ {TARGET_RSS_MIB:.0f} MiB)")),
         ("operator CPU", f"{result['cpu_seconds']:.1f} s ({result['cpu_seconds'] / jobs * 1000:.0f} ms per lifecycle)"),
+        ("reconciles (GET finetunejob) per lifecycle / per s",
+         f"{reconciles / jobs:.1f} / {reconciles / result['all_succeeded_in']:.1f}"),
+        ("emulator service time per request p50 / p99",
+         f"{statistics.median(service) * 1000:.1f} / {percentile(service, 99) * 1000:.1f} ms"),
+        ("machine load average (1 min, at the end)", f"{result['load']:.1f} on {os.cpu_count()} CPUs"),
     ]
     width = max(len(name) for name, _ in rows)
     lines = [f"| {'measure'.ljust(width)} | value |", f"| {'-' * width} | --- |"]
