@@ -197,12 +197,6 @@ def _child_env(settings: LaunchSettings, extra: dict[str, str] | None) -> dict[s
     # Models and datasets download to the PVC, so a restarted pod does not fetch them again.
     env.setdefault("HF_HOME", contract.cache_dir(str(settings.workspace)))
     env.setdefault("PYTHONUNBUFFERED", "1")
-    # When a peer pod dies, NCCL's watchdog times out; by default it then dumps debug state and
-    # tears the communicator down, which can hang on the dead peer (seen on 2x H200). Exit instead,
-    # so this pod fails promptly and the Job's podFailurePolicy restarts the gang.
-    env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")  # crash without communicator cleanup
-    env.setdefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "0")
-    env.setdefault("TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC", "60")  # the watchdog's own hang bound
     env.update(extra or {})
     return env
 
