@@ -264,8 +264,9 @@ def train(job: Job, workspace: Workspace, stop: StopRequest) -> Outcome:
     spec = job.spec
     callbacks, progress, metrics = _callbacks(job, stop)
     workspace.output.mkdir(parents=True, exist_ok=True)
-    # TensorBoard events next to the results, not inside the checkpoints folder.
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(workspace.output / "tensorboard"))
+    # TensorBoard events next to the results, not inside the checkpoints folder. Assigned, not
+    # defaulted: a second run in the same process (tests, notebooks) must not log into the first's.
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(workspace.output / "tensorboard")
     loaded = _load(job, workspace)
     validation = loaded.data.validation
     context = RunContext(
