@@ -472,12 +472,10 @@ class TeacherSpec(KubeModel):
     """The teacher model of distillation."""
 
     name: str = Field(
-        min_length=1, max_length=256, description="name is the teacher's hub id or absolute path in the pod. Required."
+        min_length=1, max_length=256, description="name is the teacher's hub id or absolute path in the pod; a gated "
+        "teacher uses the student's model.tokenSecretRef (HF_TOKEN). Required."
     )
     revision: str = Field(default="main", max_length=SHORT, description="revision is the teacher's revision; default `main`.")
-    token_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="tokenSecretRef is the teacher's hub token Secret key; default: the student's."
-    )
     quantization_bits: Literal[4, 8, 16] = Field(
         default=16, description="quantizationBits loads the teacher in 4, 8 or 16 (default) bits."
     )
