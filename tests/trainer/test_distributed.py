@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER, Env
+
 from tests.trainer.sft_runs import (
     checkpoint_dir,
     run_launcher,

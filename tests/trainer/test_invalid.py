@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-
 from kubetune_trainer.checkpoints import write_marker
+
 from tests.trainer.sft_runs import run_launcher, sft_spec, termination_message, write_jsonl, write_recipe
 
 pytestmark = pytest.mark.slow

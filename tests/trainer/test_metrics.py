@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import urllib.request
 
-from prometheus_client import generate_latest
-
 from kubetune_trainer.metric_specs import TRAINER_METRICS, TRAINER_PHASES
 from kubetune_trainer.metrics import Progress, TrainerMetrics
+from prometheus_client import generate_latest
+
 from tests.trainer.sft_runs import free_port
 
 

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from kubetune_trainer.model import ModelError, resolve_model_source
 from kubetune_trainer.recipe import ModelSpec
 

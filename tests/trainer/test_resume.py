@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from kubetune_trainer.checkpoints import list_checkpoints
 from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER
+
 from tests.trainer.sft_runs import (
     adapter_tensors,
     assert_identical,

@@ -17,7 +17,6 @@ import threading
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -50,7 +49,7 @@ def _scrape_while(process: subprocess.Popen[str], port: int, scrapes: list[str])
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
         except OSError:
             text = ""
-        if re.search(r"^kubetune_trainer_step\{[^}]*\} [1-9]", text, re.M):
+        if re.search(r"^kubetune_trainer_step\{[^}]*\} [1-9]", text, re.MULTILINE):
             scrapes.append(text)
         threading.Event().wait(0.05)
 
@@ -181,7 +180,6 @@ def test_archive_holds_the_results(finished_run: FinishedRun) -> None:
 def test_qlora_nf4_with_8bit_adam_trains_only_the_adapter(tiny_qwen2: Path, toy_data: Path, tmp_path: Path) -> None:
     import bitsandbytes as bnb
     import torch
-
     from kubetune_trainer.config import RunContext, build_sft_config
     from kubetune_trainer.data import load_training_data
     from kubetune_trainer.model import load_model, load_tokenizer, resolve_model_source

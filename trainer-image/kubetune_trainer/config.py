@@ -27,7 +27,7 @@ class RunContext:
     """Facts about this run that the recipe does not hold."""
 
     checkpoints_dir: str
-    dtype: "torch.dtype"
+    dtype: torch.dtype
     has_validation: bool
     on_cpu: bool
     show_progress: bool = False
@@ -68,7 +68,7 @@ def collective_timeout_seconds() -> int:
     return int(os.environ.get(contract.Env.COLLECTIVE_TIMEOUT, contract.COLLECTIVE_TIMEOUT_SECONDS))
 
 
-def build_sft_config(spec: FineTuneJobSpec, context: RunContext) -> "SFTConfig":
+def build_sft_config(spec: FineTuneJobSpec, context: RunContext) -> SFTConfig:
     """SFTConfig for `spec`; checkpoints go to `context.checkpoints_dir`."""
     import torch
     from trl import SFTConfig

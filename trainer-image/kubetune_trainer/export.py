@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import shutil
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from kubetune_trainer.distributed import barrier, is_global_zero
 
@@ -41,7 +42,7 @@ def _replace_dir(target: Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
-def save_adapter(trainer: "Trainer", tokenizer: "PreTrainedTokenizerBase", output: Path) -> Path:
+def save_adapter(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, output: Path) -> Path:
     """Save the LoRA adapter (safetensors) and the tokenizer to output/adapter; call on every rank.
 
     `Trainer.save_model` gathers sharded weights (DeepSpeed ZeRO-3) and writes on rank 0 only.
@@ -60,7 +61,7 @@ def save_adapter(trainer: "Trainer", tokenizer: "PreTrainedTokenizerBase", outpu
 
 
 def merge_adapter(
-    load_base: Callable[[], "PreTrainedModel"], adapter_dir: Path, tokenizer: "PreTrainedTokenizerBase", output: Path
+    load_base: Callable[[], PreTrainedModel], adapter_dir: Path, tokenizer: PreTrainedTokenizerBase, output: Path
 ) -> Path:
     """Merge the saved adapter into a freshly loaded unquantized base; save it to output/merged.
 

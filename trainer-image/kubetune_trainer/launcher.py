@@ -67,7 +67,7 @@ class LaunchSettings:
     master_port: int | None = None
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "LaunchSettings":
+    def from_env(cls, environ: dict[str, str] | None = None) -> LaunchSettings:
         """Settings from `environ` (default os.environ), with the contract's defaults."""
         env = os.environ if environ is None else environ
         port = env.get(Env.MASTER_PORT)

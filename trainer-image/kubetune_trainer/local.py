@@ -85,5 +85,5 @@ def run_local(path: str | Path, output: str | Path | None = None) -> int:
     if code == ExitCode.SUCCESS:
         print(f"adapter: {workspace / 'output' / 'adapter'}", flush=True)
     elif code == ExitCode.STOPPED:
-        print(f"stopped after a checkpoint; run the same command again to resume", flush=True)
+        print("stopped after a checkpoint; run the same command again to resume", flush=True)
     return int(code)

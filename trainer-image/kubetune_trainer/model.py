@@ -102,7 +102,7 @@ def resolve_model_source(spec: ModelSpec, base_dir: Path | None = None) -> Model
     return ModelSource(location=str(folder), is_local=True, gguf_file=spec.gguf_file, revision=None)
 
 
-def training_dtype(precision: str) -> "torch.dtype":
+def training_dtype(precision: str) -> torch.dtype:
     """The dtype that `training.precision` means on this machine (auto: bf16, else fp16 on GPU; fp32 on CPU)."""
     import torch
 
@@ -113,7 +113,7 @@ def training_dtype(precision: str) -> "torch.dtype":
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
-def quantization_config(spec: FineTuneJobSpec) -> "BitsAndBytesConfig | None":
+def quantization_config(spec: FineTuneJobSpec) -> BitsAndBytesConfig | None:
     """bitsandbytes settings for `method.quantization`, or None for a 16-bit base."""
     import torch
     from transformers import BitsAndBytesConfig
@@ -142,7 +142,7 @@ def _zero3(spec: FineTuneJobSpec) -> bool:
     return spec.deepspeed is not None and spec.deepspeed.zero_stage == 3
 
 
-def lora_config(spec: FineTuneJobSpec) -> "LoraConfig":
+def lora_config(spec: FineTuneJobSpec) -> LoraConfig:
     """peft's LoraConfig for `method.lora`."""
     from peft import LoraConfig
 
@@ -159,7 +159,7 @@ def lora_config(spec: FineTuneJobSpec) -> "LoraConfig":
     )
 
 
-def load_tokenizer(source: ModelSource, spec: ModelSpec, cache_dir: str | None) -> "PreTrainedTokenizerBase":
+def load_tokenizer(source: ModelSource, spec: ModelSpec, cache_dir: str | None) -> PreTrainedTokenizerBase:
     """The base model's tokenizer, with a pad token (batches need one; eos stands in when it lacks one)."""
     from transformers import AutoTokenizer
 
@@ -176,10 +176,10 @@ def load_model(
     spec: FineTuneJobSpec,
     cache_dir: str | None,
     *,
-    dtype: "torch.dtype",
+    dtype: torch.dtype,
     device_index: int | None = None,
     quantize: bool = True,
-) -> "PreTrainedModel":
+) -> PreTrainedModel:
     """The base model in `dtype`, quantized per `method.quantization` unless `quantize` is off.
 
     `device_index` places a quantized model on that GPU (bitsandbytes quantizes while loading,

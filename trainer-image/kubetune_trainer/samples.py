@@ -32,7 +32,7 @@ class Sample:
     tuned: str
 
 
-def _generate(model: Any, tokenizer: "PreTrainedTokenizerBase", text: str, spec: FineTuneJobSpec) -> str:
+def _generate(model: Any, tokenizer: PreTrainedTokenizerBase, text: str, spec: FineTuneJobSpec) -> str:
     import torch
 
     settings = spec.evaluation
@@ -50,7 +50,7 @@ def _generate(model: Any, tokenizer: "PreTrainedTokenizerBase", text: str, spec:
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
-def generate_samples(model: "PeftModel", tokenizer: "PreTrainedTokenizerBase", spec: FineTuneJobSpec) -> list[Sample]:
+def generate_samples(model: PeftModel, tokenizer: PreTrainedTokenizerBase, spec: FineTuneJobSpec) -> list[Sample]:
     """Base and fine-tuned answers to every evaluation prompt."""
     import torch
 

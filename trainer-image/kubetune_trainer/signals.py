@@ -46,7 +46,7 @@ class StopRequest:
         self.requested = True
 
 
-def stop_callback(request: StopRequest) -> "TrainerCallback":
+def stop_callback(request: StopRequest) -> TrainerCallback:
     """A Trainer callback that saves and stops at the first step end where any rank has `request` set."""
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 

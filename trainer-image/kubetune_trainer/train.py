@@ -136,7 +136,7 @@ def load_job(path: Path) -> Job:
 
 def build_trainer(
     spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Any, config: Any, callbacks: list[Any]
-) -> "Trainer":
+) -> Trainer:
     """The Trainer for `spec.method`: TRL's SFTTrainer with a LoRA adapter on `model`.
 
     The seam for other objectives: return a subclass (its own `compute_loss`) built from the
@@ -257,7 +257,7 @@ def train(job: Job, workspace: Workspace, stop: StopRequest) -> Outcome:
     """Load, train, export; returns this rank's outcome (InvalidInput for bad recipe/data)."""
     import torch
 
-    from kubetune_trainer.checkpoints import newest_complete, remove_incomplete
+    from kubetune_trainer.checkpoints import newest_complete
     from kubetune_trainer.config import RunContext, build_sft_config
 
     _quiet_libraries()
@@ -281,11 +281,7 @@ def train(job: Job, workspace: Workspace, stop: StopRequest) -> Outcome:
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    if distributed.is_global_zero():
-        for path in remove_incomplete(workspace.checkpoints):
-            log.warning("removed incomplete checkpoint %s (killed while saving)", path)
-    distributed.barrier()
-    resume = newest_complete(workspace.checkpoints)
+    resume = _resume_point(workspace)
     if stop.requested:
         return Outcome("stopped", "stopped before training started", progress.progress.as_dict(), _ckpt(resume))
     if resume is not None:
@@ -309,6 +305,17 @@ def train(job: Job, workspace: Workspace, stop: StopRequest) -> Outcome:
     )
 
 
+def _resume_point(workspace: Workspace) -> Any:
+    """The newest complete checkpoint, after rank 0 removed the folders of saves killed half-way."""
+    from kubetune_trainer.checkpoints import newest_complete, remove_incomplete
+
+    if distributed.is_global_zero():
+        for path in remove_incomplete(workspace.checkpoints):
+            log.warning("removed incomplete checkpoint %s (killed while saving)", path)
+    distributed.barrier()
+    return newest_complete(workspace.checkpoints)
+
+
 def _ckpt(checkpoint: Any) -> dict[str, Any] | None:
     return None if checkpoint is None else {"step": checkpoint.step, "path": str(checkpoint.path)}
 
@@ -329,7 +336,7 @@ def _export(job: Job, workspace: Workspace, trainer: Any, loaded: Loaded) -> dic
     members.extend(report.files.values())
     outputs.update(report.pointers())  # samples.md and evaluation.json: the message only points at them
     if spec.output.merge_adapter:
-        load_base = lambda: load_model(loaded.source, spec, workspace.models, dtype=loaded.dtype, quantize=False)  # noqa: E731
+        load_base = lambda: load_model(loaded.source, spec, workspace.models, dtype=loaded.dtype, quantize=False)
         merged = export.merge_adapter(load_base, adapter, tokenizer, output)
         outputs["mergedPath"] = str(merged)
         members.append(merged)
