@@ -47,7 +47,7 @@ def test_exact_match_scores_base_and_tuned_on_a_real_model(tmp_path: Path) -> No
     from kubetune_trainer.evaluation import score_exact_match
     from kubetune_trainer.model import lora_config
     from kubetune_trainer.recipe import parse_spec
-    from kubetune_trainer.samples import _generate
+    from kubetune_trainer.samples import generate_completion
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -61,7 +61,7 @@ def test_exact_match_scores_base_and_tuned_on_a_real_model(tmp_path: Path) -> No
     greedy = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"temperature": 0.0})})
     prompts = ["Reverse: red blue green", "Question: how many legs", "Hello world"]
     # References: the model's own greedy answer (a hit), wrapped in eos as rendered data is, and one miss.
-    references = [_generate(model, tokenizer, p, greedy) + tokenizer.eos_token for p in prompts[:2]] + ["zzz"]
+    references = [generate_completion(model, tokenizer, p, greedy) + tokenizer.eos_token for p in prompts[:2]] + ["zzz"]
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name:  # a nonzero adapter: the tuned model answers differently from the base

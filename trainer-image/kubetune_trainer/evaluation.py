@@ -91,7 +91,7 @@ def score_exact_match(
     model: Any, tokenizer: PreTrainedTokenizerBase, rows: datasets.Dataset, spec: FineTuneJobSpec
 ) -> ExactMatch | None:
     """Greedy answers of base and fine-tuned model to up to EXACT_MATCH_LIMIT rows, scored; None without rows."""
-    from kubetune_trainer.samples import _generate as generate  # samples' one generation routine
+    from kubetune_trainer.samples import generate_completion as generate
 
     reference_column = next((name for name in REFERENCE_COLUMNS if name in rows.column_names), None)
     if reference_column is None or len(rows) == 0:

@@ -96,7 +96,7 @@ def load_result(result: TrainedResult, spec: FineTuneJobSpec) -> tuple[Any, PreT
 def generate_text(result: TrainedResult, prompt: str, max_new_tokens: int | None = None) -> str:
     """The fine-tuned model's answer to `prompt`, formatted and sampled as the recipe says."""
     from kubetune_trainer.formats import render_inference_prompt
-    from kubetune_trainer.samples import _generate as generate  # samples' one generation routine
+    from kubetune_trainer.samples import generate_completion as generate
     from kubetune_trainer.train import load_job
 
     spec = load_job(result.recipe).spec

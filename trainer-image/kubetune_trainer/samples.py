@@ -32,7 +32,8 @@ class Sample:
     tuned: str
 
 
-def _generate(model: Any, tokenizer: PreTrainedTokenizerBase, text: str, spec: FineTuneJobSpec) -> str:
+def generate_completion(model: Any, tokenizer: PreTrainedTokenizerBase, text: str, spec: FineTuneJobSpec) -> str:
+    """The completion of an already formatted prompt, with the recipe's generation settings."""
     import torch
 
     settings = spec.evaluation
@@ -61,8 +62,8 @@ def generate_samples(model: PeftModel, tokenizer: PreTrainedTokenizerBase, spec:
     for prompt in spec.evaluation.prompts:
         text = render_inference_prompt(spec.dataset, tokenizer, prompt)
         with model.disable_adapter():
-            base = _generate(model, tokenizer, text, spec)
-        samples.append(Sample(prompt=prompt, base=base, tuned=_generate(model, tokenizer, text, spec)))
+            base = generate_completion(model, tokenizer, text, spec)
+        samples.append(Sample(prompt=prompt, base=base, tuned=generate_completion(model, tokenizer, text, spec)))
     model.train(was_training)
     return samples
 
