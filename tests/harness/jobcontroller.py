@@ -25,7 +25,6 @@ Written by hand: no Python library emulates the Job controller.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from datetime import UTC, datetime
 from typing import Any
@@ -33,9 +32,9 @@ from typing import Any
 import kmock
 
 from tests.harness.emulator import JOBS, PODS, KubeEmulator, now_iso, parse_iso
+from tests.harness.syncloop import SyncLoop
 
 TRACKING_FINALIZER = "batch.kubernetes.io/job-tracking"
-BATCH_SECONDS = 0.02  # a sync waits this long after a wake-up, to handle a burst of events in one pass
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
 
 
@@ -113,42 +112,25 @@ def build_pod(job: dict[str, Any], index: int | None) -> dict[str, Any]:
             "spec": spec}
 
 
-class JobController:
+class JobController(SyncLoop):
     """Drives every batch/v1 Job of the emulator; lives in the emulator's event loop."""
 
+    loop_name = "test-job-controller"
+
     def __init__(self, emulator: KubeEmulator, resync_seconds: float = 0.2) -> None:
+        super().__init__(resync_seconds)
         self.emulator = emulator
-        self.resync_seconds = resync_seconds
         self._outcomes: dict[str, dict[str, tuple[str, str]]] = {}  # job uid -> pod uid -> (outcome, message)
         self._deleted_by_us: set[str] = set()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopped = False
         emulator.add_listener(self._on_event)
 
     def _on_event(self, res: kmock.resource, event: dict[str, Any]) -> None:
         if res in (JOBS, PODS):
-            self._wake.set()
-
-    def start(self) -> None:
-        """Start the sync loop (call from the emulator's loop)."""
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="test-job-controller")
+            self.wake()
 
     async def stop(self) -> None:
         """Stop the sync loop."""
-        self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-
-    async def _loop(self) -> None:
-        while not self._stopped:  # a flag, too: Python 3.11's wait_for can swallow a cancellation
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.resync_seconds)
-            except TimeoutError:
-                pass
-            await asyncio.sleep(BATCH_SECONDS)  # let a burst of events land, then sync once for all
-            self._wake.clear()
-            await self.sync()
+        self.stop_loop()
 
     async def sync(self) -> None:
         """One pass over all Jobs, then over pods whose Job is gone."""

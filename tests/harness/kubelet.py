@@ -42,13 +42,13 @@ import kmock
 from tests.harness import podenv
 from tests.harness.emulator import PODS, KubeEmulator, now_iso
 from tests.harness.selectors import labels_match
+from tests.harness.syncloop import SyncLoop
 
 PVCS = kmock.resource("", "v1", "persistentvolumeclaims")
 CONFIGMAPS = kmock.resource("", "v1", "configmaps")
 SECRETS = kmock.resource("", "v1", "secrets")
 NODE_NAME = "emulated-node"
 VENV_BIN = str(Path(sys.executable).parent)
-BATCH_SECONDS = 0.02  # a sync waits this long after a wake-up, to handle a burst of events in one pass
 SETUP_RETRY_SECONDS = 1.0  # a pod whose ConfigMap is missing retries its setup this often
 
 
@@ -103,12 +103,15 @@ class PodRun:
     released: bool = False  # the pod object is gone and its IP and tasks are freed
 
 
-class Kubelet:
+class Kubelet(SyncLoop):
     """Runs or fakes every pod of the emulator; lives in the emulator's event loop."""
+
+    loop_name = "test-kubelet"
 
     def __init__(self, emulator: KubeEmulator, root: Path, *, node_env: dict[str, str] | None = None,
                  entrypoints: dict[str, list[str]] | None = None, resync_seconds: float = 0.2,
                  node_labels: dict[str, str] | None = None, extended_resources: set[str] | None = None) -> None:
+        super().__init__(resync_seconds)
         self.emulator = emulator
         # The one node: its labels (for nodeSelector) and extended resources (none: no GPUs here).
         self.node_labels = {"kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux",
@@ -117,27 +120,17 @@ class Kubelet:
         self.root = root
         self.node_env = node_env or {}
         self.entrypoints = entrypoints or {}
-        self.resync_seconds = resync_seconds
         self.rules: list[Rule] = []
         self.pods: dict[str, PodRun] = {}
         self._free_ips = [f"127.0.0.{n}" for n in range(2, 255)]
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopped = False
         self._seq = itertools.count()
-        emulator.add_listener(lambda res, event: self._wake.set())
+        emulator.add_listener(lambda res, event: self.wake())
 
     # ------------------------------------------------------------ public
 
-    def start(self) -> None:
-        """Start the sync loop (call from the emulator's loop)."""
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="test-kubelet")
-
     async def stop(self) -> None:
         """Kill every process and stop."""
-        self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
+        self.stop_loop()
         for run in self.pods.values():
             for container in run.containers:
                 self._signal_group(container, signal.SIGKILL)
@@ -193,19 +186,9 @@ class Kubelet:
             self._signal_group(container, signal.SIGKILL)
             if container.process is None and container.exit_code is None:
                 container.exit_code = 137
-        self._wake.set()
+        self.wake()
 
     # ------------------------------------------------------------ loop
-
-    async def _loop(self) -> None:
-        while not self._stopped:  # a flag, too: Python 3.11's wait_for can swallow a cancellation
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.resync_seconds)
-            except TimeoutError:
-                pass
-            await asyncio.sleep(BATCH_SECONDS)  # let a burst of events land, then sync once for all
-            self._wake.clear()
-            await self.sync()
 
     async def sync(self) -> None:
         """One pass over PVCs and pods."""
@@ -352,7 +335,7 @@ class Kubelet:
         run = self.pods.get(uid)
         if run is not None and not run.containers:
             del self.pods[uid]  # the next sync starts it afresh
-            self._wake.set()
+            self.wake()
 
     def _base_env(self, pod_dir: Path) -> dict[str, str]:
         home = pod_dir / "home"
@@ -385,7 +368,7 @@ class Kubelet:
             pass
         container.exit_code = code if code >= 0 else 128 - code  # killed by signal N: 128+N, as a runtime says
         container.finished_at = now_iso()
-        self._wake.set()
+        self.wake()
 
     async def _fake_exit(self, run: PodRun, containers: list[ContainerRun]) -> None:
         await asyncio.sleep(run.plan.after)
@@ -393,7 +376,7 @@ class Kubelet:
             if container.exit_code is None:
                 container.exit_code = run.plan.exit_code
                 container.finished_at = now_iso()
-        self._wake.set()
+        self.wake()
 
     async def _terminate(self, pod: dict[str, Any], run: PodRun) -> None:
         now = asyncio.get_running_loop().time()
@@ -411,7 +394,7 @@ class Kubelet:
                     container.process.send_signal(signal.SIGTERM)  # PID 1 only; a launcher forwards it
                 else:  # faked container: "exits" at once on SIGTERM like a well-behaved trainer
                     container.exit_code, container.finished_at = 143, now_iso()
-            self._wake.set()
+            self.wake()
         elif now - run.sigterm_at >= grace:
             for container in live:
                 self._signal_group(container, signal.SIGKILL)
