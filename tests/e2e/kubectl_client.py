@@ -17,21 +17,21 @@ from __future__ import annotations
 import base64
 import json
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tests.e2e.tools import CommandFailed, run
+from tests.harness.client import PollingWaits
 
-T = TypeVar("T")
 OWNER_LABEL = "kubetune.io/finetunejob"
 READER_MOUNT = "/data"
 POLL_SECONDS = 1.0
 
 
-class KubectlCluster:
+class KubectlCluster(PollingWaits):
     """A `ClusterClient` on a real cluster, through kubectl (and docker for the kind nodes)."""
+
+    poll_seconds = POLL_SECONDS
 
     def __init__(self, context: str, namespace: str, *, reader_image: str, operator_namespace: str,
                  operator_selector: str, validate: bool = True) -> None:
@@ -72,26 +72,6 @@ class KubectlCluster:
 
     def delete(self, name: str) -> None:
         self.kubectl("delete", "finetunejobs.kubetune.io", name, "--wait=false")
-
-    def wait_for(self, name: str, check: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
-        def probe() -> dict[str, Any] | None:
-            obj = self.get(name)
-            return obj if obj is not None and check(obj) else None
-
-        return self.wait_until(probe, timeout, f"{name}: {what}")
-
-    def wait_until(self, check: Callable[[], T], timeout: float, what: str) -> T:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                result = check()
-            except (KeyError, IndexError, TypeError):  # a field not there yet
-                result = None
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not within {timeout} s: {what}\n{self.diagnose()}")
-            time.sleep(POLL_SECONDS)
 
     def children(self, name: str, kind: str) -> list[dict[str, Any]]:
         items = self._json("get", kind, "-l", f"{OWNER_LABEL}={name}")["items"]
@@ -188,7 +168,7 @@ class KubectlCluster:
             self.kubectl("delete", "pod", reader, "--wait=false", "--ignore-not-found", check=False)
         self._readers.clear()
 
-    def diagnose(self) -> str:
+    def diagnose(self, name: str | None = None) -> str:
         """What a failed wait shows: FineTuneJobs, pods, recent events, the operator's log tail."""
         parts = []
         for args, ns in ((["get", "ftj,jobs,pods", "-o", "wide"], None),

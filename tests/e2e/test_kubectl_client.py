@@ -99,6 +99,6 @@ def test_events_are_found_by_the_object_they_are_about(client: KubectlCluster, s
 
 
 def test_a_wait_that_times_out_names_what_it_waited_for(client: KubectlCluster, monkeypatch) -> None:
-    monkeypatch.setattr(client, "diagnose", lambda: "(diagnosis)")
+    monkeypatch.setattr(client, "diagnose", lambda name=None: "(diagnosis)")
     with pytest.raises(AssertionError, match=r"not within 0\.1 s: nothing: never"):
         client.wait_for("nothing", lambda o: True, 0.1, "never")

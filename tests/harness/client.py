@@ -100,7 +100,46 @@ class ClusterClient(Protocol):
         """The path a trainer pod sees for a local file or folder staged for it (a model, a dataset)."""
 
 
-class EmulatedCluster:
+class PollingWaits:
+    """`wait_for`/`wait_until` by polling `get()`, shared by the emulated and the kubectl clients.
+
+    A failed wait raises with `diagnose(name)`: what the cluster looked like at the deadline.
+    """
+
+    poll_seconds = 0.1
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        """The FineTuneJob, or None."""
+        raise NotImplementedError
+
+    def diagnose(self, name: str | None = None) -> str:
+        """What a failed wait shows."""
+        raise NotImplementedError
+
+    def wait_for(self, name: str, check: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
+        """The FineTuneJob once `check` holds for it; AssertionError after `timeout` seconds."""
+        def probe() -> dict[str, Any] | None:
+            obj = self.get(name)
+            return obj if obj is not None and check(obj) else None
+
+        return self.wait_until(probe, timeout, f"{name}: {what}", name)
+
+    def wait_until(self, check: Callable[[], T], timeout: float, what: str, name: str | None = None) -> T:
+        """The first truthy result of `check`; AssertionError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                result = check()
+            except (KeyError, IndexError, TypeError):  # a field not there yet
+                result = None
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not within {timeout} s: {what}\n{self.diagnose(name)}")
+            time.sleep(self.poll_seconds)
+
+
+class EmulatedCluster(PollingWaits):
     """`ClusterClient` over the emulated API server, the test Job controller and kubelet."""
 
     def __init__(self, root: Path, namespace: str = "default", *, node_env: dict[str, str] | None = None,
@@ -175,26 +214,6 @@ class EmulatedCluster:
 
     def delete(self, name: str) -> None:
         self.server.call(self.emulator.api_delete(FTJ, self.namespace, name, propagation="Background"))
-
-    def wait_for(self, name: str, check: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
-        def probe() -> dict[str, Any] | None:
-            obj = self.get(name)
-            return obj if obj is not None and check(obj) else None
-
-        return self.wait_until(probe, timeout, f"{name}: {what}", name)
-
-    def wait_until(self, check: Callable[[], T], timeout: float, what: str, name: str | None = None) -> T:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                result = check()
-            except (KeyError, IndexError, TypeError):  # a field not there yet
-                result = None
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not within {timeout} s: {what}\n{self.diagnose(name)}")
-            time.sleep(0.1)
 
     def children(self, name: str, kind: str) -> list[dict[str, Any]]:
         res = CHILD_KINDS[kind]
