@@ -164,6 +164,11 @@ these rules, and that the rules grant nothing else).
   resources: [finetunejobs/status]
   # The reconcile writes the whole status in one patch.
   verbs: [patch]
+- apiGroups: [kubetune.io]
+  resources: [finetunejobs/finalizers]
+  # Children carry blockOwnerDeletion: where OwnerReferencesPermissionEnforcement is on
+  # (OpenShift, hardened clusters) setting it needs update on the owner's finalizers.
+  verbs: [update]
 - apiGroups: [batch]
   resources: [jobs]
   # delete: suspend and the next attempt replace the attempt Job.
