@@ -23,9 +23,9 @@ _KubeYamlLoader.add_implicit_resolver(
 )
 
 
-def load_documents(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Every non-empty document of a YAML (or JSON) file."""
-    text = Path(path).read_text(encoding="utf-8")
+def load_documents(path: str | Path, text: str | None = None) -> Iterator[dict[str, Any]]:
+    """Every non-empty document of a YAML (or JSON) file; `text`, when given, is its content (stdin)."""
+    text = Path(path).read_text(encoding="utf-8") if text is None else text
     if str(path).endswith(".json"):
         yield json.loads(text)
         return
@@ -34,10 +34,11 @@ def load_documents(path: str | Path) -> Iterator[dict[str, Any]]:
             yield document
 
 
-def load_finetunejobs(path: str | Path) -> list[FineTuneJob]:
-    """The FineTuneJobs in a file; RecipeError names the file, the document and each bad field."""
+def load_finetunejobs(path: str | Path, text: str | None = None) -> list[FineTuneJob]:
+    """The FineTuneJobs in a file (or in `text`, read from it elsewhere); RecipeError names the file,
+    the document and each bad field."""
     jobs = []
-    for index, document in enumerate(load_documents(path)):
+    for index, document in enumerate(load_documents(path, text)):
         if not isinstance(document, dict) or document.get("kind") != "FineTuneJob":
             continue
         try:
