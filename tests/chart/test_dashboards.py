@@ -132,12 +132,21 @@ def test_dashboards_cover_the_training_metrics_the_issue_asks_for() -> None:
     training = {name for expr in queries(load(CHART / "dashboards" / "training.json")) for name in metric_names(expr)}
     jobs = {name for expr in queries(load(CHART / "dashboards" / "jobs.json")) for name in metric_names(expr)}
     assert {"kubetune_trainer_train_loss", "kubetune_trainer_eval_loss", "kubetune_trainer_learning_rate",
-            "kubetune_trainer_tokens_per_second", "kubetune_trainer_gpu_memory_used_bytes", "kubetune_trainer_step",
+            "kubetune_trainer_tokens_total", "kubetune_trainer_gpu_memory_used_bytes", "kubetune_trainer_step",
             "kubetune_trainer_total_steps", "kubetune_trainer_eta_seconds",
             "kubetune_trainer_last_checkpoint_timestamp_seconds"} <= training
     assert {"kubetune_finetunejobs", "kubetune_finetunejob_time_to_running_seconds_bucket",
             "kubetune_finetunejob_restarts_total", "kubetune_finetunejob_preemptions_total",
-            "kubetune_finetunejob_failures_total"} <= jobs
+            "kubetune_finetunejob_failures_total", "kubetune_finetunejob_phase"} <= jobs
+    # One source of throughput: the gauge and the counter's rate disagreed on the same panel.
+    assert "kubetune_trainer_tokens_per_second" not in training
+
+
+def test_no_query_turns_missing_data_into_zero() -> None:
+    # `or vector(0)` shows 0 when nothing is scraped at all; the operator exports real zeros instead.
+    for path in DASHBOARDS:
+        for expr in queries(load(path)):
+            assert "vector(0)" not in expr.replace(" ", ""), f"{path.name}: {expr}"
 
 
 def test_metric_walk_finds_names_inside_functions_and_operators() -> None:

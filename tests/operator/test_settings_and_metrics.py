@@ -69,7 +69,12 @@ def test_every_operator_metric_is_exported_under_its_spec_name() -> None:
     assert 'kubetune_finetunejobs{namespace="ml",phase="Running"} 1.0' in text
     assert 'kubetune_finetunejob_transitions_total{namespace="ml",phase="Running",reason="Started"} 1.0' in text
     assert 'kubetune_finetunejob_time_to_running_seconds_count{namespace="ml"} 1.0' in text
-    assert 'job="' not in text
+    assert '{job="' not in text and ',job="' not in text
+    # Known label values start at 0, so increase() counts their first event.
+    assert 'kubetune_finetunejob_failures_total{namespace="ml",reason="BackoffLimitExceeded"} 0.0' in text
+    assert 'kubetune_finetunejob_restarts_total{finetunejob="demo",namespace="ml"} 0.0' in text
+    assert 'kubetune_finetunejob_phase{finetunejob="demo",namespace="ml",phase="Running"} 1.0' in text
+    assert 'kubetune_finetunejob_train_loss{' not in text  # no loss polled yet: not exported
 
 
 def test_restarts_failures_and_forgetting_are_counted() -> None:
@@ -85,4 +90,6 @@ def test_restarts_failures_and_forgetting_are_counted() -> None:
     assert 'kubetune_finetunejob_failures_total{namespace="ml",reason="BackoffLimitExceeded"} 1.0' in text
     metrics.forget("ml", "demo")
     text = generate_latest(metrics.registry).decode()
-    assert 'finetunejob="demo"' not in text and 'kubetune_finetunejobs{' not in text
+    assert 'finetunejob="demo"' not in text
+    # The namespace stays known: its phases read 0 (a stat panel shows 0, not "no data").
+    assert 'kubetune_finetunejobs{namespace="ml",phase="Failed"} 0.0' in text

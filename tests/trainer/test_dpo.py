@@ -46,7 +46,7 @@ def test_dpo_metrics_are_served(dpo_run: dict[str, Any]) -> None:
     assert metrics["kubetune_trainer_dpo_reward_margin"] == pytest.approx(last["rewards/margins"])
     assert metrics["kubetune_trainer_dpo_reward_accuracy"] == pytest.approx(last["rewards/accuracies"])
     assert metrics["kubetune_trainer_step"] == 20
-    assert "kubetune_trainer_kd_loss" in metrics  # declared for every job, set only by distillation
+    assert "kubetune_trainer_kd_loss" not in metrics  # set only by distillation: never exported here
 
 
 def test_dpo_uses_the_recipe_beta_and_loss_type(tmp_path: Path) -> None:

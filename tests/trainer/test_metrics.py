@@ -15,13 +15,28 @@ def _exposition(metrics: TrainerMetrics) -> str:
     return generate_latest(metrics.registry).decode()
 
 
-def test_every_spec_is_exported_with_job_labels() -> None:
-    text = _exposition(TrainerMetrics("quiz", "team-a"))
+def test_every_spec_is_exported_with_job_labels_once_it_has_a_value() -> None:
+    metrics = TrainerMetrics("quiz", "team-a")
+    for spec in TRAINER_METRICS:
+        if spec.kind == "gauge":
+            metrics.set(spec.name, 1.0)
+    metrics.phase("training")
+    text = _exposition(metrics)
     for spec in TRAINER_METRICS:
         for name in spec.exported_names():
             assert f"{name}{{" in text, name
     assert 'finetunejob="quiz"' in text and 'namespace="team-a"' in text
     assert ' job="' not in text and '{job="' not in text
+
+
+def test_gauges_wait_for_a_value_and_counters_start_at_zero() -> None:
+    text = _exposition(TrainerMetrics("quiz", "team-a"))
+    samples = [line for line in text.splitlines() if not line.startswith("#")]
+    # A 0 before the first value would plot as an eval loss of 0 or a checkpoint from 1970.
+    assert not [line for line in samples if "eval_loss" in line or "last_checkpoint" in line or "_phase{" in line]
+    # Born at 0, so that increase() counts the first tokens and the first checkpoint save.
+    assert 'kubetune_trainer_tokens_total{finetunejob="quiz",namespace="team-a"} 0.0' in samples
+    assert 'kubetune_trainer_checkpoint_save_seconds_count{finetunejob="quiz",namespace="team-a"} 0.0' in samples
 
 
 def test_phase_is_one_state_at_a_time() -> None:

@@ -90,6 +90,22 @@ OPERATOR_METRICS: tuple[MetricSpec, ...] = (
         "FineTuneJobs that ended Failed, by reason.",
         labels=("namespace", "reason"),
     ),
+    # Per FineTuneJob, from its status: what a dashboard shows once the trainer's process is gone,
+    # kept until the FineTuneJob is deleted. Each is exported only once the status has the value.
+    MetricSpec(
+        "kubetune_finetunejob_phase",
+        "gauge",
+        "1 for the phase a FineTuneJob is in, 0 for the other phases.",
+        labels=("finetunejob", "namespace", "phase"),
+    ),
+    MetricSpec("kubetune_finetunejob_step", "gauge", "Last optimizer step the operator saw (status.progress.step)."),
+    MetricSpec("kubetune_finetunejob_total_steps", "gauge", "Planned optimizer steps (status.progress.totalSteps)."),
+    MetricSpec("kubetune_finetunejob_train_loss", "gauge", "Last training loss the operator saw (status.progress.loss)."),
+    MetricSpec(
+        "kubetune_finetunejob_completion_timestamp_seconds",
+        "gauge",
+        "Unix time a FineTuneJob finished (status.completionTime).",
+    ),
     MetricSpec("kubetune_operator_reconcile_errors", "counter", "Reconciles that raised.", labels=()),
     MetricSpec("kubetune_operator_reconcile_seconds", "histogram", "Time of one reconcile.", labels=()),
 )

@@ -2,9 +2,12 @@
 
 `TrainerMetrics` builds its prometheus-client objects from `metric_specs.TRAINER_METRICS`
 (the one list the operator and the Helm dashboards are checked against), each with the
-labels `finetunejob` and `namespace`. `ProgressCallback` turns Trainer events into a
-`Progress` record (step, loss, throughput, ETA) that feeds the metrics, the local
-progress bar and the final summary.
+labels `finetunejob` and `namespace`. A gauge is exported only once it has a value (a 0
+before the first evaluation would plot as a real eval loss of 0, and a checkpoint
+timestamp of 0 as a checkpoint 56 years old); counters and histograms are exported at 0
+from the start, so that `rate()`/`increase()` count their first event. `ProgressCallback`
+turns Trainer events into a `Progress` record (step, loss, throughput, ETA) that feeds the
+metrics, the local progress bar and the final summary.
 """
 
 from __future__ import annotations
@@ -47,12 +50,23 @@ class TrainerMetrics:
 
     def __init__(self, finetunejob: str, namespace: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        labels = {"finetunejob": finetunejob, "namespace": namespace}
-        self._children = {
-            spec.name: _build(spec, self.registry).labels(**{key: labels[key] for key in spec.labels})
-            for spec in TRAINER_METRICS
-        }
+        self._labels = {"finetunejob": finetunejob, "namespace": namespace}
+        self._specs = {spec.name: spec for spec in TRAINER_METRICS}
+        self._metrics = {spec.name: _build(spec, self.registry) for spec in TRAINER_METRICS}
+        # A labelled prometheus-client metric exports no sample until .labels() creates its child:
+        # gauges get theirs at the first value, counters and histograms now, at 0.
+        self._children: dict[str, Any] = {}
+        for spec in TRAINER_METRICS:
+            if spec.kind in ("counter", "histogram"):
+                self._child(spec.name)
         self._server: Any = None
+
+    def _child(self, name: str) -> Any:
+        child = self._children.get(name)
+        if child is None:
+            labels = {key: self._labels[key] for key in self._specs[name].labels}
+            child = self._children[name] = self._metrics[name].labels(**labels)
+        return child
 
     def serve(self, port: int, host: str) -> bool:
         """Serve /metrics on host:port in a daemon thread; False (and a warning) if the port is taken."""
@@ -72,22 +86,22 @@ class TrainerMetrics:
             self._server = None
 
     def set(self, name: str, value: float | None) -> None:
-        """Set a gauge; None leaves it as it was."""
+        """Set a gauge (exporting it from now on); None leaves it as it was."""
         if value is not None:
-            self._children[name].set(value)
+            self._child(name).set(value)
 
     def inc(self, name: str, amount: float) -> None:
         """Add to a counter."""
         if amount > 0:
-            self._children[name].inc(amount)
+            self._child(name).inc(amount)
 
     def observe(self, name: str, value: float) -> None:
         """Record one histogram observation."""
-        self._children[name].observe(value)
+        self._child(name).observe(value)
 
     def phase(self, state: str) -> None:
         """Set the phase enum (one of metric_specs.TRAINER_PHASES)."""
-        self._children["kubetune_trainer_phase"].state(state)
+        self._child("kubetune_trainer_phase").state(state)
 
 
 @dataclass
