@@ -5,6 +5,8 @@
     kubetune render job.yaml [--attempt N]               what the operator would create
     kubetune run job.yaml [--output DIR]                 train locally through the pod's launcher
     kubetune generate OUTPUT_DIR "prompt"                try a trained adapter
+    kubetune merge OUTPUT_DIR                            merge the adapter into its base (OUTPUT_DIR/merged)
+    kubetune export OUTPUT_DIR --gguf                    the merged model as a GGUF file (llama.cpp)
 
 `run` and `generate` import the trainer (torch) lazily, so the other verbs stay fast.
 
@@ -198,6 +200,20 @@ def _generate(args: argparse.Namespace) -> int:
     return generate_cli(args.output_dir, args.prompt, max_new_tokens=args.max_new_tokens)
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from kubetune_trainer.generate import merge_cli
+
+    return merge_cli(args.output_dir)
+
+
+def _export(args: argparse.Namespace) -> int:
+    if not args.gguf:
+        raise CliError("name a format: --gguf (the only export besides `kubetune merge`'s transformers folder)")
+    from kubetune_trainer.generate import export_cli
+
+    return export_cli(args.output_dir, converter=args.converter, outtype=args.outtype)
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser of `kubetune`."""
     parser = argparse.ArgumentParser(prog="kubetune", description=__doc__.split("\n\n")[0])
@@ -229,6 +245,18 @@ def make_parser() -> argparse.ArgumentParser:
     generate.add_argument("prompt")
     generate.add_argument("--max-new-tokens", type=int, default=None)
     generate.set_defaults(func=_generate)
+
+    merge = verbs.add_parser("merge", help="merge a trained adapter into its base (like axolotl merge-lora)")
+    merge.add_argument("output_dir", help="the run's output folder or `kubetune run` workspace")
+    merge.set_defaults(func=_merge)
+
+    export = verbs.add_parser("export", help="export a trained result for llama.cpp/Ollama")
+    export.add_argument("output_dir", help="the run's output folder or `kubetune run` workspace")
+    export.add_argument("--gguf", action="store_true", help="merge, then convert with llama.cpp's converter")
+    export.add_argument("--converter", default=None, help="path of llama.cpp's convert_hf_to_gguf.py")
+    export.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"],
+                        help="GGUF tensor type (quantize further with llama-quantize)")
+    export.set_defaults(func=_export)
     return parser
 
 

@@ -22,11 +22,17 @@ Completions end the way the chat template ends an assistant turn (e.g.
 
 Only the last assistant turn of a conversation is a completion; earlier turns are
 context (rendered by the template as at inference time).
+
+Prompts of the raw formats (template, prompt-completion, text preference pairs) are
+not what the base's chat template renders, so `training_chat_template` writes a chat
+template that renders exactly them; the adapter ships it, and inference (the samples,
+`kubetune generate`) renders through it, so a served adapter is prompted as it was taught.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,10 +88,13 @@ class _Context:
         bos = self.tokenizer.bos_token or ""
         return bos if bos and _adds_bos(self.tokenizer) else ""
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        """The conversation so far through the chat template, ending with the generation prompt."""
+    def chat_prompt(self, messages: list[dict[str, str]], template: str | None = None) -> str:
+        """The conversation so far through the chat template (the tokenizer's, or `template`), ending with the
+        generation prompt; without the bos that tokenizing adds again."""
         try:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True, chat_template=template
+            )
         except Exception as err:  # templates raise their own errors (e.g. "roles must alternate")
             raise FormatError(f"the chat template rejected this conversation: {err}") from None
         bos = self.duplicate_bos
@@ -112,11 +121,56 @@ def render_inference_prompt(spec: DatasetSpec, tokenizer: Any, prompt: str, syst
     mean chat-shaped ones, the common case for instruct models.
     """
     system = system if system is not None else spec.system_prompt
+    ctx = _Context(spec, tokenizer, ())
+    messages = _with_system([{"role": "user", "content": prompt}], system)
     if spec.format is DatasetFormat.chat or (spec.format is DatasetFormat.preference and tokenizer.chat_template):
         _require_chat_template(tokenizer)
-        ctx = _Context(spec, tokenizer, ())
-        return ctx.chat_prompt(_with_system([{"role": "user", "content": prompt}], system))
-    return _raw_prompt(prompt, system, completion="x")
+        return ctx.chat_prompt(messages)
+    # The template the adapter ships: what a server renders is what is rendered here.
+    return ctx.chat_prompt(messages, training_chat_template(spec, tokenizer))
+
+
+# A chat template that renders what `_raw_prompt` writes: the system prompt and a blank line, the
+# user's text, a newline before the answer unless whitespace is there already, the answer and eos.
+# `x[-1:].strip()` is empty exactly when x ends with whitespace (Python's isspace). It starts with
+# the bos that training's tokenization added, since apply_chat_template tokenizes without it.
+_RAW_CHAT_TEMPLATE = """\
+{%- set ns = namespace(text=bos_prefix) -%}
+{%- set eos = eos_token or "" -%}
+{%- if default_system and (messages | selectattr("role", "equalto", "system") | list | length) == 0 -%}
+  {%- set ns.text = ns.text + default_system + "\\n\\n" -%}
+{%- endif -%}
+{%- for message in messages -%}
+  {%- if message.role == "system" -%}
+    {%- if message.content -%}{%- set ns.text = ns.text + message.content + "\\n\\n" -%}{%- endif -%}
+  {%- elif message.role == "assistant" -%}
+    {%- if ns.text[-1:].strip() and message.content[:1].strip() -%}{%- set ns.text = ns.text + "\\n" -%}{%- endif -%}
+    {%- set ns.text = ns.text + message.content -%}
+    {%- if not message.content.endswith(eos) -%}{%- set ns.text = ns.text + eos -%}{%- endif -%}
+  {%- else -%}
+    {%- set ns.text = ns.text + message.content -%}
+  {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt and ns.text[-1:].strip() -%}{%- set ns.text = ns.text + "\\n" -%}{%- endif -%}
+{{- ns.text -}}"""
+
+
+def training_chat_template(spec: DatasetSpec, tokenizer: Any) -> str | None:
+    """The chat template that renders prompts as training saw them, for the adapter to ship; None when the
+    base's own template is the one training used (format chat, chat-shaped preference pairs) or there are
+    no prompts (format text).
+
+    Written by hand: transformers has no template for "plain text prompt", and this one must follow
+    `_raw_prompt` exactly; `dataset.systemPrompt` is built in as the default system message.
+    """
+    raw = (DatasetFormat.template, DatasetFormat.prompt_completion)
+    if spec.format not in raw and not (spec.format is DatasetFormat.preference and not tokenizer.chat_template):
+        return None
+    bos = tokenizer.bos_token or ""
+    constants = {"bos_prefix": bos if bos and _adds_bos(tokenizer) else "", "default_system": spec.system_prompt or ""}
+    # Jinja reads a JSON string as a string literal (same escapes), so any system prompt is safe to embed.
+    header = "".join(f"{{%- set {name} = {json.dumps(value)} -%}}\n" for name, value in constants.items())
+    return header + _RAW_CHAT_TEMPLATE
 
 
 # ---------------------------------------------------------------- per format

@@ -1,7 +1,9 @@
-"""`kubetune generate OUTPUT_DIR "prompt"`: try a trained result.
+"""The commands on a finished run: `kubetune generate`, `kubetune merge`, `kubetune export --gguf`.
 
     kubetune generate out/quiz "Generate a quiz question about science with easy difficulty."
     kubetune generate out/quiz/output "..." --max-new-tokens 64
+    kubetune merge out/quiz                      # adapter merged into its base: out/quiz/output/merged
+    kubetune export out/quiz --gguf              # the merged model as one GGUF file (llama.cpp's converter)
 
 OUTPUT_DIR is the trainer's output folder (`/workspace/output` on the PVC) or the
 `kubetune run` workspace around it. The merged model (`output/merged`) is loaded when
@@ -9,22 +11,34 @@ it exists, else the base model with the adapter (`output/adapter`). The recipe t
 trainer saved there (`output/recipe.json`, or the workspace's `recipe.json`) gives the
 base model, the prompt format (chat template, system prompt) and the generation
 settings (`evaluation.temperature`, `topP`, `maxNewTokens`), so the answer is produced
-the way the end-of-training samples were.
+the way the end-of-training samples were. The base is `output/base` when the run wrote
+one (a GGUF base), else the recipe's model.
+
+GGUF export needs llama.cpp's `convert_hf_to_gguf.py`, which is not on PyPI (the `gguf`
+package there reads and writes the file format, it does not map a transformers checkpoint
+onto it), so it is looked for and, when missing, the command says where to get it.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubetune_trainer.evaluation import RECIPE_FILE
-from kubetune_trainer.export import ADAPTER_DIR, MERGED_DIR
+from kubetune_trainer.export import ADAPTER_DIR, BASE_DIR, MERGED_DIR
 from kubetune_trainer.recipe import FineTuneJobSpec, RecipeError
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+GGUF_CONVERTER = "convert_hf_to_gguf.py"
+LLAMA_CPP_ENV = "LLAMA_CPP_DIR"
 
 
 class ResultError(ValueError):
@@ -39,6 +53,12 @@ class TrainedResult:
     recipe: Path
     merged: Path | None
     adapter: Path | None
+
+    @property
+    def base(self) -> Path | None:
+        """The base the run exported (output/base, written for a GGUF base), if any."""
+        base = self.output / BASE_DIR
+        return base if base.is_dir() else None
 
     @property
     def cache(self) -> str | None:
@@ -72,7 +92,7 @@ def load_result(result: TrainedResult, spec: FineTuneJobSpec) -> tuple[Any, PreT
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kubetune_trainer.model import load_model, resolve_model_source, training_dtype
+    from kubetune_trainer.model import training_dtype
 
     dtype = training_dtype(spec.training.precision)
     if result.merged is not None:
@@ -80,17 +100,74 @@ def load_result(result: TrainedResult, spec: FineTuneJobSpec) -> tuple[Any, PreT
         tokenizer = AutoTokenizer.from_pretrained(result.merged)
     else:
         assert result.adapter is not None
-        source = resolve_model_source(spec.model)
         # Quantize as in training on a GPU; bitsandbytes' CPU kernels are slow, so the CPU gets the plain base.
-        base = load_model(source, spec, result.cache, dtype=dtype, quantize=torch.cuda.is_available(),
-                          device_index=0 if torch.cuda.is_available() else None)
-        model = PeftModel.from_pretrained(base, str(result.adapter))
+        on_gpu = torch.cuda.is_available()
+        model = PeftModel.from_pretrained(load_base(result, spec, quantize=on_gpu), str(result.adapter))
         tokenizer = AutoTokenizer.from_pretrained(result.adapter)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if torch.cuda.is_available() and model.device.type != "cuda":
         model.to("cuda")
     return model.eval(), tokenizer
+
+
+def load_base(result: TrainedResult, spec: FineTuneJobSpec, *, quantize: bool = False) -> PreTrainedModel:
+    """The base the adapter was trained on: output/base when the run exported it, else the recipe's model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kubetune_trainer.model import load_model, resolve_model_source, training_dtype
+
+    dtype = training_dtype(spec.training.precision)
+    if result.base is not None:  # the dequantized GGUF: the same weights, without converting them again
+        return AutoModelForCausalLM.from_pretrained(result.base, dtype=dtype)
+    return load_model(resolve_model_source(spec.model), spec, result.cache, dtype=dtype, quantize=quantize,
+                      device_index=0 if quantize and torch.cuda.is_available() else None)
+
+
+def merge_result(result: TrainedResult) -> Path:
+    """Merge the adapter into its unquantized base, saved to output/merged (with the adapter's tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from kubetune_trainer.export import merge_adapter
+    from kubetune_trainer.train import load_job
+
+    if result.adapter is None:
+        raise ResultError(f"{result.output}: no {ADAPTER_DIR}/ to merge (only {MERGED_DIR}/, already merged)")
+    spec = load_job(result.recipe).spec
+    # The adapter's tokenizer already carries the chat template training used; save it as it is.
+    tokenizer = AutoTokenizer.from_pretrained(result.adapter)
+    return merge_adapter(lambda: load_base(result, spec), result.adapter, tokenizer, result.output)
+
+
+def find_gguf_converter(explicit: str | None = None) -> Path:
+    """llama.cpp's convert_hf_to_gguf.py: `explicit`, in $LLAMA_CPP_DIR, or on PATH; ResultError if none."""
+    folder = os.environ.get(LLAMA_CPP_ENV)
+    candidates = [explicit] if explicit else [
+        str(Path(folder) / GGUF_CONVERTER) if folder else None,
+        shutil.which(GGUF_CONVERTER),
+    ]
+    for candidate in filter(None, candidates):
+        if Path(candidate).is_file():
+            return Path(candidate)
+    tried = f"--converter {explicit} is no file" if explicit else f"no {GGUF_CONVERTER} in ${LLAMA_CPP_ENV} or on PATH"
+    raise ResultError(
+        f"GGUF export needs llama.cpp's {GGUF_CONVERTER} ({tried}); it is not on PyPI (the gguf package there "
+        f"only reads and writes the format): clone llama.cpp, `pip install -r llama.cpp/requirements.txt`, and pass "
+        f"--converter llama.cpp/{GGUF_CONVERTER} (or set {LLAMA_CPP_ENV})"
+    )
+
+
+def export_gguf(result: TrainedResult, converter: Path, outtype: str = "f16") -> Path:
+    """The merged model (merged first if needed) as output/<model>.gguf through llama.cpp's converter."""
+    merged = result.merged or merge_result(result)
+    target = result.output / f"model-{outtype}.gguf"
+    command = [sys.executable, str(converter), str(merged), "--outfile", str(target), "--outtype", outtype]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        last = (completed.stderr or completed.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise ResultError(f"{converter} failed (exit {completed.returncode}): {last[0]}")
+    return target
 
 
 def generate_text(result: TrainedResult, prompt: str, max_new_tokens: int | None = None) -> str:
@@ -108,16 +185,36 @@ def generate_text(result: TrainedResult, prompt: str, max_new_tokens: int | None
     return generate(model, tokenizer, render_inference_prompt(spec.dataset, tokenizer, prompt), spec)
 
 
-def generate_cli(output_dir: str | Path, prompt: str, max_new_tokens: int | None = None) -> int:
-    """`kubetune generate`: print the completion; 2 with a one-line reason when OUTPUT_DIR has no result."""
+def _one_line_errors(verb: str, action: Callable[[], str]) -> int:
+    """Print what `action` returns; a result, recipe or model problem is one line on stderr and exit 2."""
     from kubetune_trainer.model import ModelError
 
+    try:
+        print(action(), flush=True)
+    except (ResultError, RecipeError, ModelError) as error:
+        print(f"kubetune {verb}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def generate_cli(output_dir: str | Path, prompt: str, max_new_tokens: int | None = None) -> int:
+    """`kubetune generate`: print the completion; 2 with a one-line reason when OUTPUT_DIR has no result."""
     if max_new_tokens is not None and max_new_tokens < 1:
         print("kubetune generate: --max-new-tokens must be at least 1", file=sys.stderr)
         return 2
-    try:
-        print(generate_text(find_result(Path(output_dir)), prompt, max_new_tokens), flush=True)
-    except (ResultError, RecipeError, ModelError) as error:
-        print(f"kubetune generate: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return _one_line_errors("generate", lambda: generate_text(find_result(Path(output_dir)), prompt, max_new_tokens))
+
+
+def merge_cli(output_dir: str | Path) -> int:
+    """`kubetune merge`: write output/merged and print its path."""
+    return _one_line_errors("merge", lambda: f"merged: {merge_result(find_result(Path(output_dir)))}")
+
+
+def export_cli(output_dir: str | Path, *, converter: str | None = None, outtype: str = "f16") -> int:
+    """`kubetune export --gguf`: the converter is looked for first, before anything is merged."""
+
+    def export() -> str:
+        found = find_gguf_converter(converter)
+        return f"gguf: {export_gguf(find_result(Path(output_dir)), found, outtype)}"
+
+    return _one_line_errors("export", export)

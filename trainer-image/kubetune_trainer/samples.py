@@ -37,7 +37,9 @@ def generate_completion(model: Any, tokenizer: PreTrainedTokenizerBase, text: st
     import torch
 
     settings = spec.evaluation
-    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+    # Special tokens as TRL tokenized the training prompts (`tokenizer(text)`): formats.render_inference_prompt
+    # leaves out the bos that this adds, as the training prompts do.
+    inputs = tokenizer(text, return_tensors="pt").to(model.device)
     sampling: dict[str, Any] = {"do_sample": False}
     if settings.temperature > 0:
         sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
