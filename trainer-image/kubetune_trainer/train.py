@@ -326,7 +326,7 @@ def _export(job: Job, workspace: Workspace, trainer: Any, loaded: Loaded) -> dic
     from kubetune_trainer.model import load_model
 
     spec, output, tokenizer = job.spec, workspace.output, loaded.tokenizer
-    adapter = export.save_adapter(trainer, tokenizer, output)
+    adapter = export.save_adapter(trainer, tokenizer, output, spec.dataset)  # with the prompts' chat template
     outputs = {"adapterPath": str(adapter)}
     scores = evaluation.validation_metrics(trainer, spec)  # every rank: evaluate() is collective
     if not distributed.is_global_zero():
@@ -335,9 +335,11 @@ def _export(job: Job, workspace: Workspace, trainer: Any, loaded: Loaded) -> dic
     report = evaluation.write_report(trainer, tokenizer, spec, output, scores, loaded.data.validation)
     members.extend(report.files.values())
     outputs.update(report.pointers())  # samples.md and evaluation.json: the message only points at them
+    load_base = lambda: load_model(loaded.source, spec, workspace.models, dtype=loaded.dtype, quantize=False)
+    if loaded.source.gguf_file:  # a folder holding a GGUF file is no base that peft loads: export one
+        members.append(export.save_base(load_base, adapter, tokenizer, output, spec.dataset))
     if spec.output.merge_adapter:
-        load_base = lambda: load_model(loaded.source, spec, workspace.models, dtype=loaded.dtype, quantize=False)
-        merged = export.merge_adapter(load_base, adapter, tokenizer, output)
+        merged = export.merge_adapter(load_base, adapter, tokenizer, output, spec.dataset)
         outputs["mergedPath"] = str(merged)
         members.append(merged)
     summary = output / SUMMARY_FILE
