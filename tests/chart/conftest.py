@@ -35,6 +35,7 @@ KUBERNETES_VERSION = "1.33.0"  # what the emulated API server says it is
 MONITORING_RESOURCES = {
     "servicemonitors": "ServiceMonitor",
     "podmonitors": "PodMonitor",
+    "prometheusrules": "PrometheusRule",
 }
 
 

@@ -110,16 +110,52 @@ true
 {{- end -}}
 
 {{/*
-An image reference: repository, then "@digest" when a digest is set, else
-":tag" with the chart's appVersion as the default tag.
+An image reference: repository (under global.imageRegistry when set: that
+prefix and the repository's last path element, as scripts/build-images.sh
+names them), then "@digest" when a digest is set, else ":tag" with the chart's
+appVersion as the default tag.
 Usage: {{ include "kubetune.image" (dict "image" .Values.operator.image "context" $) }}
 */}}
 {{- define "kubetune.image" -}}
-{{- if .image.digest -}}
-{{- printf "%s@%s" .image.repository .image.digest -}}
-{{- else -}}
-{{- printf "%s:%s" .image.repository (default .context.Chart.AppVersion .image.tag) -}}
+{{- $repository := .image.repository -}}
+{{- with (.context.Values.global).imageRegistry -}}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) (base $repository) -}}
 {{- end -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $repository .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository (default .context.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+"true" when the trainer image set is the CPU variant (its tag ends in "-cpu"),
+the one the CPU quickstart needs; "" otherwise (a digest cannot tell).
+*/}}
+{{- define "kubetune.trainerImageIsCpu" -}}
+{{- if and (not .Values.trainer.image.digest) (hasSuffix "-cpu" (default .Chart.AppVersion .Values.trainer.image.tag)) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+The fields a ServiceMonitor endpoint and a PodMonitor podMetricsEndpoint share:
+interval, scrapeTimeout, relabelings and metricRelabelings from a monitor's values.
+Usage: {{- include "kubetune.scrapeSettings" .Values.metrics.podMonitor | nindent 6 }}
+*/}}
+{{- define "kubetune.scrapeSettings" -}}
+interval: {{ .interval }}
+{{- with .scrapeTimeout }}
+scrapeTimeout: {{ . }}
+{{- end }}
+{{- with .relabelings }}
+relabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .metricRelabelings }}
+metricRelabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end -}}
 
 {{/*
