@@ -27,7 +27,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from kubetune_operator import names, render
+from kubetune_operator import classify, names, render
 from kubetune_operator.events import build_event
 from kubetune_operator.kube import KubeApi, api_error_message
 from kubetune_operator.metrics import OperatorMetrics
@@ -58,6 +58,10 @@ def merge_patch(old: Any, new: Any) -> Any:
 
 class ChildConflict(Exception):
     """A child's name is taken by an object that is not this FineTuneJob's."""
+
+
+class ChildPending(Exception):
+    """A child's name is still held by a deleted incarnation's object; creation waits for the collector."""
 
 
 class Controller:
@@ -135,11 +139,20 @@ class Controller:
             self.forget(namespace, name)
             return None
         selector = {names.LABEL_FINETUNEJOB: name}
-        jobs = self.kube.list("Job", namespace, selector)
-        pods = self.kube.list("Pod", namespace, selector)
+        uid = body["metadata"].get("uid")
+        # Children by their controller's uid, never by label alone: a FineTuneJob deleted and re-created
+        # under the same name leaves labelled Jobs and pods that the garbage collector removes later.
+        labelled_jobs = self.kube.list("Job", namespace, selector)
+        jobs = [job for job in labelled_jobs if _controlled_by(job, {uid})]
+        job_uids = {job["metadata"]["uid"] for job in jobs}
+        labelled_pods = self.kube.list("Pod", namespace, selector)
+        pods = [pod for pod in labelled_pods if _controlled_by(pod, job_uids)]
+        leftovers = [f"Job {job['metadata']['name']}" for job in labelled_jobs if job["metadata"]["uid"] not in job_uids]
+        leftovers += [f"Pod {pod['metadata']['name']}" for pod in labelled_pods
+                      if not _controlled_by(pod, job_uids) and classify.pod_alive(pod)]
         progress, checkpoint = polled if polled is not None else (None, None)
         return Observed(
-            body=body, now=self.clock(), jobs=jobs, pods=pods,
+            body=body, now=self.clock(), jobs=jobs, pods=pods, leftovers=leftovers,
             accepted_spec=self._accepted_spec(body), progress=progress, checkpoint=checkpoint,
         )
 
@@ -217,6 +230,9 @@ class Controller:
                         self._adopt(child, body)
                     except ChildConflict as conflict:
                         return str(conflict)
+                    except ChildPending as pending:
+                        logger.info("%s: waiting for the garbage collector", pending)
+                        return None
                 elif error.status in (400, 422):
                     return f"{child['kind']} {child['metadata']['name']}: {api_error_message(error)}"
                 else:
@@ -224,7 +240,12 @@ class Controller:
         return None
 
     def _adopt(self, child: dict[str, Any], owner: Mapping[str, Any]) -> None:
-        """A child already exists: keep it if it is ours, take over one left by an earlier incarnation."""
+        """A child already exists: keep it if this FineTuneJob owns it (an operator restart), else refuse.
+
+        A child of another owner is either a stranger's object of the same name (a conflict the user
+        must resolve) or a deleted incarnation's that the garbage collector has not removed yet: the
+        reconcile waits for those (`Observed.leftovers`), so reaching here with one is a conflict.
+        """
         meta = child["metadata"]
         existing = self.kube.get(child["kind"], meta["namespace"], meta["name"])
         if existing is None:
@@ -235,14 +256,15 @@ class Controller:
                 f"{child['kind']} {meta['name']} already exists and does not belong to this FineTuneJob "
                 f"(no {names.LABEL_FINETUNEJOB}={owner['metadata']['name']} label): delete or rename it"
             )
-        uid = owner["metadata"].get("uid")
-        if child["kind"] in ("ConfigMap", "Service") and not _owned_by(existing, uid):
-            # Left by a deleted FineTuneJob of the same name and not yet collected: make it this one's.
-            update: dict[str, Any] = {"metadata": {"ownerReferences": meta.get("ownerReferences")}}
-            if child["kind"] == "ConfigMap":
-                update["data"] = child["data"]
-            self.kube.patch(child["kind"], meta["namespace"], meta["name"], update)
-            logger.info("adopted %s %s/%s", child["kind"], meta["namespace"], meta["name"])
+        if child["kind"] == "PersistentVolumeClaim" or _owned_by(existing, owner["metadata"].get("uid")):
+            return  # ours, or the retained claim that outlives every incarnation by design
+        raise ChildPending(f"{child['kind']} {meta['name']} still belongs to a deleted FineTuneJob of this name")
+
+
+def _controlled_by(obj: Mapping[str, Any], uids: set[str | None]) -> bool:
+    """Whether the object's controller ownerReference points at one of `uids`."""
+    references = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(reference.get("controller") and reference.get("uid") in uids for reference in references)
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:

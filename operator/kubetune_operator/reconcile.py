@@ -67,6 +67,9 @@ PREEMPTION_LIMIT_EXCEEDED = "PreemptionLimitExceeded"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 COMPLETED = "Completed"
 IMMUTABLE_FIELD_CHANGED = "ImmutableFieldChanged"
+# Running=False while a deleted FineTuneJob of the same name still has children (see `Observed.leftovers`).
+WAITING_FOR_PREVIOUS = "WaitingForGarbageCollection"
+LEFTOVER_RETRY_SECONDS = 2.0
 
 WARNING_REASONS = frozenset(
     {
@@ -139,6 +142,9 @@ class Observed:
     progress: Progress | None = None  # last poll of rank 0's metrics, best effort
     checkpoint: CheckpointStatus | None = None
     rejected: str | None = None  # the API server refused this attempt's children (422): its message
+    # Objects with this FineTuneJob's name label that another incarnation owns (a FineTuneJob of the
+    # same name, deleted, whose children the garbage collector has not removed yet): "Kind name" each.
+    leftovers: Sequence[str] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -423,6 +429,15 @@ def _next_attempt(draft: _Draft, observed: Observed) -> Action:
                       (due - draft.now).total_seconds())
     if any(classify.pod_alive(pod) for pod in observed.pods):
         return NO_ACTION  # the previous gang is still stopping (saving a checkpoint); its pod events return here
+    if observed.leftovers:
+        # Same names, another owner: creating now would collide with (or, by name, adopt) the old
+        # incarnation's objects, and its pods may still write to a retained PVC. The garbage collector
+        # removes them; the resync comes back.
+        draft.set(RUNNING, False, WAITING_FOR_PREVIOUS,
+                  f"waiting for the objects of a deleted FineTuneJob of the same name to be garbage collected: "
+                  f"{', '.join(observed.leftovers[:3])}")
+        return Action(ActionType.CREATE_ATTEMPT, attempt, names.job_name(_name(observed), attempt),
+                      LEFTOVER_RETRY_SECONDS)
     return Action(ActionType.CREATE_ATTEMPT, attempt, names.job_name(_name(observed), attempt))
 
 

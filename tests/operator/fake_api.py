@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
+
+from tests.operator.objects import uid_of
 
 
 def apply_merge_patch(target: Any, patch: Any) -> Any:
@@ -42,7 +43,7 @@ class FakeKube:
     def put(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Store an object as if it existed before (fills uid)."""
         obj = copy.deepcopy(obj)
-        obj["metadata"].setdefault("uid", str(uuid.uuid4()))
+        obj["metadata"].setdefault("uid", uid_of(obj["kind"], obj["metadata"]["name"]))
         self.objects[(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
         return obj
 

@@ -24,6 +24,19 @@ BASE_SPEC: dict[str, Any] = {
 }
 
 
+FINETUNEJOB_UID = "0b6c1e9e-4a57-4d0c-9d7e-2f1f7a3c1d00"
+
+
+def uid_of(kind: str, name: str) -> str:
+    """The uid an object gets in these tests: stable, so pods can name their Job as controller."""
+    return f"{kind.lower()}-{name}-uid"
+
+
+def controller_reference(kind: str, name: str, uid: str) -> list[dict[str, Any]]:
+    """ownerReferences naming a controller, as the API stores them."""
+    return [{"apiVersion": "v1", "kind": kind, "name": name, "uid": uid, "controller": True}]
+
+
 def ago(seconds: float) -> str:
     """A timestamp `seconds` before NOW."""
     return (NOW - dt.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -42,7 +55,7 @@ def finetunejob(spec: dict[str, Any] | None = None, status: dict[str, Any] | Non
         "metadata": {
             "name": NAME,
             "namespace": NAMESPACE,
-            "uid": "0b6c1e9e-4a57-4d0c-9d7e-2f1f7a3c1d00",
+            "uid": FINETUNEJOB_UID,
             "generation": 1,
             "creationTimestamp": ago(3600),
         },
@@ -66,7 +79,9 @@ def attempt_job(attempt: int, state: str = "active", message: str = "", queue: s
     job: dict[str, Any] = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": names.job_name(NAME, attempt), "namespace": NAMESPACE, "labels": labels},
+        "metadata": {"name": names.job_name(NAME, attempt), "namespace": NAMESPACE, "labels": labels,
+                     "uid": uid_of("Job", names.job_name(NAME, attempt)),
+                     "ownerReferences": controller_reference("FineTuneJob", NAME, FINETUNEJOB_UID)},
         "spec": {"suspend": state == "suspended", "completions": 1, "parallelism": 1},
         "status": {"conditions": []},
     }
@@ -121,6 +136,8 @@ def pod(
             "name": name,
             "namespace": NAMESPACE,
             "labels": labels,
+            "ownerReferences": controller_reference("Job", names.job_name(NAME, attempt),
+                                                    uid_of("Job", names.job_name(NAME, attempt))),
             "annotations": {names.COMPLETION_INDEX_ANNOTATION: str(index)},
             "creationTimestamp": ago(created),
         },

@@ -81,21 +81,32 @@ def test_a_new_finetunejob_gets_its_children_and_one_status(kube: FakeKube, cont
     assert kube.verbs("create") == [] and kube.verbs("patch/status") == []  # nothing changed, nothing written
 
 
-def test_children_that_exist_are_adopted_not_duplicated(kube: FakeKube, controller: Controller) -> None:
+def test_a_previous_incarnations_children_are_waited_for_never_adopted(kube: FakeKube, controller: Controller) -> None:
     kube.put(finetunejob())
-    # Left by a deleted FineTuneJob of the same name: a retained PVC and a ConfigMap not yet collected.
+    # Left by a deleted FineTuneJob of the same name: a retained PVC, and a ConfigMap and a finished
+    # attempt Job that the garbage collector has not removed yet.
     kube.put({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {
         "name": "demo-data", "namespace": NAMESPACE, "labels": names.labels(NAME, "storage")}, "spec": {}})
     kube.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
         "name": "demo-recipe", "namespace": NAMESPACE, "labels": names.labels(NAME, "recipe"),
-        "ownerReferences": [{"uid": "old-uid", "name": NAME}]}, "data": {"recipe.json": "{}"}})
+        "ownerReferences": [{"uid": "old-uid", "name": NAME, "controller": True}]}, "data": {"recipe.json": "{}"}})
+    old_job = attempt_job(0, "complete")
+    old_job["metadata"]["ownerReferences"] = [{"uid": "old-uid", "name": NAME, "controller": True}]
+    kube.put(old_job)
     controller.reconcile(NAMESPACE, NAME)
-    configmap = kube.objects[("ConfigMap", NAMESPACE, "demo-recipe")]
+    assert status(kube)["phase"] == "Pending", status(kube)  # not Succeeded by the old attempt's Job
+    running = {c["type"]: c for c in status(kube)["conditions"]}["Running"]
+    assert running["reason"] == "WaitingForGarbageCollection" and "Job demo-0" in running["message"]
+    assert kube.objects[("ConfigMap", NAMESPACE, "demo-recipe")]["metadata"]["ownerReferences"][0]["uid"] == "old-uid"
+
+    del kube.objects[("Job", NAMESPACE, "demo-0")], kube.objects[("ConfigMap", NAMESPACE, "demo-recipe")]
+    controller.reconcile(NAMESPACE, NAME)  # collected: now this incarnation creates its own
     uid = kube.objects[("FineTuneJob", NAMESPACE, NAME)]["metadata"]["uid"]
+    assert kube.objects[("Job", NAMESPACE, "demo-0")]["metadata"]["ownerReferences"][0]["uid"] == uid
+    configmap = kube.objects[("ConfigMap", NAMESPACE, "demo-recipe")]
     assert configmap["metadata"]["ownerReferences"][0]["uid"] == uid
     assert json.loads(configmap["data"]["recipe.json"])["metadata"]["name"] == NAME
-    assert ("Job", NAMESPACE, "demo-0") in kube.objects
-    assert status(kube)["phase"] == "Pending"
+    assert "ownerReferences" not in kube.objects[("PersistentVolumeClaim", NAMESPACE, "demo-data")]["metadata"]
 
 
 def test_a_foreign_object_with_a_childs_name_fails_the_job_clearly(kube: FakeKube, controller: Controller) -> None:
