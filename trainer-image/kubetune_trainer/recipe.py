@@ -548,6 +548,12 @@ class Optimizer(str, Enum):
     adafactor = "adafactor"
 
 
+FUSED_LORA_REFUSAL = (
+    "training.fusedLora true needs a 4-bit or 16-bit base without ZeRO-3 (no fused path for an 8-bit base or "
+    "sharded weights): leave training.fusedLora unset, or set method.quantization.bits 4 and deepspeed.zeroStage < 3"
+)
+
+
 class TrainingSpec(KubeModel):
     """Hyperparameters of the training loop (TRL's SFTConfig names in camelCase)."""
 
@@ -637,6 +643,13 @@ class TrainingSpec(KubeModel):
         default=True,
         description="adapterInComputeDtype keeps the LoRA weights in bf16 when training in bf16 on GPUs, as TRL "
         "already does for quantized bases; default true. false keeps peft's fp32 adapters on 16-bit bases.",
+    )
+    fused_lora: bool | None = Field(
+        default=None,
+        description="fusedLora computes each LoRA projection and its frozen base matmul in one autograd step on "
+        "GPUs (the 4-bit weight dequantized on the fly, no extra passes over activations); default: on where it "
+        "applies (4-bit or 16-bit base, no ZeRO-3). true insists and is refused with an 8-bit base or ZeRO-3; "
+        "false keeps peft's forward.",
     )
 
     @model_validator(mode="after")
@@ -822,6 +835,13 @@ class FineTuneJobSpec(KubeModel):
                     "adamw_torch",
                     ".training.optimizer",
                 ),
+                _cel_rule(
+                    "!has(self.training) || !has(self.training.fusedLora) || !self.training.fusedLora || "
+                    "!(has(self.method) && has(self.method.quantization) && has(self.method.quantization.bits) && "
+                    "self.method.quantization.bits == 8) && !(has(self.deepspeed) && self.deepspeed.zeroStage == 3)",
+                    FUSED_LORA_REFUSAL,
+                    ".training.fusedLora",
+                ),
             ]
         }
     )
@@ -931,6 +951,9 @@ class FineTuneJobSpec(KubeModel):
                 f"training.optimizer {training.optimizer.value} (bitsandbytes) cannot be combined with DeepSpeed "
                 "offload: set training.optimizer to adamw_torch"
             )
+        zero3 = self.deepspeed is not None and self.deepspeed.zero_stage == 3
+        if training.fused_lora and (self.method.quantization.bits == 8 or zero3):
+            problems.append(FUSED_LORA_REFUSAL)
         return problems
 
 

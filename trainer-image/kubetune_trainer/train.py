@@ -144,7 +144,7 @@ def build_trainer(
     """
     from trl import SFTTrainer
 
-    from kubetune_trainer import speed
+    from kubetune_trainer import fused_lora, speed
     from kubetune_trainer.model import lora_config
     from kubetune_trainer.recipe import MethodType
 
@@ -167,6 +167,7 @@ def build_trainer(
             callbacks=callbacks,
         )
     speed.cast_adapter(trainer.model, spec, bf16=bool(config.bf16))  # training.adapterInComputeDtype
+    fused_lora.apply_from_recipe(trainer.model, spec)  # training.fusedLora, after the cast it checks dtypes against
     return trainer
 
 
