@@ -1,13 +1,35 @@
-"""The launcher's pure parts: processes to start, outcomes to exit codes, the termination message."""
+"""The launcher: processes to start, outcomes to exit codes, the termination message, the watch over
+the other pods (its decision as a table, its beats over a real TCPStore), the trainer dying with
+its launcher, and `kubetune run`'s workspace lock.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from kubetune_trainer.contract import TERMINATION_MESSAGE_LIMIT, Env, ExitCode
-from kubetune_trainer.launcher import LaunchSettings, exit_code, read_outcomes, termination_message, trainer_command
+import psutil
+import pytest
+import yaml
+from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER, TERMINATION_MESSAGE_LIMIT, Env, ExitCode
+from kubetune_trainer.launcher import (
+    PEER_LOST,
+    LaunchSettings,
+    exit_code,
+    peer_watch,
+    read_outcomes,
+    termination_message,
+    trainer_command,
+)
+from kubetune_trainer.local import WorkspaceBusy, lock_workspace
+from kubetune_trainer.peers import TIMEOUT_ENV, PeerView, PeerWatch, lost_peer
 from kubetune_trainer.train import Outcome
+
+from tests.trainer.sft_runs import free_port, launcher_env, sft_spec, wait_for, wait_for_checkpoint
 
 
 def _settings(**kwargs: object) -> LaunchSettings:
@@ -25,6 +47,14 @@ def test_settings_come_from_the_contract_env() -> None:
     defaults = LaunchSettings.from_env({})
     assert defaults.recipe == Path("/etc/kubetune/recipe.json") and defaults.workspace == Path("/workspace")
     assert not defaults.distributed
+    assert defaults.peer_timeout == 30.0 and LaunchSettings.from_env({TIMEOUT_ENV: "7.5"}).peer_timeout == 7.5
+
+
+def test_only_several_pods_watch_each_other_on_the_port_after_the_rendezvous() -> None:
+    assert peer_watch(_settings(nproc_per_node=2)) is None
+    watch = peer_watch(_settings(nnodes=2, node_rank=1, master_addr="job-0.job", master_port=29500, peer_timeout=20))
+    assert watch is not None and (watch.node, watch.host, watch.port, watch.timeout) == (1, "job-0.job", 29501, 20)
+    assert watch.interval == 2.0
 
 
 def test_one_process_runs_the_trainer_directly(tmp_path: Path) -> None:
@@ -89,3 +119,199 @@ def test_a_long_reason_is_cut_to_stay_under_the_limit() -> None:
 def test_no_outcome_at_all_still_explains() -> None:
     body = json.loads(termination_message(ExitCode.FAILED, [], -9))
     assert body["reason"] == "Failed" and "exit status -9" in body["message"]
+
+
+def test_a_lost_pod_is_named_in_the_termination_message() -> None:
+    body = json.loads(termination_message(ExitCode.FAILED, [], -9, lost="pod 1 of the attempt stopped answering"))
+    assert body["reason"] == PEER_LOST and body["message"].startswith("pod 1 of the attempt stopped answering")
+    # A pod whose ranks all stopped before it was ended keeps their answer.
+    stopped = {"status": "stopped", "message": "stopped at step 6 on request", "rank": 0}
+    body = json.loads(termination_message(ExitCode.STOPPED, [stopped], -9, lost="pod 1 ..."))
+    assert body["reason"] == "Stopped"
+
+
+TIMEOUT = 30.0
+NOW = 1000.0
+
+
+def _beating(last: float) -> PeerView:
+    return PeerView(beats=7, last_beat=last)
+
+
+def _exited(code: int, at: float) -> PeerView:
+    return PeerView(beats=7, last_beat=at, exit_code=code, exited_at=at)
+
+
+@pytest.mark.parametrize(
+    ("views", "lost"),
+    [
+        pytest.param({1: PeerView()}, None, id="never seen: torchrun's rendezvous bounds the wait to join"),
+        pytest.param({1: _beating(NOW - 1)}, None, id="beating"),
+        pytest.param({1: _beating(NOW - TIMEOUT + 0.5)}, None, id="silent just under the timeout"),
+        pytest.param({1: _beating(NOW - TIMEOUT)}, "pod 1 of the attempt stopped answering (no heartbeat for 30 s)",
+                     id="silent for the timeout"),
+        pytest.param({1: _exited(0, NOW - 500)}, None, id="succeeded long ago (pod 0 may export for minutes)"),
+        pytest.param({1: _exited(75, NOW - 500)}, None, id="stopped after the agreed checkpoint long ago"),
+        pytest.param({1: _exited(1, NOW - 5)}, None, id="failed just now: this pod may still fail on its own"),
+        pytest.param({1: _exited(1, NOW - TIMEOUT)}, "pod 1 of the attempt exited 1 30 s ago",
+                     id="failed a timeout ago"),
+        pytest.param({1: _exited(2, NOW - 40)}, "pod 1 of the attempt exited 2 40 s ago", id="invalid a while ago"),
+        pytest.param({2: _beating(NOW - 60), 1: _beating(NOW - 45)}, "pod 1 of", id="the first lost pod by index"),
+        pytest.param({0: _beating(NOW), 2: _beating(NOW - 31)}, "pod 2 of", id="one lost among beating ones"),
+        pytest.param({1: _exited(0, NOW - 90), 2: _beating(NOW - 2)}, None, id="one finished, one beating"),
+    ],
+)
+def test_when_a_pod_counts_as_lost(views: dict[int, PeerView], lost: str | None) -> None:
+    verdict = lost_peer(views, NOW, TIMEOUT)
+    assert verdict == lost if lost is None else verdict is not None and verdict.startswith(lost), verdict
+
+
+def test_a_view_moves_only_when_the_counter_does() -> None:
+    view = PeerView().observed(0, None, 1.0)
+    assert view.last_beat is None  # the counter is still 0: never seen
+    view = view.observed(3, None, 2.0).observed(3, None, 9.0)
+    assert (view.beats, view.last_beat) == (3, 2.0)
+    view = view.observed(4, 1, 10.0).observed(4, 1, 11.0)
+    assert (view.exit_code, view.exited_at) == (1, 10.0)
+
+
+WATCHING_POD = """
+import sys, time
+from kubetune_trainer.peers import PeerWatch
+PeerWatch(int(sys.argv[1]), int(sys.argv[2]), "127.0.0.1", int(sys.argv[3]), timeout=float(sys.argv[4])).start()
+print("watching", flush=True)
+time.sleep(600)
+"""
+
+
+def _watching_pod(node: int, nnodes: int, port: int, timeout: float) -> subprocess.Popen[str]:
+    """A launcher's watch alone in a process of its own, to be killed -9 as a lost pod is."""
+    process = subprocess.Popen([sys.executable, "-c", WATCHING_POD, str(node), str(nnodes), str(port), str(timeout)],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "watching"
+    return process
+
+
+def _lost_within(watch: PeerWatch, bound: float) -> tuple[str, float]:
+    started = time.monotonic()
+    while (lost := watch.lost()) is None:
+        assert time.monotonic() - started < bound, f"nothing lost within {bound} s: {watch.views()}"
+        time.sleep(0.05)
+    return lost, time.monotonic() - started
+
+
+def _seen(watch: PeerWatch, *nodes: int) -> None:
+    deadline = time.monotonic() + 60
+    while not all(watch.views()[node].beats for node in nodes):
+        assert time.monotonic() < deadline, watch.views()
+        time.sleep(0.05)
+
+
+def test_watches_over_a_real_store_tell_a_killed_pod_from_a_finished_one() -> None:
+    port, timeout = free_port(), 1.0
+    host = PeerWatch(0, 3, "127.0.0.1", port, timeout=timeout)
+    host.start()
+    finished = PeerWatch(1, 3, "127.0.0.1", port, timeout=timeout)
+    finished.start()
+    killed = _watching_pod(2, 3, port, timeout)
+    try:
+        _seen(host, 1, 2)
+        finished.finish(ExitCode.SUCCESS)
+        killed.kill()
+        killed.wait()
+        lost, after = _lost_within(host, bound=10 * timeout)
+        assert lost.startswith("pod 2 of the attempt stopped answering"), lost
+        assert host.views()[1].exit_code == 0, "the finished pod said so, and is not the lost one"
+    finally:
+        killed.kill()
+        host.finish(ExitCode.FAILED)
+
+
+def test_a_pod_sees_the_store_host_lost_when_pod_0_dies() -> None:
+    port, timeout = free_port(), 1.0
+    pod0 = _watching_pod(0, 2, port, timeout)
+    pod1 = PeerWatch(1, 2, "127.0.0.1", port, timeout=timeout)
+    pod1.start()
+    try:
+        _seen(pod1, 0)
+        pod0.kill()
+        pod0.wait()
+        lost, _ = _lost_within(pod1, bound=10 * timeout)
+        assert lost.startswith("pod 0 of the attempt stopped answering"), lost
+    finally:
+        pod0.kill()
+        pod1.finish(ExitCode.FAILED)
+
+
+LAUNCHER_STAND_IN = """
+import subprocess, sys, time
+from kubetune_trainer import lifeline
+child = subprocess.Popen(lifeline.wrap([sys.executable, "-c", "import time; time.sleep(300)"]), start_new_session=True)
+print(child.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def test_the_trainer_dies_with_its_launcher_though_in_a_session_of_its_own() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", LAUNCHER_STAND_IN], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = psutil.Process(int(parent.stdout.readline()))
+    try:
+        wait_for(lambda: "sleep(300)" in " ".join(child.cmdline()), parent, timeout=30)  # exec'd past the lifeline
+        parent.kill()
+        parent.wait()
+        child.wait(timeout=30)  # raises psutil.TimeoutExpired if it outlives its parent
+    finally:
+        parent.kill()
+        if child.is_running():
+            child.kill()
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                                        "metadata": {"name": "toy"}, "spec": sft_spec("m", "d.jsonl")}))
+    (tmp_path / "file").write_text("not a folder")
+    result = subprocess.run([sys.executable, "-m", "kubetune_operator.cli", "run", str(manifest),
+                             "--output", str(tmp_path / "file" / "out")], capture_output=True, text=True, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "cannot write the output folder" in result.stderr, result.stderr
+    assert "--output DIR" in result.stderr
+
+
+@pytest.mark.slow
+def test_kill_9_of_kubetune_run_leaves_no_trainer_and_a_busy_workspace_is_refused(
+    tiny_llama: Path, toy_data: Path, tmp_path: Path
+) -> None:
+    """The trainer gets SIGTERM when `kubetune run` is killed, checkpoints and ends; the lock goes with it."""
+    spec = sft_spec(tiny_llama, toy_data, training={"maxSteps": 100000, "saveSteps": 5, "reportTo": []})
+    manifest, workspace = tmp_path / "job.yaml", tmp_path / "ws"
+    manifest.write_text(yaml.safe_dump({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                                        "metadata": {"name": "toy"}, "spec": spec}))
+    command = [sys.executable, "-m", "kubetune_operator.cli", "run", str(manifest), "--output", str(workspace)]
+    env = launcher_env(manifest, workspace)
+    with open(tmp_path / "run.log", "w", encoding="utf-8") as log:
+        run = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_checkpoint(workspace, 5, run)
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert second.stderr.count("\n") == 1 and "in use by another kubetune run" in second.stderr, second.stderr
+        trainers = psutil.Process(run.pid).children()
+        assert trainers, "kubetune run started no trainer"
+    finally:
+        run.kill()
+        run.wait()
+    _, alive = psutil.wait_procs(trainers, timeout=120)
+    assert not alive, f"the trainer outlived kubetune run: {alive}"
+    output = (tmp_path / "run.log").read_text()
+    assert "got SIGTERM: saving a checkpoint" in output, output[-3000:]
+    steps = [int(p.parent.name.split("-")[1]) for p in (workspace / "output" / "checkpoints").glob(
+        f"checkpoint-*/{CHECKPOINT_COMPLETE_MARKER}")]
+    assert max(steps) > 5, f"no checkpoint at the stop step: {steps}"
+    lock = lock_workspace(workspace)  # the kernel dropped the lock with the last process of the run
+    try:
+        with pytest.raises(WorkspaceBusy, match="in use by another kubetune run"):
+            lock_workspace(workspace)
+    finally:
+        os.close(lock)

@@ -9,11 +9,18 @@ pods and a test kubelet can remap every path:
     KUBETUNE_NPROC_PER_NODE    trainer processes in this pod (default 1)
     KUBETUNE_NNODES, JOB_COMPLETION_INDEX, KUBETUNE_MASTER_ADDR, KUBETUNE_MASTER_PORT
                                the gang: pods, this pod's index, rendezvous host and port
+    KUBETUNE_PEER_TIMEOUT_SECONDS  how long another pod may be silent (or failed) before this one
+                               ends its trainer (default 30; the watch listens on the port after the rendezvous)
 
 One trainer process runs directly; more go through torchrun (`torch.distributed.run`),
 with gloo on the CPU. SIGTERM/SIGINT are forwarded once; the trainers checkpoint at
-an agreed step. torchrun reports 1 for every failure, so each rank writes its outcome
-to a file, and the launcher maps them to the documented exit codes:
+an agreed step. The trainer gets SIGTERM when the launcher dies (`lifeline`), so a kill -9
+of `kubetune run` leaves no orphan. With several pods the launchers watch each other
+(`peers`): when a pod is lost, the others end their trainers (blocked in a collective, they
+would not end on their own) and exit 1 with reason PeerLost, within
+KUBETUNE_PEER_TIMEOUT_SECONDS (default 30) plus a beat.
+
+torchrun reports 1 for every failure, so each rank writes its outcome to a file, and the launcher maps them to the documented exit codes:
 0 success, 2 invalid recipe or data, 75 stopped after a checkpoint, 1 anything else.
 
 The termination message is one JSON line under 2 KiB, written to the termination log
@@ -23,11 +30,12 @@ and printed last:
      "loss": 1.2, "evalLoss": 1.3, "tokensPerSecond": 812.5,
      "checkpoint": {"step": 40, "path": "..."}, "output": {"adapterPath": "...", ...}}
 
-reason is Completed, Stopped, InvalidRecipe or Failed.
+reason is Completed, Stopped, InvalidRecipe, Failed or PeerLost (or a trainer's own, e.g. UploadFailed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -40,8 +48,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from kubetune_trainer import contract
+from kubetune_trainer import contract, lifeline, peers
 from kubetune_trainer.contract import Env, ExitCode
+from kubetune_trainer.peers import PeerWatch
 
 REASONS = {
     ExitCode.SUCCESS: "Completed",
@@ -49,6 +58,8 @@ REASONS = {
     ExitCode.INVALID: "InvalidRecipe",
     ExitCode.FAILED: "Failed",
 }
+PEER_LOST = "PeerLost"
+"""Termination reason (exit 1, retried): another pod of the attempt was lost, so this one ended its trainer."""
 # Saving a checkpoint of a large model can take minutes; Kubernetes' grace period is the real bound.
 TORCHRUN_SHUTDOWN_TIMEOUT_S = 3600
 
@@ -65,6 +76,7 @@ class LaunchSettings:
     node_rank: int = 0
     master_addr: str = "127.0.0.1"
     master_port: int | None = None
+    peer_timeout: float = peers.DEFAULT_TIMEOUT_S
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> LaunchSettings:
@@ -80,12 +92,18 @@ class LaunchSettings:
             node_rank=int(env.get(Env.NODE_RANK, "0")),
             master_addr=env.get(Env.MASTER_ADDR, "127.0.0.1"),
             master_port=int(port) if port else None,
+            peer_timeout=float(env.get(peers.TIMEOUT_ENV, peers.DEFAULT_TIMEOUT_S)),
         )
 
     @property
     def distributed(self) -> bool:
         """Whether more than one trainer process takes part."""
         return self.nproc_per_node * self.nnodes > 1
+
+    @property
+    def rendezvous_port(self) -> int:
+        """The port of torchrun's rendezvous (pods agree on it; one pod picks any free one)."""
+        return self.master_port or (_free_port() if self.nnodes == 1 else contract.MASTER_PORT)
 
 
 def _free_port() -> int:
@@ -109,7 +127,7 @@ def trainer_command(settings: LaunchSettings, outcome_dir: Path) -> list[str]:
                "--workspace", str(settings.workspace), "--outcome-dir", str(outcome_dir)]
     if not settings.distributed:
         return [sys.executable, *trainer]
-    port = settings.master_port or (_free_port() if settings.nnodes == 1 else contract.MASTER_PORT)
+    port = settings.rendezvous_port
     return [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc-per-node={settings.nproc_per_node}",
@@ -146,8 +164,13 @@ def exit_code(outcomes: list[dict[str, Any]], expected: int, returncode: int) ->
     return ExitCode.SUCCESS if returncode == 0 else ExitCode.FAILED
 
 
-def termination_message(code: ExitCode, outcomes: list[dict[str, Any]], returncode: int) -> str:
-    """One JSON line under contract.TERMINATION_MESSAGE_LIMIT bytes describing how the run ended."""
+def termination_message(
+    code: ExitCode, outcomes: list[dict[str, Any]], returncode: int, lost: str | None = None
+) -> str:
+    """One JSON line under contract.TERMINATION_MESSAGE_LIMIT bytes describing how the run ended.
+
+    `lost` says which other pod was lost when the launcher ended the trainer for it.
+    """
     # The lowest rank that ended the way the pod ends explains it best (rank 0 holds the outputs).
     wanted = {ExitCode.INVALID: "invalid", ExitCode.FAILED: "failed", ExitCode.STOPPED: "stopped"}.get(code, "succeeded")
     main = next((o for o in outcomes if o["status"] == wanted), outcomes[0] if outcomes else {})
@@ -156,6 +179,9 @@ def termination_message(code: ExitCode, outcomes: list[dict[str, Any]], returnco
     )
     progress = main.get("progress") or {}
     body: dict[str, Any] = {"exitCode": int(code), "reason": main.get("reason") or REASONS[code], "message": message}
+    if lost is not None and code == ExitCode.FAILED:
+        # What a rank said then is an echo of the loss (gloo's "connection closed by peer"), when it said anything.
+        body.update(reason=PEER_LOST, message=f"{lost}; ended this pod's trainer so the attempt can restart")
     for key in ("step", "totalSteps", "loss", "evalLoss", "tokensPerSecond"):
         if key in progress:
             body[key] = round(progress[key], 4) if isinstance(progress[key], float) else progress[key]
@@ -201,24 +227,74 @@ def _child_env(settings: LaunchSettings, extra: dict[str, str] | None) -> dict[s
     return env
 
 
-def launch(settings: LaunchSettings, extra_env: dict[str, str] | None = None) -> ExitCode:
-    """Run the trainer processes to the end; write and print the termination message; return the exit code."""
+def peer_watch(settings: LaunchSettings) -> PeerWatch | None:
+    """This pod's watch over the other pods of the attempt; None for a single pod."""
+    if settings.nnodes <= 1:
+        return None
+    return PeerWatch(settings.node_rank, settings.nnodes, settings.master_addr,
+                     peers.watch_port(settings.rendezvous_port), settings.peer_timeout)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant: torchrun starts each worker in a session of its own,
+    and a worker blocked in a collective ignores SIGTERM."""
+    import psutil  # a dependency of accelerate, so of the trainer's stack
+
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]  # listed first: once the root dies they are reparented
+    except psutil.NoSuchProcess:
+        return
+    for process in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
+def supervise(process: subprocess.Popen[bytes], watch: PeerWatch | None) -> tuple[int, str | None]:
+    """Wait for the trainer; end it when the watch says another pod is lost. The exit status, and why it was ended."""
+    if watch is None:
+        return process.wait(), None
+    while True:
+        try:
+            return process.wait(timeout=watch.interval), None
+        except subprocess.TimeoutExpired:
+            lost = watch.lost()
+            if lost is not None:
+                print(f"kubetune-trainer: {lost}: ending this pod's trainer so the attempt can restart",
+                      file=sys.stderr, flush=True)
+                kill_tree(process.pid)
+                return process.wait(), lost
+
+
+def launch(
+    settings: LaunchSettings, extra_env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()
+) -> ExitCode:
+    """Run the trainer processes to the end; write and print the termination message; return the exit code.
+
+    `pass_fds` stay open in the trainer (`kubetune run`'s workspace lock lives as long as it does).
+    """
+    watch = peer_watch(settings)
+    if watch is not None:
+        watch.start()  # pod 0 listens before its trainer starts, so the other pods find it
     with tempfile.TemporaryDirectory(prefix="kubetune-outcome-") as folder:
         outcome_dir = Path(folder)
         # Its own session: a terminal's Ctrl-C reaches only the launcher, which forwards it once.
         process = subprocess.Popen(
-            trainer_command(settings, outcome_dir), env=_child_env(settings, extra_env), start_new_session=True
+            lifeline.wrap(trainer_command(settings, outcome_dir)), env=_child_env(settings, extra_env),
+            start_new_session=True, pass_fds=pass_fds,
         )
         forwarder = _Forwarder(process)
         previous = {signum: signal.signal(signum, forwarder) for signum in (signal.SIGTERM, signal.SIGINT)}
         try:
-            returncode = process.wait()
+            returncode, lost = supervise(process, watch)
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         outcomes = read_outcomes(outcome_dir)
     code = exit_code(outcomes, settings.nproc_per_node, returncode)
-    line = termination_message(code, outcomes, returncode)
+    if watch is not None:
+        watch.finish(code)
+    line = termination_message(code, outcomes, returncode, lost)
     _write_termination_log(settings.termination_log, line)
     print(line, flush=True)
     return code

@@ -7,12 +7,19 @@ the same command again resumes from the newest complete checkpoint.
 
 Relative `model.name` and `dataset.path` are resolved against the manifest's folder
 before the recipe is written, so recipe.json is what a pod could run as is.
+
+One run at a time per workspace: `DIR/.kubetune-run.lock` is locked (flock) for as long as
+any process of the run lives, the trainer included (it inherits the lock, and ends with a
+checkpoint when `kubetune run` is killed), so a second `kubetune run` on it is refused with
+one line and exit 2 instead of writing into the same checkpoints.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import sys
 from pathlib import Path
 
 from kubetune_trainer.contract import Env, ExitCode
@@ -59,12 +66,58 @@ def write_recipe(job: FineTuneJob, base_dir: Path, workspace: Path) -> Path:
     return path
 
 
+LOCK_FILE = ".kubetune-run.lock"
+
+
+class WorkspaceBusy(Exception):
+    """Another `kubetune run` (or the trainer it left finishing) holds the workspace."""
+
+
+def lock_workspace(workspace: Path) -> int:
+    """Create `workspace` and lock it for this run; the lock's file descriptor (pass it on to the trainer).
+
+    Raises WorkspaceBusy when another run holds it, OSError when the folder cannot be written.
+    flock rather than a pid file: the kernel drops the lock when the last process holding it
+    ends, however it ends, so a killed run never leaves a stale lock behind.
+    """
+    workspace.mkdir(parents=True, exist_ok=True)
+    fd = os.open(workspace / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise WorkspaceBusy(
+            f"{workspace} is in use by another kubetune run (started by pid {holder}); "
+            "wait for it to end, or pass --output DIR to train into another folder"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 def run_local(path: str | Path, output: str | Path | None = None) -> int:
-    """Train the FineTuneJob in `path` locally; returns the launcher's exit code."""
+    """Train the FineTuneJob in `path` locally; returns the launcher's exit code (2 if the workspace is unusable)."""
     manifest = Path(path)
     job = load_finetunejob(manifest)
     workspace = Path(output) if output else Path("out") / job.metadata.name
     workspace = workspace.resolve()
+    try:
+        lock = lock_workspace(workspace)
+    except WorkspaceBusy as error:
+        print(f"kubetune run: {error}", file=sys.stderr, flush=True)
+        return int(ExitCode.INVALID)
+    except OSError as error:
+        print(f"kubetune run: cannot write the output folder {workspace} ({error.strerror}); "
+              "pass --output DIR with a writable folder", file=sys.stderr, flush=True)
+        return int(ExitCode.INVALID)
+    try:
+        return _train(job, manifest, workspace, lock)
+    finally:
+        os.close(lock)
+
+
+def _train(job: FineTuneJob, manifest: Path, workspace: Path, lock: int) -> int:
     recipe = write_recipe(job, manifest.resolve().parent, workspace)
     settings = LaunchSettings(
         recipe=recipe,
@@ -81,6 +134,7 @@ def run_local(path: str | Path, output: str | Path | None = None) -> int:
             Env.JOB_NAME: job.metadata.name,
             Env.NAMESPACE: job.metadata.namespace or "local",
         },
+        pass_fds=(lock,),
     )
     if code == ExitCode.SUCCESS:
         print(f"adapter: {workspace / 'output' / 'adapter'}", flush=True)
