@@ -4,6 +4,9 @@ The reference is one uninterrupted run; the others are cut short (SIGKILL after 
 checkpoint and in the middle of the next save, plus a left-over partial folder; SIGTERM
 through the launcher) and restarted through the launcher. LoRA dropout is on, so a
 resume that restored the wrong RNG state would show.
+
+And the resume point's rules: a finished run rerun changes nothing; a recipe edited into
+another checkpoint shape (lora.r 8 -> 4) is refused with one line, before anything loads.
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ def _spec(tiny_llama: Path, toy_data: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, toy_data: Path) -> dict[str, Any]:
-    """The adapter of an uninterrupted run."""
+def reference_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, toy_data: Path) -> tuple[Path, Any]:
+    """The recipe and workspace of an uninterrupted run."""
     folder = tmp_path_factory.mktemp("reference")
     workspace = folder / "ws"
     result = run_launcher(write_recipe(folder, _spec(tiny_llama, toy_data)), workspace)
@@ -58,7 +61,13 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, toy_da
     kept = list_checkpoints(workspace / "output" / "checkpoints")
     assert [checkpoint.step for checkpoint in kept] == [25, 30]
     assert all(checkpoint.complete for checkpoint in kept)
-    return adapter_tensors(workspace / "output" / "adapter")
+    return folder / "recipe.json", workspace
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run: tuple[Path, Path]) -> dict[str, Any]:
+    """The adapter of an uninterrupted run."""
+    return adapter_tensors(reference_run[1] / "output" / "adapter")
 
 
 def test_sigkill_mid_save_then_restart_is_bit_identical(
@@ -107,3 +116,48 @@ def test_sigterm_checkpoints_exits_75_and_resumes_bit_identical(
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert termination_message(workspace)["step"] == STEPS
     assert_identical(adapter_tensors(workspace / "output" / "adapter"), reference)
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in folder.rglob("*") if path.is_file()}
+
+
+def test_rerunning_a_finished_run_changes_nothing(reference_run: tuple[Path, Path]) -> None:
+    recipe, workspace = reference_run
+    output = workspace / "output"
+    before = _snapshot(output)
+
+    result = run_launcher(recipe, workspace)
+
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    message = termination_message(workspace)
+    assert message["message"] == f"already finished at step {STEPS}: nothing changed (kubetune run --fresh starts over)"
+    assert message["step"] == STEPS and message["output"]["adapterPath"] == str(output / "adapter")
+    assert "resuming from" not in log
+    assert _snapshot(output) == before  # not a byte written: no step 31, no re-export
+
+
+@pytest.mark.parametrize("finished", [True, False], ids=["finished run", "stopped run"])
+def test_another_checkpoint_shape_is_refused_before_anything_loads(
+    reference_run: tuple[Path, Path], tiny_llama: Path, toy_data: Path, tmp_path: Path, finished: bool
+) -> None:
+    workspace = tmp_path / "ws"
+    source = reference_run[1] / "output"
+    shutil.copytree(source if finished else source / "checkpoints",
+                    workspace / "output" if finished else workspace / "output" / "checkpoints")
+    spec = _spec(tiny_llama, toy_data)
+    spec["method"]["lora"]["r"] = 4
+    before = _snapshot(workspace / "output")
+
+    result = run_launcher(write_recipe(tmp_path, spec), workspace)
+
+    assert result.returncode == 2
+    message = termination_message(workspace)
+    assert message["reason"] == "InvalidRecipe"
+    assert "method.lora.r was 8, now 4" in message["message"] and "--fresh" in message["message"]
+    assert "--output" in message["message"] and "\n" not in message["message"]
+    log = result.stdout + result.stderr
+    assert "Traceback" not in log and "size mismatch" not in log and "resuming from" not in log
+    assert _snapshot(workspace / "output") == before
