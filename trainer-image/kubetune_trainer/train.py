@@ -39,6 +39,8 @@ from kubetune_trainer.signals import StopRequest, stop_callback
 if TYPE_CHECKING:
     from transformers import Trainer
 
+    from kubetune_trainer.checkpoints import ResumePoint
+
 log = logging.getLogger("kubetune_trainer")
 
 PROGRESS_ENV = "KUBETUNE_PROGRESS"
@@ -235,7 +237,7 @@ def _hub_call(load: Any, spec: FineTuneJobSpec) -> Any:
 
 def _callbacks(job: Job, stop: StopRequest) -> tuple[list[Any], Any, Any]:
     """The kubetune callbacks in the order they must run, the progress tracker and the metrics."""
-    from kubetune_trainer.checkpoints import CompleteCheckpointCallback
+    from kubetune_trainer.checkpoints import CompleteCheckpointCallback, checkpoint_shape
     from kubetune_trainer.metrics import ProgressCallback, TrainerMetrics
 
     metrics = None
@@ -249,7 +251,9 @@ def _callbacks(job: Job, stop: StopRequest) -> tuple[list[Any], Any, Any]:
 
             listeners = (ProgressBar(),)
     progress = ProgressCallback(metrics, listeners)
-    checkpoint = CompleteCheckpointCallback(job.spec.training.save_total_limit, on_saved=progress.checkpoint_saved)
+    checkpoint = CompleteCheckpointCallback(
+        job.spec.training.save_total_limit, on_saved=progress.checkpoint_saved, shape=checkpoint_shape(job.spec)
+    )
     # The stop callback first: it sets should_save, which the checkpoint timer then sees.
     return [stop_callback(stop), checkpoint, progress], progress, metrics
 
@@ -258,9 +262,12 @@ def train(job: Job, workspace: Workspace, stop: StopRequest) -> Outcome:
     """Load, train, export; returns this rank's outcome (InvalidInput for bad recipe/data)."""
     import torch
 
-    from kubetune_trainer.checkpoints import newest_complete
+    from kubetune_trainer.checkpoints import checkpoint_shape, newest_complete, write_finished
     from kubetune_trainer.config import RunContext, build_sft_config
 
+    finished = _finished_or_refused(job, workspace)  # before anything loads: a rerun of a finished run is instant
+    if finished is not None:
+        return finished
     _quiet_libraries()
     spec = job.spec
     callbacks, progress, metrics = _callbacks(job, stop)
@@ -283,9 +290,10 @@ def train(job: Job, workspace: Workspace, stop: StopRequest) -> Outcome:
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    resume = _resume_point(workspace)
+    point = _resume_point(workspace)
+    resume, said = point.checkpoint, _also(point.note)
     if stop.requested:
-        return Outcome("stopped", "stopped before training started", progress.progress.as_dict(), _ckpt(resume))
+        return Outcome("stopped", "stopped before training started" + said, progress.progress.as_dict(), _ckpt(resume))
     if resume is not None:
         log.info("resuming from %s", resume.path)
     trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
@@ -294,28 +302,65 @@ def train(job: Job, workspace: Workspace, stop: StopRequest) -> Outcome:
         if metrics is not None:
             metrics.phase("done")
         saved = newest_complete(workspace.checkpoints)
-        return Outcome("stopped", f"stopped at step {state.global_step} on request", progress.progress.as_dict(), _ckpt(saved))
+        return Outcome(
+            "stopped", f"stopped at step {state.global_step} on request{said}", progress.progress.as_dict(), _ckpt(saved)
+        )
     if metrics is not None:
         metrics.phase("exporting")
     outputs = _export(job, workspace, trainer, loaded)
     if distributed.is_global_zero():  # upload to output.uri (resumable, verified); UploadError is retryable
         outputs.update(publish_outputs(spec, workspace.output, job_name=job.name, metrics=progress.progress.as_dict()))
+    outcome = Outcome(
+        "succeeded", "training completed" + said, progress.progress.as_dict(),
+        _ckpt(newest_complete(workspace.checkpoints)), outputs,
+    )
+    if distributed.is_global_zero():
+        write_finished(workspace.output, {"step": state.global_step, "shape": checkpoint_shape(spec), **outcome.__dict__})
     if metrics is not None:
         metrics.phase("done")
-    return Outcome(
-        "succeeded", "training completed", progress.progress.as_dict(), _ckpt(newest_complete(workspace.checkpoints)), outputs
-    )
+    return outcome
 
 
-def _resume_point(workspace: Workspace) -> Any:
-    """The newest complete checkpoint, after rank 0 removed the folders of saves killed half-way."""
-    from kubetune_trainer.checkpoints import newest_complete, remove_incomplete
+def _also(note: str) -> str:
+    return f" ({note})" if note else ""
 
+
+def _finished_or_refused(job: Job, workspace: Workspace) -> Outcome | None:
+    """The outcome of a run that already finished in `workspace`, None to train; InvalidInput for another shape.
+
+    A checkpoint of another shape (lora.r 8 -> 4, other target modules, base or quantization)
+    would die in a size-mismatch traceback on load, on every retry: it is refused here,
+    before anything is loaded. Read-only, so every rank may check before the process group exists.
+    """
+    from kubetune_trainer.checkpoints import checkpoint_shape, read_finished, recorded_shape, shape_changes
+
+    changes = shape_changes(recorded_shape(workspace.output, workspace.checkpoints) or {}, checkpoint_shape(job.spec))
+    if changes:
+        raise InvalidInput(
+            f"{workspace.output} holds a run whose checkpoints have another shape ({'; '.join(changes)}): "
+            "train into a new output (kubetune run --output DIR, or a new PVC) or start over (kubetune run --fresh)"
+        )
+    finished = read_finished(workspace.output)
+    if finished is None:
+        return None
+    message = f"already finished at step {finished.get('step')}: nothing changed (kubetune run --fresh starts over)"
+    log.info("%s", message)
+    return Outcome("succeeded", message, finished.get("progress") or {}, finished.get("checkpoint"), finished.get("output") or {})
+
+
+def _resume_point(workspace: Workspace) -> ResumePoint:
+    """The newest intact complete checkpoint, after rank 0 removed saves killed half-way and damaged ones."""
+    from kubetune_trainer.checkpoints import ResumePoint, choose_resume_point, newest_complete, remove_incomplete
+
+    chosen = None
     if distributed.is_global_zero():
         for path in remove_incomplete(workspace.checkpoints):
             log.warning("removed incomplete checkpoint %s (killed while saving)", path)
-    distributed.barrier()
-    return newest_complete(workspace.checkpoints)
+        chosen = choose_resume_point(workspace.checkpoints)
+        if chosen.note:
+            log.warning("%s", chosen.note)
+    distributed.barrier()  # the other ranks look only once rank 0 has removed what must not be loaded
+    return chosen or ResumePoint(newest_complete(workspace.checkpoints))
 
 
 def _ckpt(checkpoint: Any) -> dict[str, Any] | None:
