@@ -3,7 +3,7 @@
     kubetune crd [-o crds/finetunejob.yaml] [--check]   print or refresh the CRD
     kubetune validate examples/*.yaml                    the operator's checks, field by field (- : stdin)
     kubetune render job.yaml [--attempt N]               what the operator would create
-    kubetune run job.yaml [--output DIR]                 train locally through the pod's launcher
+    kubetune run job.yaml [--output DIR] [--fresh]       train locally through the pod's launcher
     kubetune generate OUTPUT_DIR "prompt"                try a trained adapter
     kubetune merge OUTPUT_DIR                            merge the adapter into its base (OUTPUT_DIR/merged)
     kubetune export OUTPUT_DIR --gguf                    the merged model as a GGUF file (llama.cpp)
@@ -191,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
     read_jobs(args.file)  # the one-line errors, before torch is imported
     from kubetune_trainer.local import run_local
 
-    return run_local(args.file, output=args.output)
+    return run_local(args.file, output=args.output, fresh=args.fresh)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -238,6 +238,7 @@ def make_parser() -> argparse.ArgumentParser:
     run = verbs.add_parser("run", help="fine-tune locally, as a trainer pod would")
     run.add_argument("file")
     run.add_argument("--output", default=None, help="workspace directory (default: ./out/<name>)")
+    run.add_argument("--fresh", action="store_true", help="start over: delete the workspace's results and checkpoints")
     run.set_defaults(func=_run)
 
     generate = verbs.add_parser("generate", help="generate with a trained adapter or merged model")

@@ -11,6 +11,7 @@ another checkpoint shape (lora.r 8 -> 4) is refused with one line, before anythi
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 from pathlib import Path
@@ -18,12 +19,14 @@ from typing import Any
 
 import pytest
 from kubetune_trainer.checkpoints import list_checkpoints
+from kubetune_operator import cli
 from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER
 
 from tests.trainer.sft_runs import (
     adapter_tensors,
     assert_identical,
     checkpoint_dir,
+    launcher_env,
     run_launcher,
     sft_spec,
     sigterm,
@@ -161,3 +164,29 @@ def test_another_checkpoint_shape_is_refused_before_anything_loads(
     log = result.stdout + result.stderr
     assert "Traceback" not in log and "size mismatch" not in log and "resuming from" not in log
     assert _snapshot(workspace / "output") == before
+
+
+def test_kubetune_run_fresh_starts_over_in_the_same_output(
+    reference_run: tuple[Path, Path], tiny_llama: Path, toy_data: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+) -> None:
+    workspace = tmp_path / "ws"
+    shutil.copytree(reference_run[1] / "output", workspace / "output")
+    spec = _spec(tiny_llama, toy_data)
+    spec["method"]["lora"]["r"] = 4
+    spec["training"]["maxSteps"] = 5
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(json.dumps({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                                    "metadata": {"name": "toy"}, "spec": spec}))
+    for name, value in launcher_env(manifest, workspace).items():
+        monkeypatch.setenv(name, value)
+
+    assert cli.main(["run", str(manifest), "--output", str(workspace)]) == 2
+    refused = capfd.readouterr()
+    assert "method.lora.r was 8, now 4" in refused.out + refused.err and "Traceback" not in refused.err
+
+    assert cli.main(["run", str(manifest), "--output", str(workspace), "--fresh"]) == 0
+    assert termination_message(workspace)["step"] == 5
+    lora_a = next(t for name, t in adapter_tensors(workspace / "output" / "adapter").items() if "lora_A" in name)
+    assert lora_a.shape[0] == 4
+    assert [c.step for c in list_checkpoints(workspace / "output" / "checkpoints")] == [5]

@@ -1,9 +1,11 @@
-"""`kubetune run job.yaml [--output DIR]`: train on this machine through the pod's own launcher.
+"""`kubetune run job.yaml [--output DIR] [--fresh]`: train on this machine through the pod's own launcher.
 
 The workspace (default `./out/<name>`) plays the PVC: `DIR/recipe.json` is the
 recipe as the operator's ConfigMap would hold it, results land in `DIR/output`,
 checkpoints in `DIR/output/checkpoints`, the model cache in `DIR/cache`. Running
-the same command again resumes from the newest complete checkpoint.
+the same command again resumes from the newest complete checkpoint; once the run has
+finished it says so and changes nothing, and a recipe edited into another checkpoint
+shape is refused (the trainer's resume rules). `--fresh` deletes `DIR/output` first.
 
 Relative `model.name` and `dataset.path` are resolved against the manifest's folder
 before the recipe is written, so recipe.json is what a pod could run as is.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -96,8 +99,11 @@ def lock_workspace(workspace: Path) -> int:
     return fd
 
 
-def run_local(path: str | Path, output: str | Path | None = None) -> int:
-    """Train the FineTuneJob in `path` locally; returns the launcher's exit code (2 if the workspace is unusable)."""
+def run_local(path: str | Path, output: str | Path | None = None, fresh: bool = False) -> int:
+    """Train the FineTuneJob in `path` locally; returns the launcher's exit code (2 if the workspace is unusable).
+
+    `fresh` starts over: the workspace's results and checkpoints are deleted (the model cache is kept).
+    """
     manifest = Path(path)
     job = load_finetunejob(manifest)
     workspace = Path(output) if output else Path("out") / job.metadata.name
@@ -112,6 +118,8 @@ def run_local(path: str | Path, output: str | Path | None = None) -> int:
               "pass --output DIR with a writable folder", file=sys.stderr, flush=True)
         return int(ExitCode.INVALID)
     try:
+        if fresh:  # only under the lock: never under a run that is still writing there
+            shutil.rmtree(workspace / "output", ignore_errors=True)
         return _train(job, manifest, workspace, lock)
     finally:
         os.close(lock)
