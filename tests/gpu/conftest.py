@@ -148,6 +148,12 @@ def adapter_tensors(workspace: Path) -> dict[str, Any]:
     return {name: tensor.float() for name, tensor in load_file(str(path)).items()}
 
 
+def lora_b_gap(left: dict[str, Any], right: dict[str, Any]) -> float:
+    """The largest relative difference between two adapters' lora_B tensors (|left - right| / |right|)."""
+    return max(float((left[name] - right[name]).norm() / right[name].norm().clamp(min=1e-12))
+               for name in right if "lora_B" in name)
+
+
 def assert_trained_adapter(workspace: Path) -> dict[str, Any]:
     """The adapter has LoRA tensors, none empty, and the B matrices moved away from their zero start."""
     tensors = adapter_tensors(workspace)

@@ -3,11 +3,13 @@
 #
 #   tests/gpu/device.sh one     # nvidia-h100-x1: tests/gpu/test_single_gpu.py, then bench/gpu_throughput.py
 #   tests/gpu/device.sh two     # nvidia-h200-x2: tests/gpu/test_multi_gpu.py
+#   tests/gpu/device.sh pods    # nvidia-h200-x2: only the two-pod tests (kill -9 bound first, then SIGTERM + resume
+#                               #   vs two uninterrupted runs, then ZeRO-3 on a 4-bit base across the pods)
 #
 # Expects the wheels installed into /tmp/site (see docs/gpu-validation.md) and $OUT for what comes back.
 # Stays inside LIMIT seconds (default 560) so the 600-second command limit is never hit.
 set -o pipefail
-MODE=${1:?one or two}
+MODE=${1:?one, two or pods}
 LIMIT=${LIMIT:-560}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -30,6 +32,11 @@ if [ "$MODE" = one ]; then
     2>&1 | tee "$OUT/bench.log"
   cp /tmp/bench/results.jsonl "$OUT/" 2>/dev/null
   tail -n 25 /tmp/bench/cases/*.log > "$OUT/cases-tail.log" 2>&1
+elif [ "$MODE" = pods ]; then
+  T=tests/gpu/test_multi_gpu.py
+  timeout -s INT $(( $(left) - 10 )) python3 -m pytest -v -s -p no:cacheprovider -o addopts="" --timeout=400 \
+    $T::test_two_pods_kill_one_other_exits $T::test_two_pods_sigterm_one_stops_both_and_the_resume_matches \
+    $T::test_two_pods_zero3_on_4bit_base_stop_and_resume 2>&1 | tee "$OUT/tests-2pods.log"
 else
   timeout -s INT $(( $(left) - 10 )) python3 -m pytest tests/gpu/test_multi_gpu.py -v -s -p no:cacheprovider \
     -o addopts="" --timeout=300 2>&1 | tee "$OUT/tests-2gpu.log"

@@ -293,7 +293,7 @@ def launch(
         outcomes = read_outcomes(outcome_dir)
     code = exit_code(outcomes, settings.nproc_per_node, returncode)
     if watch is not None:
-        watch.finish(code)
+        watch.finish(code, linger=lost is None)
     line = termination_message(code, outcomes, returncode, lost)
     _write_termination_log(settings.termination_log, line)
     print(line, flush=True)

@@ -134,8 +134,11 @@ class PeerWatch:
         """Why this pod's trainer must be ended now, or None (see `lost_peer`)."""
         return lost_peer(self.views(), self._clock(), self.timeout)
 
-    def finish(self, code: int) -> None:
-        """Publish this pod's exit code; pod 0 keeps the store up until every pod published (a few beats at most)."""
+    def finish(self, code: int, linger: bool = True) -> None:
+        """Publish this pod's exit code; pod 0 keeps the store up until every pod published (a few beats at most).
+
+        No `linger` when a pod was lost: it will never publish, and this pod's exit is what the gang waits for.
+        """
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join(timeout=2 * self.interval)
@@ -146,7 +149,7 @@ class PeerWatch:
             store.set(_exit_key(self.node), str(int(code)))
             deadline = self._clock() + 2 * self.interval + 1
             others = [_exit_key(peer) for peer in self._views]
-            while self.node == 0 and others and not store.check(others) and self._clock() < deadline:
+            while linger and self.node == 0 and others and not store.check(others) and self._clock() < deadline:
                 time.sleep(self.interval / 4)
         except RuntimeError:  # the host is gone: nobody is left to tell
             pass
