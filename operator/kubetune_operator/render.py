@@ -302,21 +302,24 @@ def build_pod_template(job: FineTuneJob, attempt: int, namespace: str, settings:
     }
 
 
-def build_pod_failure_policy() -> dict[str, Any]:
+def build_pod_failure_policy(queued: bool = False) -> dict[str, Any]:
     """Any pod failure fails the whole attempt Job: the gang restarts as a whole, classified by the operator.
 
-    Rule 0 catches disruptions (preemption, eviction, node loss), rule 1 any non-zero exit; the Job's
-    Failed condition then names the pod and the rule index, which the classification reads.
+    Rule 0 catches disruptions (preemption, eviction, node loss), the last rule any non-zero exit; the
+    Job's Failed condition then names the pod and the rule index, which the classification reads.
+
+    `queued` (Kueue admits the attempt): Kueue preempts by suspending the Job, and the real Job
+    controller then terminates the pods and applies this policy to them. A trainer stopped that way
+    saved a checkpoint and exits STOPPED (75): that exit is ignored, so the suspended Job waits for
+    re-admission and its new pods resume in the same attempt, never counted as a failure.
     """
-    return {
-        "rules": [
-            {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            {
-                "action": "FailJob",
-                "onExitCodes": {"containerName": names.CONTAINER_NAME, "operator": "NotIn", "values": [0]},
-            },
-        ]
-    }
+    rules: list[dict[str, Any]] = [{"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+    if queued:
+        rules.append({"action": "Ignore", "onExitCodes": {"containerName": names.CONTAINER_NAME, "operator": "In",
+                                                          "values": [int(contract.ExitCode.STOPPED)]}})
+    rules.append({"action": "FailJob",
+                  "onExitCodes": {"containerName": names.CONTAINER_NAME, "operator": "NotIn", "values": [0]}})
+    return {"rules": rules}
 
 
 def build_job(job: FineTuneJob, attempt: int, namespace: str, settings: Settings) -> dict[str, Any]:
@@ -329,7 +332,7 @@ def build_job(job: FineTuneJob, attempt: int, namespace: str, settings: Settings
         "completions": workers,
         "parallelism": workers,
         "backoffLimit": 0,
-        "podFailurePolicy": build_pod_failure_policy(),
+        "podFailurePolicy": build_pod_failure_policy(queued=spec.queue_name is not None),
         "template": build_pod_template(job, attempt, namespace, settings),
     }
     if spec.queue_name:

@@ -340,6 +340,10 @@ def test_queue_name_creates_the_job_suspended_with_the_kueue_label() -> None:
     manifest = build_job(make({"queueName": "team-gpus"}), 0, "ns", SETTINGS)
     assert manifest["spec"]["suspend"] is True
     assert manifest["metadata"]["labels"][names.LABEL_KUEUE_QUEUE] == "team-gpus"
+    # Kueue preempts by suspending: the checkpointed trainer's exit 75 must not fail the attempt.
+    actions = [(rule["action"], rule.get("onExitCodes", {}).get("values")) for rule in
+               manifest["spec"]["podFailurePolicy"]["rules"]]
+    assert actions == [("FailJob", None), ("Ignore", [75]), ("FailJob", [0])]
 
 
 def test_several_workers_get_a_headless_service_subdomain_and_rendezvous_env() -> None:
