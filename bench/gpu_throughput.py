@@ -1,6 +1,8 @@
-"""Training throughput: plain Hugging Face (TRL SFTTrainer defaults) against KubeTune's trainer.
+"""Training throughput: plain Hugging Face (TRL SFTTrainer defaults, and with Liger) against KubeTune's trainer.
 
     python bench/gpu_throughput.py --out /tmp/bench --doc docs/benchmarks.md          # on a GPU machine
+    python bench/gpu_throughput.py --plan fused --no-8b --out /tmp/bench              # issue 15: peers + fusedLora
+    python bench/gpu_throughput.py --layer --out /tmp/bench                           # one layer: peft vs fused LoRA
     python bench/gpu_throughput.py --device cpu --out /tmp/bench --budget-s 300       # rehearsal, tiny shapes
 
 One run measures, per case, training tokens per second (padding excluded; each step timed between
@@ -18,9 +20,17 @@ downloaded checkpoint. The tokenizer is a word-level one with Llama's 128,256-to
 
 - baseline: transformers + peft + bitsandbytes + TRL's SFTTrainer with its default settings
   (bf16, gradient checkpointing, sdpa, padding to the longest row, its default optimizer), the
-  same LoRA (r16, alpha 32, dropout 0.05, all linear layers) and learning rate.
+  same LoRA (r16, alpha 32, dropout 0.05 unless the case says, all linear layers) and learning
+  rate; "TRL + Liger" is the same with `use_liger_kernel=True`, as a user would switch it on.
 - kubetune: `kubetune_trainer.train.train()` on a recipe, the code path a pod runs, with a timing
   callback added through its `build_trainer` seam; levers switched by the recipe's fields.
+
+Time to first step is from the case's process start (imports, model load, quantization, data
+tokenization, trainer assembly) to the end of the first optimizer step.
+
+Unsloth is not a case here: it pins its own transformers/TRL and, with its dependencies, does
+not fit beside this stack in what one device call may carry (64 MiB). The issue's recorded
+Unsloth numbers are context only, not measured in the same run.
 
 Each case runs in its own process (clean peak memory, no kernel patches leaking between cases);
 results are appended to OUT/results.jsonl as they come, and the table is printed at the end.
@@ -41,6 +51,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+PROCESS_START = time.perf_counter()
 ROOT = Path(__file__).resolve().parent.parent
 H100_BF16_PEAK = 989e12
 VOCAB = 128256
@@ -62,7 +73,7 @@ SHAPES: dict[str, dict[str, Any]] = {
         "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                          "original_max_position_embeddings": 8192},
     },
-    # For rehearsals on the CPU.
+    # For rehearsals on the CPU (and the --layer rehearsal).
     "tiny": {
         "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "head_dim": 16, "tie_word_embeddings": False, "max_position_embeddings": 4096,
@@ -80,18 +91,22 @@ class Case:
     bits: int
     data: str  # fixed | varlen
     micro_batch: int
-    levers: dict[str, bool] = field(default_factory=dict)  # recipe training.* overrides (kubetune only)
+    # kubetune: recipe training.* overrides (camelCase); baseline: SFTConfig arguments (use_liger_kernel)
+    levers: dict[str, bool] = field(default_factory=dict)
     note: str = ""
+    dropout: float = 0.05  # LoRA dropout, for both trainers
 
 
-def kt(name: str, shape: str, bits: int, data: str, mb: int, note: str = "", **levers: bool) -> Case:
+def kt(name: str, shape: str, bits: int, data: str, mb: int, note: str = "", dropout: float = 0.05,
+       **levers: bool) -> Case:
     """A KubeTune case; `levers` are training.* recipe fields (camelCase)."""
-    return Case(name, "kubetune", shape, bits, data, mb, dict(levers), note)
+    return Case(name, "kubetune", shape, bits, data, mb, dict(levers), note, dropout)
 
 
-def hf(name: str, shape: str, bits: int, data: str, mb: int, note: str = "") -> Case:
-    """A plain Hugging Face case."""
-    return Case(name, "baseline", shape, bits, data, mb, {}, note)
+def hf(name: str, shape: str, bits: int, data: str, mb: int, note: str = "", dropout: float = 0.05,
+       **options: bool) -> Case:
+    """A plain Hugging Face case; `options` are SFTConfig arguments."""
+    return Case(name, "baseline", shape, bits, data, mb, dict(options), note, dropout)
 
 
 def plan(shape_small: str, shape_large: str | None) -> list[Case]:
@@ -120,6 +135,31 @@ def plan(shape_small: str, shape_large: str | None) -> list[Case]:
         hf(f"hf-{s}-4bit-mb8", s, 4, "fixed", 8),
     ]
     return cases
+
+
+def plan_fused(shape_small: str, shape_large: str | None) -> list[Case]:
+    """Issue 15: the peers and KubeTune before/after `training.fusedLora`, fixed-length rows, in priority order."""
+    s = shape_small
+    cases = [
+        hf(f"hf-{s}-4bit-mb16", s, 4, "fixed", 16, "TRL defaults"),
+        hf(f"hf-{s}-4bit-mb16-liger", s, 4, "fixed", 16, "TRL + use_liger_kernel", use_liger_kernel=True),
+        kt(f"kt-{s}-4bit-mb16-unfused", s, 4, "fixed", 16, "KubeTune before: fusedLora false", fusedLora=False),
+        kt(f"kt-{s}-4bit-mb16", s, 4, "fixed", 16, "KubeTune defaults (fusedLora on)"),
+        kt(f"kt-{s}-4bit-mb16-d0-unfused", s, 4, "fixed", 16, "dropout 0, fusedLora false", 0.0, fusedLora=False),
+        kt(f"kt-{s}-4bit-mb16-d0", s, 4, "fixed", 16, "dropout 0, fusedLora on", 0.0),
+        kt(f"kt-{s}-16bit-mb16-unfused", s, 16, "fixed", 16, "16-bit base, fusedLora false", fusedLora=False),
+        kt(f"kt-{s}-16bit-mb16", s, 16, "fixed", 16, "16-bit base, fusedLora on"),
+        kt(f"kt-{s}-4bit-mb32", s, 4, "fixed", 32, "fusedLora on, micro-batch 32"),
+    ]
+    if shape_large:
+        b = shape_large
+        cases += [hf(f"hf-{b}-4bit-mb8", b, 4, "fixed", 8, "TRL defaults"),
+                  kt(f"kt-{b}-4bit-mb8-unfused", b, 4, "fixed", 8, "fusedLora false", fusedLora=False),
+                  kt(f"kt-{b}-4bit-mb8", b, 4, "fixed", 8, "fusedLora on")]
+    return cases
+
+
+PLANS = {"all": plan, "fused": plan_fused}
 
 
 # ---------------------------------------------------------------- tokenizer, models, data
@@ -230,6 +270,7 @@ def timing_callback(device: str) -> Any:
         def __init__(self) -> None:
             self.seconds: list[float] = []
             self._start = 0.0
+            self.first_step_end: float | None = None
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if device == "cuda":
@@ -242,7 +283,10 @@ def timing_callback(device: str) -> Any:
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             sync()
-            self.seconds.append(time.perf_counter() - self._start)
+            now = time.perf_counter()
+            self.seconds.append(now - self._start)
+            if self.first_step_end is None:
+                self.first_step_end = now
 
     return StepTimer()
 
@@ -275,8 +319,9 @@ def run_baseline(case: Case, model_dir: Path, data: Path, steps: int, seq: int, 
     rows = datasets.load_dataset("json", data_files=str(data), split="train")
     args = SFTConfig(output_dir=str(work / "hf"), per_device_train_batch_size=case.micro_batch, max_steps=steps,
                      max_length=seq, learning_rate=2e-4, logging_steps=1, report_to="none", save_strategy="no",
-                     bf16=on_gpu, use_cpu=not on_gpu, disable_tqdm=True)
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+                     bf16=on_gpu, use_cpu=not on_gpu, disable_tqdm=True, **case.levers)
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=case.dropout, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer, peft_config=lora)
     timer, counter = _instrument(trainer, device)
     trainer.train()
@@ -295,7 +340,7 @@ def kubetune_recipe(case: Case, model_dir: Path, data: Path, steps: int, seq: in
         "spec": {
             "model": {"name": str(model_dir)},
             "dataset": {"path": str(data), "format": fmt, "validationSplit": 0.0},
-            "method": {"quantization": {"bits": case.bits}},
+            "method": {"quantization": {"bits": case.bits}, "lora": {"dropout": case.dropout}},
             "training": training,
             "metricsPort": 19090 + os.getpid() % 1000,
         },
@@ -361,6 +406,8 @@ def measure(case: Case, args: argparse.Namespace) -> dict[str, Any]:
         "losses": losses,
         "grad_norms": grads,
         "wall_s": wall,
+        "first_step_s": timer.first_step_end - PROCESS_START if timer.first_step_end else None,
+        "fused_modules": sum(type(module).__name__.startswith("Fused") for module in trainer.model.modules()),
     }
 
 
@@ -427,9 +474,10 @@ def estimate_s(case: Case) -> float:
     return {"8b": 110.0}.get(case.shape, 40.0)
 
 
-def _baseline_of(results: list[dict[str, Any]], r: dict[str, Any]) -> dict[str, Any] | None:
-    """The first baseline run on the same shape, bits and data (the plan runs mb 16, or 8 for 8B, first)."""
+def _baseline_of(results: list[dict[str, Any]], r: dict[str, Any], liger: bool = False) -> dict[str, Any] | None:
+    """The first TRL run (with Liger or without) on the same shape, bits and data (the plans run mb 16, or 8 for 8B, first)."""
     return next((b for b in results if b["trainer"] == "baseline" and "error" not in b
+                 and bool(b["levers"].get("use_liger_kernel")) == liger
                  and (b["shape"], b["bits"], b["data"]) == (r["shape"], r["bits"], r["data"])), None)
 
 
@@ -445,9 +493,9 @@ def parity(results: list[dict[str, Any]]) -> dict[str, str]:
     for r in ok:
         if r["trainer"] != "kubetune":
             continue
-        same = [o for o in ok if (o["shape"], o["bits"], o["data"], o["micro_batch"])
-                == (r["shape"], r["bits"], r["data"], r["micro_batch"])]
-        base = next((o for o in same if o["trainer"] == "baseline"), None)
+        same = [o for o in ok if (o["shape"], o["bits"], o["data"], o["micro_batch"], o.get("dropout", 0.05))
+                == (r["shape"], r["bits"], r["data"], r["micro_batch"], r.get("dropout", 0.05))]
+        base = next((o for o in same if o["trainer"] == "baseline" and not o["levers"]), None)
         found = []
         if base is not None:
             found.append(f"loss vs baseline: step 1 {_max_gap(r['losses'][:1], base['losses'][:1]):.1e}, "
@@ -462,23 +510,28 @@ def parity(results: list[dict[str, Any]]) -> dict[str, str]:
 def table(results: list[dict[str, Any]], ceiling: float) -> str:
     """The markdown table of all cases, with ratios against the baseline of the same shape/bits/data."""
     notes = parity(results)
-    columns = ["case", "trainer", "model", "base", "data", "mb", "tokens/s", "× baseline", "peak GiB",
-               "× baseline mem", "MFU (989)", "MFU (measured)", "last loss", "grad norm", "note"]
+    columns = ["case", "trainer", "model", "base", "data", "mb", "dropout", "tokens/s", "× baseline", "× TRL+Liger",
+               "peak GiB", "× baseline mem", "MFU (989)", "MFU (measured)", "first step s", "last loss", "grad norm",
+               "note"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in results:
-        head = [r["name"], r["trainer"], r["shape"], f"{r['bits']}-bit", r["data"], str(r["micro_batch"])]
+        head = [r["name"], r["trainer"], r["shape"], f"{r['bits']}-bit", r["data"], str(r["micro_batch"]),
+                str(r.get("dropout", 0.05))]
         if "error" in r:
-            lines.append("| " + " | ".join(head + ["—"] + [""] * 7 + [r["error"].replace("|", "/")]) + " |")
+            lines.append("| " + " | ".join(head + ["—"] + [""] * 9 + [r["error"].replace("|", "/")]) + " |")
             continue
-        b = _baseline_of(results, r)
+        b, liger = _baseline_of(results, r), _baseline_of(results, r, liger=True)
         speed = f"{r['tokens_per_s'] / b['tokens_per_s']:.2f}" if b and b["tokens_per_s"] else ""
+        over_liger = f"{r['tokens_per_s'] / liger['tokens_per_s']:.2f}" if liger and liger["tokens_per_s"] else ""
         memory = f"{r['peak_gib'] / b['peak_gib']:.2f}" if b and b["peak_gib"] else ""
         mfu_measured = f"{r['flops_per_s'] / ceiling:.1%}" if ceiling else ""
+        first = f"{r['first_step_s']:.0f}" if r.get("first_step_s") else ""
         loss = f"{r['losses'][-1]:.3f}" if r["losses"] else ""
         grad = f"{r['grad_norms'][-1]:.3g}" if r["grad_norms"] and r["grad_norms"][-1] is not None else ""
-        note = "; ".join(x for x in (r.get("note", ""), notes.get(r["name"], "")) if x)
-        cells = [f"{r['tokens_per_s']:,.0f}", speed, f"{r['peak_gib']:.1f}", memory,
-                 f"{r['flops_per_s'] / H100_BF16_PEAK:.1%}", mfu_measured, loss, grad, note]
+        fused = f"{r['fused_modules']} projections fused" if r.get("fused_modules") else ""
+        note = "; ".join(x for x in (r.get("note", ""), fused, notes.get(r["name"], "")) if x)
+        cells = [f"{r['tokens_per_s']:,.0f}", speed, over_liger, f"{r['peak_gib']:.1f}", memory,
+                 f"{r['flops_per_s'] / H100_BF16_PEAK:.1%}", mfu_measured, first, loss, grad, note]
         lines.append("| " + " | ".join(head + cells) + " |")
     return "\n".join(lines)
 
@@ -522,7 +575,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     make_data(out / "data", args.seq, rows=max(64, 34 * (args.warmup + args.steps)), vocab=vocab)
     make_model(small, out / "models" / small, vocab, args.device)
     results: list[dict[str, Any]] = []
-    for case in plan(small, large):
+    for case in PLANS[args.plan](small, large):
         if args.only and not any(word in case.name for word in args.only.split(",")):
             continue
         left = args.budget_s - (time.monotonic() - started)
@@ -550,6 +603,102 @@ def orchestrate(args: argparse.Namespace) -> int:
     return 0 if results and all("error" not in r for r in results) else 1
 
 
+# ---------------------------------------------------------------- one layer: peft's LoRA vs the fused projections
+
+
+def _lora_layers(folder: Path, bits: int, dropout: float, device: str) -> Any:
+    """The saved model's decoder stack with peft LoRA (r16, alpha 32, all linear) in the training dtype, adapters random."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    kwargs: dict[str, Any] = {"device_map": {"": 0}} if device == "cuda" else {}
+    if bits == 4:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout, target_modules="all-linear",
+                                             task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(0)
+    for param in model.parameters():
+        if param.requires_grad:  # bf16 like TRL casts them on a quantized base; B non-zero so both paths do work
+            param.data = (torch.randn(param.shape, generator=generator) * 0.02).to(param.device, dtype)
+    return model.train()
+
+
+def layer_bench(args: argparse.Namespace) -> int:
+    """Forward + backward of the decoder stack (no LM head, no recomputation) with peft's LoRA and the fused one.
+
+    The 1B shape cut to 2 layers on the GPU (16 x 2048 tokens, like the throughput cases), the
+    tiny one on the CPU. Prints ms per layer, peak memory, and how far the fused output and input
+    gradient are from peft's (same dropout masks: one seed).
+    """
+    import torch
+
+    from kubetune_trainer import fused_lora
+
+    on_gpu = args.device == "cuda"
+    shape = "1b-2layers" if on_gpu else "tiny"
+    SHAPES["1b-2layers"] = {**SHAPES["1b"], "num_hidden_layers": 2, "tie_word_embeddings": False}
+    folder = make_model(shape, Path(args.out) / "models" / shape, 1024, args.device)
+    config = json.loads((folder / "config.json").read_text())
+    rows, seq = (16, args.seq) if on_gpu else (2, 64)
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    generator = torch.Generator().manual_seed(1)
+    x0 = torch.randn(rows, seq, config["hidden_size"], generator=generator).to(args.device, dtype)
+    grad_out = torch.randn(rows, seq, config["hidden_size"], generator=generator).to(args.device, dtype)
+    repeats = 10 if on_gpu else 2
+    lines = ["| base | dropout | LoRA path | ms per layer (fwd+bwd) | peak GiB | output vs peft | input grad vs peft |",
+             "|---|---|---|---|---|---|---|"]
+    for bits in (4, 16):
+        for dropout in (0.05, 0.0):
+            model = _lora_layers(folder, bits, dropout, args.device)
+            stack = model.base_model.model.model
+            reference: dict[str, Any] = {}
+            for path in ("peft", "fused"):
+                if path == "fused":
+                    fused_lora.apply(model)
+                x = x0.clone().requires_grad_(True)
+
+                def step() -> Any:
+                    torch.manual_seed(0)
+                    out = stack(inputs_embeds=x).last_hidden_state
+                    out.backward(grad_out)
+                    return out
+
+                for _ in range(2):
+                    step()
+                if on_gpu:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                times = []
+                for _ in range(repeats):
+                    x.grad = None
+                    start = time.perf_counter()
+                    out = step()
+                    if on_gpu:
+                        torch.cuda.synchronize()
+                    times.append(time.perf_counter() - start)
+                peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0
+                ms = statistics.median(times) * 1e3 / config["num_hidden_layers"]
+                got = {"out": out.detach().double(), "grad": x.grad.detach().double()}
+                if path == "peft":
+                    reference = got
+                    diff = ["", ""]
+                else:
+                    diff = [f"{float((got[k] - reference[k]).norm() / reference[k].norm()):.1e}" for k in ("out", "grad")]
+                lines.append(f"| {bits}-bit | {dropout} | {path} | {ms:.2f} | {peak:.2f} | {diff[0]} | {diff[1]} |")
+                print(lines[-1], flush=True)
+            del model, stack
+            if on_gpu:
+                torch.cuda.empty_cache()
+    body = "\n".join(lines)
+    print(body, flush=True)
+    (Path(args.out) / "layer.md").write_text(body + "\n")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     """Command-line arguments."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -562,6 +711,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting cases after this long")
     parser.add_argument("--only", default="", help="comma-separated substrings of case names to run")
     parser.add_argument("--no-8b", action="store_true", help="leave out the 8B shape")
+    parser.add_argument("--plan", choices=sorted(PLANS), default="all", help="which list of cases to run")
+    parser.add_argument("--layer", action="store_true", help="time one decoder layer: peft's LoRA vs fused, then exit")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -570,6 +721,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: the orchestrator, or one case in a child process."""
     args = make_parser().parse_args(argv)
     sys.path[:0] = [str(ROOT / "trainer-image"), str(ROOT / "operator"), str(ROOT)]
+    if args.layer:
+        return layer_bench(args)
     if args.child is None:
         return orchestrate(args)
     case = Case(**json.loads(args.child))
