@@ -1,6 +1,7 @@
 """Validate objects against the FineTuneJob CRD the way the API server would.
 
-No API server runs here, so this does its three checks with real libraries:
+No API server runs here, so this does its checks with real libraries: what kubectl
+cannot encode as JSON (.inf, .nan) first, then
 the openAPIV3Schema (openapi-schema-validator, OpenAPI 3.0), strict field
 validation (unknown fields refused, as `kubectl apply` asks by default), and
 the CEL rules of `x-kubernetes-validations` (cel-python), transition rules
@@ -10,6 +11,7 @@ typed `number` reach CEL as doubles. Not emulated: defaulting, CEL cost limits.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -97,9 +99,20 @@ def _schema_errors(obj: dict[str, Any]) -> list[str]:
     return errors
 
 
+def _not_json(value: Any, path: str) -> list[str]:
+    """Non-finite numbers: JSON has no spelling for them, so kubectl cannot send them (Go's encoding/json)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{path or '.'}: json: unsupported value: {value}"]
+    if isinstance(value, dict):
+        return [error for key, item in value.items() for error in _not_json(item, f"{path}.{key}")]
+    if isinstance(value, list):
+        return [error for index, item in enumerate(value) for error in _not_json(item, f"{path}[{index}]")]
+    return []
+
+
 def crd_errors(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
     """Every reason the API server would refuse `obj` (an update of `old` when given); [] if accepted."""
-    errors = _schema_errors(obj)
+    errors = _not_json(obj, "") or _schema_errors(obj)
     if errors:
         return errors  # as the API server: CEL runs only on schema-valid objects
     metadata = obj.get("metadata", {})

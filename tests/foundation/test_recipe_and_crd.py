@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,23 @@ BAD_MANIFESTS = [
     ("model cache claim for a local model", with_changes(spec__model__cacheClaim="models"), "model.cacheClaim"),
     ("output uri of an unknown scheme", with_changes(spec__output__uri="ftp://host/result"), "output.uri"),
     ("output uri of a hub repo without owner", with_changes(spec__output__uri="hf://just-a-name"), "output.uri"),
+    # Numbers: non-finite (YAML .inf/.nan), beyond int64, zero or negative where meaningless, absurdly large.
+    ("infinite learning rate", with_changes(spec__training__learningRate=math.inf), "training.learningRate"),
+    ("NaN LoRA alpha", with_changes(spec__method__lora__alpha=math.nan), "lora.alpha"),
+    ("minus infinite weight decay", with_changes(spec__training__weightDecay=-math.inf), "training.weightDecay"),
+    ("NaN eval temperature", with_changes(spec__evaluation__temperature=math.nan), "evaluation.temperature"),
+    ("infinite epochs", with_changes(spec__training__epochs=math.inf), "training.epochs"),
+    ("maxSteps beyond int64", with_changes(spec__training__maxSteps=2**64), "training.maxSteps"),
+    ("seed beyond numpy's range", with_changes(spec__training__seed=2**32), "training.seed"),
+    ("negative dataset seed", with_changes(spec__dataset__seed=-1), "dataset.seed"),
+    ("learning rate above 1", with_changes(spec__training__learningRate=3.0), "training.learningRate"),
+    ("saveSteps beyond int64", with_changes(spec__training__saveSteps=-(2**63) * 4), "training.saveSteps"),
+    ("zero cpu", with_changes(spec__resources__cpu="0"), "resources.cpu"),
+    ("zero millicpu", with_changes(spec__resources__cpu="0m"), "resources.cpu"),
+    ("zero memory as a number", with_changes(spec__resources__memory=0), "resources.memory"),
+    ("zero storage size", with_changes(spec__storage__size="0Gi"), "storage.size"),
+    ("negative storage size", with_changes(spec__storage__size="-5Gi"), "storage.size"),
+    ("ttl beyond int32", with_changes(spec__ttlSecondsAfterFinished=2**31), "ttlSecondsAfterFinished"),
 ]
 
 
@@ -247,3 +265,10 @@ def test_scientific_notation_without_a_dot_reads_as_a_number(tmp_path: Path) -> 
     manifest.write_text(text)
     documents = list(load_documents(manifest))
     assert documents[0]["spec"]["training"]["learningRate"] == 2e-4
+
+
+@pytest.mark.parametrize("quantity", [4, "500m", "0.5", "1.5Gi", "16Gi", "100M"])
+def test_positive_quantities_are_accepted_by_crd_and_model(quantity: int | str) -> None:
+    manifest = with_changes(spec__resources__cpu=quantity, spec__resources__memory=quantity, spec__storage__size=quantity)
+    assert crd_errors(manifest) == []
+    parse_finetunejob(manifest)

@@ -21,6 +21,7 @@ from enum import Enum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -48,6 +49,15 @@ MAX_ITEMS = 64
 
 BNB_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 
+# Upper bounds on numbers, so that no value the trainer or Kubernetes would choke on gets in
+# (integers beyond int64 included: the CRD's `maximum` refuses them before CEL sees them).
+MAX_STEPS = 1_000_000_000
+"""Any count of optimizer steps (maxSteps, warmupSteps, loggingSteps, saveSteps, evalSteps)."""
+MAX_SEED = 2**32 - 1
+"""numpy's seed range, which transformers' set_seed and datasets' shuffles feed."""
+MAX_INT32 = 2**31 - 1
+"""Seconds and counts that Kubernetes stores as int32 (ttlSecondsAfterFinished) or that need no more."""
+
 
 def _cel_rule(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
     """One `x-kubernetes-validations` entry."""
@@ -65,6 +75,7 @@ class KubeModel(BaseModel):
         populate_by_name=True,
         alias_generator=to_camel,
         validate_assignment=True,
+        allow_inf_nan=False,  # YAML's .inf/.nan: every bound would let them through (NaN compares false)
     )
 
     def to_api(self) -> dict[str, Any]:
@@ -76,19 +87,32 @@ def _quantity_to_str(value: Any) -> Any:
     return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
-QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?$"
+# A positive quantity: zero CPU, memory or storage means nothing (and a zero limit breaks the pod).
+# No backslashes or lookaheads: the same text is a Go RE2 pattern in the CRD.
+QUANTITY_PATTERN = r"^([0-9]*[1-9][0-9]*([.][0-9]+)?|[0-9]+[.][0-9]*[1-9][0-9]*)(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?$"
+
+
+def _positive_quantity(value: str) -> str:
+    if len(value) > 64 or not re.match(QUANTITY_PATTERN, value):
+        raise ValueError(f"{value!r} is not a positive Kubernetes quantity: write e.g. 4, 500m or 16Gi")
+    return value
+
+
 Quantity = Annotated[
     str,
     BeforeValidator(_quantity_to_str),
-    Field(pattern=QUANTITY_PATTERN, max_length=64),
+    AfterValidator(_positive_quantity),
     WithJsonSchema(
         {
-            "anyOf": [{"type": "integer"}, {"type": "string", "pattern": QUANTITY_PATTERN, "maxLength": 64}],
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_INT32},
+                {"type": "string", "pattern": QUANTITY_PATTERN, "maxLength": 64},
+            ],
             "x-kubernetes-int-or-string": True,
         }
     ),
 ]
-"""A Kubernetes resource quantity such as `4`, `500m` or `16Gi`."""
+"""A positive Kubernetes resource quantity such as `4`, `500m` or `16Gi`."""
 
 KubeObject = Annotated[
     dict[str, Any],
@@ -379,7 +403,7 @@ class DatasetSpec(KubeModel):
         default=None, description="template holds the Jinja2 prompt and completion templates of format template."
     )
     max_samples: int | None = Field(
-        default=None, ge=1, description="maxSamples keeps only the first N rows; default: all rows."
+        default=None, ge=1, le=MAX_INT32, description="maxSamples keeps only the first N rows; default: all rows."
     )
     validation_split: float = Field(
         default=0.1,
@@ -388,7 +412,9 @@ class DatasetSpec(KubeModel):
         description="validationSplit is the fraction of rows held out for evaluation (seeded); default 0.1, "
         "0 disables evaluation.",
     )
-    seed: int = Field(default=42, description="seed drives the validation split and shuffling; default 42.")
+    seed: int = Field(
+        default=42, ge=0, le=MAX_SEED, description="seed drives the validation split and shuffling; default 42."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
@@ -429,7 +455,9 @@ class LoraSpec(KubeModel):
     """peft LoRA adapter settings."""
 
     r: int = Field(default=16, ge=1, le=1024, description="r is the LoRA rank; default 16.")
-    alpha: float = Field(default=32, gt=0, description="alpha is the LoRA scaling numerator (lora_alpha); default 32.")
+    alpha: float = Field(
+        default=32, gt=0, le=65536, description="alpha is the LoRA scaling numerator (lora_alpha); default 32."
+    )
     dropout: float = Field(
         default=0.05, ge=0, lt=1, description="dropout is the LoRA dropout probability; default 0.05."
     )
@@ -486,7 +514,7 @@ class DistillSpec(KubeModel):
 
     teacher: TeacherSpec = Field(description="teacher is the larger model whose logits the student learns. Required.")
     temperature: float = Field(
-        default=2.0, gt=0, description="temperature softens both distributions; the KD term is scaled by T²; default 2.0."
+        default=2.0, gt=0, le=100, description="temperature softens both distributions; the KD term is scaled by T²; default 2.0."
     )
     alpha: float = Field(
         default=0.5, ge=0, le=1, description="alpha weighs the KD term; (1 − alpha) weighs cross-entropy; default 0.5."
@@ -496,7 +524,7 @@ class DistillSpec(KubeModel):
 class DpoSpec(KubeModel):
     """Direct preference optimization settings (TRL's DPOTrainer)."""
 
-    beta: float = Field(default=0.1, gt=0, description="beta is the DPO temperature; default 0.1.")
+    beta: float = Field(default=0.1, gt=0, le=100, description="beta is the DPO temperature; default 0.1.")
     loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(
         default="sigmoid", description="lossType is TRL's DPO loss: sigmoid (default), ipo or hinge."
     )
@@ -568,22 +596,22 @@ class TrainingSpec(KubeModel):
         }
     )
 
-    epochs: float = Field(default=3, gt=0, description="epochs is the number of passes over the data; default 3.")
+    epochs: float = Field(default=3, gt=0, le=100000, description="epochs is the number of passes over the data; default 3.")
     max_steps: int | None = Field(
-        default=None, ge=1, description="maxSteps stops after this many optimizer steps, overriding epochs; default: none."
+        default=None, ge=1, le=MAX_STEPS, description="maxSteps stops after this many optimizer steps, overriding epochs; default: none."
     )
-    learning_rate: float = Field(default=2e-4, gt=0, description="learningRate is the peak learning rate; default 2e-4.")
+    learning_rate: float = Field(default=2e-4, gt=0, le=1, description="learningRate is the peak learning rate; default 2e-4.")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         default="linear", description="lrScheduler is the learning-rate schedule; default linear."
     )
     warmup_steps: int | None = Field(
-        default=None, ge=0, description="warmupSteps is the number of warm-up steps; default 0. At most one of "
+        default=None, ge=0, le=MAX_STEPS, description="warmupSteps is the number of warm-up steps; default 0. At most one of "
         "warmupSteps and warmupRatio."
     )
     warmup_ratio: float | None = Field(
         default=None, ge=0, le=0.5, description="warmupRatio is warm-up as a fraction of all steps; default: none."
     )
-    weight_decay: float = Field(default=0.01, ge=0, description="weightDecay is AdamW's weight decay; default 0.01.")
+    weight_decay: float = Field(default=0.01, ge=0, le=1, description="weightDecay is AdamW's weight decay; default 0.01.")
     batch_size: int = Field(default=2, ge=1, le=4096, description="batchSize is the micro-batch per device; default 2.")
     gradient_accumulation: int = Field(
         default=4, ge=1, le=4096, description="gradientAccumulation is micro-batches per optimizer step; default 4."
@@ -596,7 +624,7 @@ class TrainingSpec(KubeModel):
         description="optimizer is the transformers optimizer name; default paged_adamw_8bit. bitsandbytes "
         "optimizers (adamw_8bit, paged_*) cannot be combined with DeepSpeed offload.",
     )
-    max_grad_norm: float = Field(default=1.0, ge=0, description="maxGradNorm clips gradients; default 1.0, 0 disables.")
+    max_grad_norm: float = Field(default=1.0, ge=0, le=1_000_000, description="maxGradNorm clips gradients; default 1.0, 0 disables.")
     gradient_checkpointing: bool = Field(
         default=True, description="gradientCheckpointing trades compute for activation memory; default true."
     )
@@ -606,14 +634,16 @@ class TrainingSpec(KubeModel):
         description="precision is the training precision; default auto: bf16 where supported, fp16 on older GPUs, "
         "fp32 on the CPU.",
     )
-    seed: int = Field(default=42, description="seed makes runs and resumes reproducible; default 42.")
-    logging_steps: int = Field(default=10, ge=1, description="loggingSteps is how often metrics are logged; default 10.")
-    save_steps: int = Field(default=200, ge=1, description="saveSteps is how often a checkpoint is saved; default 200.")
+    seed: int = Field(
+        default=42, ge=0, le=MAX_SEED, description="seed makes runs and resumes reproducible; default 42."
+    )
+    logging_steps: int = Field(default=10, ge=1, le=MAX_STEPS, description="loggingSteps is how often metrics are logged; default 10.")
+    save_steps: int = Field(default=200, ge=1, le=MAX_STEPS, description="saveSteps is how often a checkpoint is saved; default 200.")
     eval_steps: int | None = Field(
-        default=None, ge=1, description="evalSteps is how often the validation split is evaluated; default saveSteps."
+        default=None, ge=1, le=MAX_STEPS, description="evalSteps is how often the validation split is evaluated; default saveSteps."
     )
     save_total_limit: int = Field(
-        default=3, ge=1, description="saveTotalLimit is how many checkpoints are kept; default 3."
+        default=3, ge=1, le=1000, description="saveTotalLimit is how many checkpoints are kept; default 3."
     )
     load_best_model_at_end: bool = Field(
         default=False,
@@ -673,7 +703,9 @@ class EvaluationSpec(KubeModel):
         description="prompts are generated by the base and the fine-tuned model at the end; default none.",
     )
     max_new_tokens: int = Field(default=256, ge=1, le=32768, description="maxNewTokens caps each generation; default 256.")
-    temperature: float = Field(default=0.7, ge=0, description="temperature is the sampling temperature; default 0.7.")
+    temperature: float = Field(
+        default=0.7, ge=0, le=100, description="temperature is the sampling temperature; default 0.7."
+    )
     top_p: float = Field(default=0.9, gt=0, le=1, description="topP is nucleus sampling's mass; default 0.9.")
     exact_match: bool = Field(
         default=False,
@@ -906,14 +938,15 @@ class FineTuneJobSpec(KubeModel):
     pending_deadline_seconds: int = Field(
         default=900,
         ge=1,
+        le=MAX_INT32,
         description="pendingDeadlineSeconds fails the job when a pod stays unschedulable or unpulled this long; "
         "default 900.",
     )
     active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="activeDeadlineSeconds bounds the run from status.startTime across attempts."
+        default=None, ge=1, le=MAX_INT32, description="activeDeadlineSeconds bounds the run from status.startTime across attempts."
     )
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="ttlSecondsAfterFinished deletes the FineTuneJob (not a retained PVC) after it ends."
+        default=None, ge=0, le=MAX_INT32, description="ttlSecondsAfterFinished deletes the FineTuneJob (not a retained PVC) after it ends."
     )
     metrics_port: int = Field(
         default=9090, ge=1024, le=65535, description="metricsPort is where rank 0 serves Prometheus metrics; default 9090."
