@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +104,17 @@ def test_a_chat_recipe_ships_the_base_template(tmp_path: Path) -> None:
 PROMPT = "Reverse these letters: a b c d."
 
 
-def _run(folder: Path, spec: dict[str, Any]) -> Path:
-    """`kubetune run` of `spec` as a user types it; returns the workspace."""
+@dataclass(frozen=True)
+class Run:
+    """A finished `kubetune run`: its workspace and what it printed."""
+
+    workspace: Path
+    stdout: str
+    stderr: str
+
+
+def _run(folder: Path, spec: dict[str, Any]) -> Run:
+    """`kubetune run` of `spec` as a user types it."""
     manifest = folder / "job.yaml"
     manifest.write_text(yaml.safe_dump({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
                                         "metadata": {"name": "adapter"}, "spec": spec}))
@@ -114,7 +124,7 @@ def _run(folder: Path, spec: dict[str, Any]) -> Path:
         capture_output=True, text=True, timeout=900, check=False, env={**_offline_env(), "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    return workspace
+    return Run(workspace, result.stdout, result.stderr)
 
 
 def _offline_env() -> dict[str, str]:
@@ -131,7 +141,7 @@ def _logits(model: Any, tokenizer: Any, text: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, toy_data: Path) -> Path:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, toy_data: Path) -> Run:
     spec = sft_spec(
         tiny_llama, toy_data,
         dataset={"systemPrompt": "You reverse letters."},
@@ -143,12 +153,12 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, toy_dat
 
 
 @pytest.mark.slow
-def test_auto_peft_model_loads_the_adapter(tiny_run: Path, tiny_llama: Path) -> None:
+def test_auto_peft_model_loads_the_adapter(tiny_run: Run, tiny_llama: Path) -> None:
     import torch
     from peft import AutoPeftModelForCausalLM, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    adapter = tiny_run / "output" / "adapter"
+    adapter = tiny_run.workspace / "output" / "adapter"
     loaded = AutoPeftModelForCausalLM.from_pretrained(adapter).eval()
     by_hand = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), adapter).eval()
     tokenizer = AutoTokenizer.from_pretrained(adapter)
@@ -161,46 +171,46 @@ def test_auto_peft_model_loads_the_adapter(tiny_run: Path, tiny_llama: Path) -> 
 
 @pytest.mark.slow
 def test_generate_answers_as_the_end_of_training_samples(
-    tiny_run: Path, capsys: pytest.CaptureFixture[str]
+    tiny_run: Run, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from kubetune_operator import cli
 
-    sample = json.loads((tiny_run / "output" / "samples.jsonl").read_text().splitlines()[0])
-    assert cli.main(["generate", str(tiny_run), PROMPT]) == 0
+    sample = json.loads((tiny_run.workspace / "output" / "samples.jsonl").read_text().splitlines()[0])
+    assert cli.main(["generate", str(tiny_run.workspace), PROMPT]) == 0
     assert capsys.readouterr().out.strip() == sample["tuned"]
 
 
 @pytest.mark.slow
-def test_merge_writes_a_model_that_answers_as_base_plus_adapter(tiny_run: Path) -> None:
+def test_merge_writes_a_model_that_answers_as_base_plus_adapter(tiny_run: Run) -> None:
     import torch
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kubetune_operator import cli
 
-    assert cli.main(["merge", str(tiny_run)]) == 0
-    merged_dir = tiny_run / "output" / "merged"
+    assert cli.main(["merge", str(tiny_run.workspace)]) == 0
+    merged_dir = tiny_run.workspace / "output" / "merged"
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
-    adapter = AutoPeftModelForCausalLM.from_pretrained(tiny_run / "output" / "adapter").eval()
+    adapter = AutoPeftModelForCausalLM.from_pretrained(tiny_run.workspace / "output" / "adapter").eval()
     torch.testing.assert_close(_logits(merged, tokenizer, PROMPT), _logits(adapter, tokenizer, PROMPT),
                                rtol=1e-4, atol=1e-4)
-    assert tokenizer.chat_template == AutoTokenizer.from_pretrained(tiny_run / "output" / "adapter").chat_template
+    assert tokenizer.chat_template == AutoTokenizer.from_pretrained(tiny_run.workspace / "output" / "adapter").chat_template
 
 
 @pytest.mark.slow
 def test_export_gguf_without_llama_cpp_refuses_in_one_line(
-    tiny_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    tiny_run: Run, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     from kubetune_operator import cli
 
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing there
-    assert cli.main(["export", str(tiny_run), "--gguf"]) == 2
+    assert cli.main(["export", str(tiny_run.workspace), "--gguf"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "needs llama.cpp's convert_hf_to_gguf.py" in err and "--converter" in err
-    assert not (tiny_run / "output" / "model-f16.gguf").exists()
+    assert not (tiny_run.workspace / "output" / "model-f16.gguf").exists()
 
 
 @pytest.mark.slow
@@ -217,9 +227,20 @@ def test_the_quickstart_gguf_base_is_exported_for_the_adapter(tmp_path: Path, to
         training={"maxSteps": 1, "batchSize": 1, "maxSeqLength": 32, "saveSteps": 100, "reportTo": []},
         metricsPort=free_port(),
     )
-    workspace = _run(tmp_path, spec)
+    workspace = _run(tmp_path, spec).workspace
     adapter, base = workspace / "output" / "adapter", workspace / "output" / "base"
     assert export.adapter_base(adapter) == str(base.resolve())
     assert (base / "config.json").is_file() and (base / "model.safetensors").is_file()
     model = AutoPeftModelForCausalLM.from_pretrained(adapter)
     assert _logits(model, AutoTokenizer.from_pretrained(adapter), PROMPT).shape[-1] == model.config.vocab_size
+
+
+@pytest.mark.slow
+def test_kubetune_run_prints_only_what_matters(tiny_run: Run) -> None:
+    """No library deprecations, no missing-kernels warning, no JSON: the progress, the answers, a summary."""
+    for noise in ("FutureWarning", "pip install kernels", "Traceback", "DeprecationWarning"):
+        assert noise not in tiny_run.stderr, noise
+    lines = tiny_run.stdout.strip().splitlines()
+    assert not [line for line in lines if line.startswith("{")], "the termination message belongs in its file"
+    assert lines[-2].startswith("kubetune run: Completed: training completed (step 10/10, loss ")
+    assert lines[-1] == f"adapter: {tiny_run.workspace / 'output' / 'adapter'}"

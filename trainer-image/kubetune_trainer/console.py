@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
@@ -11,15 +11,16 @@ from kubetune_trainer.metrics import Progress
 
 
 class ProgressBar:
-    """A progress listener that draws a tqdm bar on stderr (rank 0 only)."""
+    """A progress listener that draws a tqdm bar on stderr (rank 0 only); `close` ends it after training."""
 
-    def __init__(self) -> None:
+    def __init__(self, file: TextIO | None = None) -> None:
         self._bar: Any = None
+        self._file = file
 
     def __call__(self, progress: Progress) -> None:
         if self._bar is None:
-            self._bar = tqdm(total=progress.total_steps, initial=progress.step, unit="step", file=sys.stderr,
-                             dynamic_ncols=True, desc="training")
+            self._bar = tqdm(total=progress.total_steps, initial=progress.step, unit="step",
+                             file=self._file or sys.stderr, dynamic_ncols=True, desc="training")
         self._bar.update(progress.step - self._bar.n)
         postfix = {}
         if progress.loss is not None:
@@ -28,6 +29,11 @@ class ProgressBar:
             postfix["eval_loss"] = f"{progress.eval_loss:.3f}"
         if progress.tokens_per_second is not None:
             postfix["tok/s"] = f"{progress.tokens_per_second:.0f}"
-        self._bar.set_postfix(postfix, refresh=False)
-        if progress.step >= progress.total_steps:
+        # Drawn now: the loss arrives in on_log, after the step's update, and would show only a step later
+        # (at the last step, never).
+        self._bar.set_postfix(postfix, refresh=True)
+
+    def close(self) -> None:
+        """End the bar (on train end, after the last loss is shown)."""
+        if self._bar is not None:
             self._bar.close()

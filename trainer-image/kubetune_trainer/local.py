@@ -18,7 +18,9 @@ one line and exit 2 instead of writing into the same checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import json
 import os
 import shutil
@@ -134,18 +136,35 @@ def _train(job: FineTuneJob, manifest: Path, workspace: Path, lock: int) -> int:
         nproc_per_node=_processes(job.spec),
     )
     print(f"kubetune run: {job.metadata.name}: workspace {workspace}", flush=True)
-    code = launch(
-        settings,
-        extra_env={
-            PROGRESS_ENV: "1",
-            Env.METRICS_HOST: "127.0.0.1",
-            Env.JOB_NAME: job.metadata.name,
-            Env.NAMESPACE: job.metadata.namespace or "local",
-        },
-        pass_fds=(lock,),
-    )
+    # The launcher prints the termination message (one JSON line, for a pod's log) on stdout; here it
+    # stays in DIR/termination-log and the user gets a plain summary of it instead.
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = launch(
+            settings,
+            extra_env={
+                PROGRESS_ENV: "1",
+                Env.METRICS_HOST: "127.0.0.1",
+                Env.JOB_NAME: job.metadata.name,
+                Env.NAMESPACE: job.metadata.namespace or "local",
+            },
+            pass_fds=(lock,),
+        )
+    print(summary(settings.termination_log), file=sys.stdout if code == ExitCode.SUCCESS else sys.stderr, flush=True)
     if code == ExitCode.SUCCESS:
         print(f"adapter: {workspace / 'output' / 'adapter'}", flush=True)
     elif code == ExitCode.STOPPED:
         print("stopped after a checkpoint; run the same command again to resume", flush=True)
     return int(code)
+
+
+def summary(termination_log: Path) -> str:
+    """One plain line from the termination message: how the run ended, its step and losses."""
+    try:
+        message = json.loads(termination_log.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"kubetune run: no termination message in {termination_log}"
+    numbers = [f"step {message['step']}/{message.get('totalSteps', '?')}"] if "step" in message else []
+    numbers += [f"{label} {message[key]:.4g}" for key, label in (("loss", "loss"), ("evalLoss", "eval loss"))
+                if isinstance(message.get(key), (int, float))]
+    details = f" ({', '.join(numbers)})" if numbers else ""
+    return f"kubetune run: {message.get('reason')}: {message.get('message')}{details}"

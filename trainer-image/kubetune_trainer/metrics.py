@@ -235,6 +235,11 @@ class ProgressCallback(TrainerCallback):
         for listener in self.listeners:
             listener(progress)
 
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        # After the last on_log: a listener closed at the last step end would miss the last loss.
+        for listener in self.listeners:
+            getattr(listener, "close", lambda: None)()
+
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self._phase("training")
 
