@@ -1,7 +1,8 @@
 """Validate objects against the FineTuneJob CRD the way the API server would.
 
 No API server runs here, so this does its checks with real libraries: what kubectl
-cannot encode as JSON (.inf, .nan) first, then
+cannot encode as JSON (.inf, .nan) first, then the metadata checks every object gets
+(namespace, label syntax), then
 the openAPIV3Schema (openapi-schema-validator, OpenAPI 3.0), strict field
 validation (unknown fields refused, as `kubectl apply` asks by default), and
 the CEL rules of `x-kubernetes-validations` (cel-python), transition rules
@@ -12,6 +13,7 @@ typed `number` reach CEL as doubles. Not emulated: defaulting, CEL cost limits.
 from __future__ import annotations
 
 import math
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from typing import Any
 import celpy
 import yaml
 from openapi_schema_validator import OAS30Validator
+
+from kubetune_trainer.recipe import DNS_1123_LABEL, LABEL_VALUE, QUALIFIED_NAME
 
 CRD_PATH = Path(__file__).resolve().parents[1] / "crds" / "finetunejob.yaml"
 
@@ -110,6 +114,24 @@ def _not_json(value: Any, path: str) -> list[str]:
     return []
 
 
+def _metadata_errors(metadata: dict[str, Any]) -> list[str]:
+    """What the API server checks in any object's metadata (apimachinery's ValidateObjectMeta), in its words."""
+    errors = []
+    namespace = metadata.get("namespace")
+    if namespace is not None and not (isinstance(namespace, str) and len(namespace) <= 63
+                                      and re.match(DNS_1123_LABEL, namespace)):
+        errors.append(f".metadata.namespace: Invalid value: {namespace!r}: a lowercase RFC 1123 label must consist "
+                      "of lower case alphanumeric characters or '-'")
+    for key, value in (metadata.get("labels") or {}).items():
+        if not re.match(QUALIFIED_NAME, key):
+            errors.append(f".metadata.labels: Invalid value: {key!r}: name part must consist of alphanumeric "
+                          "characters, '-', '_' or '.'")
+        if not isinstance(value, str) or not re.match(LABEL_VALUE, value):
+            errors.append(f".metadata.labels: Invalid value: {value!r}: a valid label must be an empty string "
+                          "or consist of alphanumeric characters, '-', '_' or '.'")
+    return errors
+
+
 def crd_errors(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
     """Every reason the API server would refuse `obj` (an update of `old` when given); [] if accepted."""
     errors = _not_json(obj, "") or _schema_errors(obj)
@@ -118,4 +140,7 @@ def crd_errors(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[s
     metadata = obj.get("metadata", {})
     if not isinstance(metadata.get("name"), str):
         return [".metadata.name: Required value"]
+    errors = _metadata_errors(metadata)
+    if errors:
+        return errors
     return _walk(crd_schema(), obj, old if old is not None else _MISSING, "")

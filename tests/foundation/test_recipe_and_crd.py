@@ -127,6 +127,25 @@ BAD_MANIFESTS = [
     ("zero storage size", with_changes(spec__storage__size="0Gi"), "storage.size"),
     ("negative storage size", with_changes(spec__storage__size="-5Gi"), "storage.size"),
     ("ttl beyond int32", with_changes(spec__ttlSecondsAfterFinished=2**31), "ttlSecondsAfterFinished"),
+    # Names and label syntax that the API server (or the Job it is rendered into) would refuse later.
+    ("namespace with capitals", with_changes(metadata__namespace="ML_Team"), "metadata.namespace"),
+    ("own label key with two slashes", with_changes(metadata__labels={"a/b/c": "x"}), "metadata.labels"),
+    ("pod label key with a space", with_changes(spec__podTemplate__labels={"my team": "x"}), "podTemplate.labels"),
+    ("pod label value too long", with_changes(spec__podTemplate__labels={"team": "x" * 64}), "podTemplate.labels"),
+    (
+        "pod label the operator owns",
+        with_changes(spec__podTemplate__labels={"kubetune.io/attempt": "9"}),
+        "podTemplate.labels",
+    ),
+    ("annotation key with a colon", with_changes(spec__podTemplate__annotations={"a:b": "x"}), "podTemplate.annotations"),
+    ("node selector value with a slash", with_changes(spec__resources__nodeSelector={"gpu": "a/b"}), "nodeSelector"),
+    ("secret name with capitals", with_changes(spec__model__tokenSecretRef={"name": "HF-Token"}), "tokenSecretRef.name"),
+    ("pull secret with underscore", with_changes(spec__imagePullSecrets=[{"name": "reg_cred"}]), "imagePullSecrets"),
+    ("service account with a space", with_changes(spec__serviceAccountName="my sa"), "serviceAccountName"),
+    ("existing claim with capitals", with_changes(spec__storage__existingClaim="PVC"), "storage.existingClaim"),
+    ("queue name with a slash", with_changes(spec__queueName="team/queue"), "queueName"),
+    ("GPU resource without a domain", with_changes(spec__resources__gpuResourceName="gpu"), "gpuResourceName"),
+    ("image with a space", with_changes(spec__image="registry/trainer :1"), "image"),
 ]
 
 

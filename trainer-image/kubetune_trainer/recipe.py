@@ -125,6 +125,96 @@ StringMap = Annotated[
     Field(max_length=MAX_ITEMS),
 ]
 
+# Kubernetes' name syntaxes, written once for the CRD (Go RE2) and the model (Python re): no
+# backslashes or lookaheads, so the same text also goes into CEL string literals unchanged.
+DNS_1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+QUALIFIED_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+"""A label or annotation key: an optional DNS-subdomain prefix and '/', then a name of at most 63 characters."""
+EXTENDED_RESOURCE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)+/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+RESERVED_LABEL_PREFIX = "kubetune.io/"
+RESERVED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/managed-by", "app.kubernetes.io/component")
+"""Labels the operator sets on trainer pods (and selects them by): a user's value would be overwritten."""
+
+
+def _checked_string(pattern: str, max_length: int, what: str) -> Any:
+    """A string type that the CRD (pattern, maxLength) and the model (with `what` in its message) check alike."""
+
+    def check(value: str) -> str:
+        if len(value) > max_length or not re.match(pattern, value):
+            raise ValueError(f"{value!r} is not {what}")
+        return value
+
+    return Annotated[
+        str, AfterValidator(check), WithJsonSchema({"type": "string", "pattern": pattern, "maxLength": max_length})
+    ]
+
+
+DnsSubdomain = _checked_string(
+    DNS_1123_SUBDOMAIN, SHORT, "a Kubernetes object name: lowercase letters, digits, '-' and '.', e.g. my-secret"
+)
+DnsLabel = _checked_string(DNS_1123_LABEL, 63, "a DNS label: at most 63 lowercase letters, digits and '-', e.g. ml-team")
+KeyName = _checked_string(r"^[-._a-zA-Z0-9]+$", SHORT, "a key name: letters, digits, '-', '_' and '.', e.g. token")
+QueueName = _checked_string(
+    r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", 63, "a LocalQueue name that fits a label value: at most 63 lowercase "
+    "letters, digits, '-' and '.', e.g. team-a"
+)
+ExtendedResource = _checked_string(
+    EXTENDED_RESOURCE, SHORT, "an extended resource name with a domain prefix, e.g. nvidia.com/gpu or amd.com/gpu"
+)
+ImageReference = _checked_string(
+    r"^[^\s]+$", LONG, "an image reference (no spaces), e.g. ghcr.io/example/kubetune-trainer:0.1.0"
+)
+
+
+def _cel_all_keys(pattern: str) -> str:
+    return f"self.all(k, k.matches('{pattern}'))"
+
+
+def _cel_all_values(pattern: str) -> str:
+    return f"self.all(k, self[k].matches('{pattern}'))"
+
+
+def _string_map(field: str, rules: list[tuple[str, str, Any]]) -> Any:
+    """A string map with `rules` (CEL over the map, message, Python check of one (key, value)) applied by both sides."""
+
+    def check(value: dict[str, str]) -> dict[str, str]:
+        for _, message, ok in rules:
+            bad = [key for key, item in value.items() if not ok(key, item)]
+            if bad:
+                raise ValueError(f"{', '.join(map(repr, bad))}: {message}")
+        return value
+
+    schema = {
+        "type": "object",
+        "additionalProperties": {"type": "string", "maxLength": LONG},
+        "maxProperties": MAX_ITEMS,
+        "x-kubernetes-validations": [_cel_rule(rule, f"{field}: {message}") for rule, message, _ in rules],
+    }
+    return Annotated[dict[str, Annotated[str, Field(max_length=LONG)]], AfterValidator(check), WithJsonSchema(schema)]
+
+
+KEY_RULE = (
+    _cel_all_keys(QUALIFIED_NAME),
+    "keys must be label keys: an optional DNS-subdomain prefix and '/', then at most 63 letters, digits, '-', "
+    "'_' or '.', starting and ending with a letter or digit (e.g. team or example.com/team)",
+    lambda key, value: re.match(QUALIFIED_NAME, key) is not None,
+)
+VALUE_RULE = (
+    _cel_all_values(LABEL_VALUE),
+    "values must be label values: at most 63 letters, digits, '-', '_' or '.', starting and ending with a "
+    "letter or digit, or empty",
+    lambda key, value: re.match(LABEL_VALUE, value) is not None,
+)
+RESERVED_RULE = (
+    f"self.all(k, !k.startsWith('{RESERVED_LABEL_PREFIX}') && !(k in {list(RESERVED_LABELS)}))",
+    f"{RESERVED_LABEL_PREFIX}* and {', '.join(RESERVED_LABELS)} are the operator's own labels (it selects its "
+    "pods by them): choose another key",
+    lambda key, value: not key.startswith(RESERVED_LABEL_PREFIX) and key not in RESERVED_LABELS,
+)
+
 
 # ---------------------------------------------------------------- model
 
@@ -132,10 +222,8 @@ StringMap = Annotated[
 class SecretKeyRef(KubeModel):
     """A key of a Secret in the FineTuneJob's namespace."""
 
-    name: str = Field(max_length=SHORT, description="name is the Secret's name.")
-    key: str = Field(
-        default="token", max_length=SHORT, description="key is the key inside the Secret; default `token`."
-    )
+    name: DnsSubdomain = Field(description="name is the Secret's name.")
+    key: KeyName = Field(default="token", description="key is the key inside the Secret; default `token`.")
 
 
 class AttnImplementation(str, Enum):
@@ -747,22 +835,21 @@ class ResourcesSpec(KubeModel):
     gpus_per_worker: int = Field(
         default=1, ge=0, le=16, description="gpusPerWorker is GPUs per pod; default 1, 0 trains on the CPU (gloo)."
     )
-    gpu_resource_name: str = Field(
+    gpu_resource_name: ExtendedResource = Field(
         default="nvidia.com/gpu",
-        max_length=SHORT,
         description="gpuResourceName is the extended resource of a GPU; default nvidia.com/gpu.",
     )
     cpu: Quantity | None = Field(default=None, description="cpu is each pod's CPU request and limit; default: none.")
     memory: Quantity | None = Field(default=None, description="memory is each pod's memory request and limit; default: none.")
-    node_selector: StringMap = Field(
+    node_selector: _string_map("resources.nodeSelector", [KEY_RULE, VALUE_RULE]) = Field(  # type: ignore[valid-type]
         default_factory=dict, description="nodeSelector constrains trainer pods to labelled nodes; default none."
     )
     tolerations: list[KubeObject] = Field(
         default_factory=list, max_length=MAX_ITEMS, description="tolerations are the trainer pods' tolerations."
     )
     affinity: KubeObject | None = Field(default=None, description="affinity is the trainer pods' affinity.")
-    priority_class_name: str | None = Field(
-        default=None, max_length=SHORT, description="priorityClassName is the trainer pods' priority class."
+    priority_class_name: DnsSubdomain | None = Field(
+        default=None, description="priorityClassName is the trainer pods' priority class."
     )
 
 
@@ -782,8 +869,8 @@ class StorageSpec(KubeModel):
     """The PVC that holds checkpoints, outputs and the model cache."""
 
     size: Quantity = Field(default="50Gi", description="size is the PVC's requested size; default 50Gi.")
-    storage_class_name: str | None = Field(
-        default=None, max_length=SHORT, description="storageClassName is the PVC's class; default the cluster's."
+    storage_class_name: DnsSubdomain | None = Field(
+        default=None, description="storageClassName is the PVC's class; default the cluster's."
     )
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
         default_factory=lambda: ["ReadWriteOnce"],
@@ -791,9 +878,8 @@ class StorageSpec(KubeModel):
         max_length=3,
         description="accessModes of the PVC; default [ReadWriteOnce]. Several workers need ReadWriteMany.",
     )
-    existing_claim: str | None = Field(
+    existing_claim: DnsSubdomain | None = Field(
         default=None,
-        max_length=SHORT,
         description="existingClaim uses this PVC instead of creating one; it is never owned by the FineTuneJob.",
     )
     retain_on_delete: bool = Field(
@@ -804,14 +890,18 @@ class StorageSpec(KubeModel):
 class LocalObjectReference(KubeModel):
     """A reference to an object in the same namespace."""
 
-    name: str = Field(max_length=SHORT, description="name of the referenced object.")
+    name: DnsSubdomain = Field(description="name of the referenced object.")
 
 
 class PodTemplateMeta(KubeModel):
     """Extra metadata for trainer pods."""
 
-    labels: StringMap = Field(default_factory=dict, description="labels added to every trainer pod.")
-    annotations: StringMap = Field(default_factory=dict, description="annotations added to every trainer pod.")
+    labels: _string_map("podTemplate.labels", [KEY_RULE, VALUE_RULE, RESERVED_RULE]) = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="labels added to every trainer pod."
+    )
+    annotations: _string_map("podTemplate.annotations", [KEY_RULE]) = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="annotations added to every trainer pod."
+    )
 
 
 MUTABLE_SPEC_FIELDS = ("suspend",)
@@ -893,8 +983,8 @@ class FineTuneJobSpec(KubeModel):
         default=None, description="deepspeed enables ZeRO across GPUs; default: none (DDP with several GPUs)."
     )
     storage: StorageSpec = Field(default_factory=StorageSpec, description="storage is the PVC for checkpoints and outputs.")
-    image: str | None = Field(
-        default=None, max_length=LONG, description="image is the trainer image; default the operator's trainer image."
+    image: ImageReference | None = Field(
+        default=None, description="image is the trainer image; default the operator's trainer image."
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         default="IfNotPresent", description="imagePullPolicy of the trainer container; default IfNotPresent."
@@ -902,9 +992,8 @@ class FineTuneJobSpec(KubeModel):
     image_pull_secrets: list[LocalObjectReference] = Field(
         default_factory=list, max_length=MAX_ITEMS, description="imagePullSecrets for the trainer image."
     )
-    service_account_name: str | None = Field(
+    service_account_name: DnsSubdomain | None = Field(
         default=None,
-        max_length=SHORT,
         description="serviceAccountName runs trainer pods as this account; default the chart's trainer account.",
     )
     env: list[KubeObject] = Field(
@@ -918,9 +1007,8 @@ class FineTuneJobSpec(KubeModel):
     pod_template: PodTemplateMeta = Field(
         default_factory=PodTemplateMeta, description="podTemplate adds labels and annotations to trainer pods."
     )
-    queue_name: str | None = Field(
+    queue_name: QueueName | None = Field(
         default=None,
-        max_length=SHORT,
         description="queueName is the Kueue LocalQueue; attempt Jobs get kueue.x-k8s.io/queue-name and start "
         "suspended. Default: none.",
     )
@@ -1088,7 +1176,10 @@ class ObjectMeta(KubeModel):
         pattern=DNS_1035,
         description="name of the FineTuneJob: a DNS-1035 label of at most 50 characters.",
     )
-    namespace: str | None = Field(default=None, max_length=63, description="namespace of the FineTuneJob.")
+    namespace: DnsLabel | None = Field(default=None, description="namespace of the FineTuneJob.")
+    labels: _string_map("metadata.labels", [KEY_RULE, VALUE_RULE]) | None = Field(  # type: ignore[valid-type]
+        default=None, description="labels of the FineTuneJob."
+    )
 
 
 class FineTuneJob(KubeModel):
