@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -121,16 +122,11 @@ def _run(folder: Path, spec: dict[str, Any]) -> Run:
     workspace = folder / "ws"
     result = subprocess.run(
         [sys.executable, "-m", "kubetune_operator.cli", "run", str(manifest), "--output", str(workspace)],
-        capture_output=True, text=True, timeout=900, check=False, env={**_offline_env(), "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=900, check=False,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return Run(workspace, result.stdout, result.stderr)
-
-
-def _offline_env() -> dict[str, str]:
-    import os
-
-    return {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 def _logits(model: Any, tokenizer: Any, text: str) -> Any:
