@@ -146,6 +146,23 @@ BAD_MANIFESTS = [
     ("queue name with a slash", with_changes(spec__queueName="team/queue"), "queueName"),
     ("GPU resource without a domain", with_changes(spec__resources__gpuResourceName="gpu"), "gpuResourceName"),
     ("image with a space", with_changes(spec__image="registry/trainer :1"), "image"),
+    # env: the operator's variables, secrets inline, entries Kubernetes would refuse when the Job is created.
+    ("env entry without a name", with_changes(spec__env=[{"value": "1"}]), "env"),
+    ("env name with a space", with_changes(spec__env=[{"name": "MY VAR", "value": "1"}]), "env"),
+    ("env overriding the recipe path", with_changes(spec__env=[{"name": "KUBETUNE_RECIPE", "value": "/x"}]), "env"),
+    ("env overriding the node rank", with_changes(spec__env=[{"name": "JOB_COMPLETION_INDEX", "value": "0"}]), "env"),
+    (
+        "env with value and valueFrom",
+        with_changes(spec__env=[{"name": "A", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]),
+        "env",
+    ),
+    ("W&B key inline", with_changes(spec__env=[{"name": "WANDB_API_KEY", "value": "f00"}]), "valueFrom.secretKeyRef"),
+    ("hub token inline", with_changes(spec__env=[{"name": "hf_token", "value": "hf_abc"}]), "valueFrom.secretKeyRef"),
+    (
+        "MLflow password inline",
+        with_changes(spec__env=[{"name": "MLFLOW_TRACKING_PASSWORD", "value": "pw"}]),
+        "valueFrom.secretKeyRef",
+    ),
 ]
 
 
@@ -289,5 +306,18 @@ def test_scientific_notation_without_a_dot_reads_as_a_number(tmp_path: Path) -> 
 @pytest.mark.parametrize("quantity", [4, "500m", "0.5", "1.5Gi", "16Gi", "100M"])
 def test_positive_quantities_are_accepted_by_crd_and_model(quantity: int | str) -> None:
     manifest = with_changes(spec__resources__cpu=quantity, spec__resources__memory=quantity, spec__storage__size=quantity)
+    assert crd_errors(manifest) == []
+    parse_finetunejob(manifest)
+
+
+def test_env_entries_users_need_are_accepted_by_crd_and_model() -> None:
+    manifest = with_changes(spec__env=[
+        {"name": "WANDB_PROJECT", "value": "quiz"},
+        {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "key"}}},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "KUBETUNE_MASTER_PORT", "value": "29511"},
+        {"name": "KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS", "value": "1200"},
+        {"name": "EMPTY_TOKEN", "value": ""},
+    ])
     assert crd_errors(manifest) == []
     parse_finetunejob(manifest)

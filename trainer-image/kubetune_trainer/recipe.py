@@ -32,6 +32,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from kubetune_trainer.contract import Env
+
 API_GROUP = "kubetune.io"
 API_VERSION = "v1alpha1"
 KIND = "FineTuneJob"
@@ -214,6 +216,81 @@ RESERVED_RULE = (
     "pods by them): choose another key",
     lambda key, value: not key.startswith(RESERVED_LABEL_PREFIX) and key not in RESERVED_LABELS,
 )
+
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+ENV_TUNABLES = (Env.MASTER_PORT, Env.COLLECTIVE_TIMEOUT, "KUBETUNE_PEER_TIMEOUT_SECONDS")
+"""The KUBETUNE_* variables a user may set through `env` (ports and timeouts); every other one is the operator's."""
+SECRET_LOOKING = "(?i)(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|KEY|APIKEY|CREDENTIALS?)(_|$)"
+"""Env names whose literal value would be a credential in the pod spec and the recipe ConfigMap."""
+ENV_RULES: list[tuple[str, str, Any]] = [
+    (
+        f"!self.name.startsWith('KUBETUNE_') || self.name in {list(ENV_TUNABLES)}",
+        "KUBETUNE_* variables are set by the operator (paths, ranks, names): remove this entry "
+        f"(only {', '.join(ENV_TUNABLES)} may be set)",
+        lambda entry: not entry["name"].startswith("KUBETUNE_") or entry["name"] in ENV_TUNABLES,
+    ),
+    (
+        f"self.name != '{Env.NODE_RANK}'",
+        f"{Env.NODE_RANK} is set by Kubernetes in Indexed Jobs (it is the pod's rank): remove this entry",
+        lambda entry: entry["name"] != Env.NODE_RANK,
+    ),
+    (
+        "!(has(self.value) && has(self.valueFrom))",
+        "set value or valueFrom, not both",
+        lambda entry: not ("value" in entry and "valueFrom" in entry),
+    ),
+    (
+        f"!has(self.value) || self.value == '' || !self.name.matches('{SECRET_LOOKING}')",
+        "looks like a secret: a literal value lands in the pod spec and the recipe ConfigMap; put it in a Secret "
+        "and use valueFrom.secretKeyRef (or envFrom.secretRef)",
+        lambda entry: not entry.get("value") or re.search(SECRET_LOOKING, entry["name"]) is None,
+    ),
+]
+ENV_FIELDS = {"name", "value", "valueFrom"}
+
+
+def _check_env_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """The model's side of the env item schema below: the same name syntax and ENV_RULES."""
+    unknown = sorted(set(entry) - ENV_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown field {unknown[0]}: an env entry has name, value and valueFrom")
+    name = entry.get("name")
+    if not isinstance(name, str) or not re.match(ENV_NAME, name) or len(name) > SHORT:
+        raise ValueError("every env entry needs a name made of letters, digits, '_', '-' and '.', not starting with a digit")
+    if "value" in entry and not isinstance(entry["value"], str):
+        raise ValueError(f"{name}: value must be a string: quote it")
+    for _, message, ok in ENV_RULES:
+        if not ok(entry):
+            raise ValueError(f"{name}: {message}")
+    return entry
+
+
+EnvVar = Annotated[
+    dict[str, Any],
+    AfterValidator(_check_env_entry),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {
+                    "type": "string", "pattern": ENV_NAME, "maxLength": SHORT,
+                    "description": "name of the variable; KUBETUNE_* (but ports and timeouts) are the operator's.",
+                },
+                "value": {
+                    "type": "string", "maxLength": HUGE,
+                    "description": "value is a literal; secret-looking names (…TOKEN, …KEY, …PASSWORD) need valueFrom.",
+                },
+                "valueFrom": {
+                    "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                    "description": "valueFrom reads the value from a Secret, ConfigMap or field (Kubernetes' EnvVarSource).",
+                },
+            },
+            "x-kubernetes-validations": [_cel_rule(rule, f"env: {message}") for rule, message, _ in ENV_RULES],
+        }
+    ),
+]
+"""A container env var (name, value or valueFrom), checked alike by the CRD and the model."""
 
 
 # ---------------------------------------------------------------- model
@@ -996,7 +1073,7 @@ class FineTuneJobSpec(KubeModel):
         default=None,
         description="serviceAccountName runs trainer pods as this account; default the chart's trainer account.",
     )
-    env: list[KubeObject] = Field(
+    env: list[EnvVar] = Field(
         default_factory=list,
         max_length=256,
         description="env are extra container env vars (W&B, MLflow, cloud credentials from secrets).",
