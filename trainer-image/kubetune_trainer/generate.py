@@ -14,9 +14,10 @@ settings (`evaluation.temperature`, `topP`, `maxNewTokens`), so the answer is pr
 the way the end-of-training samples were. The base is `output/base` when the run wrote
 one (a GGUF base), else the recipe's model.
 
-GGUF export needs llama.cpp's `convert_hf_to_gguf.py`, which is not on PyPI (the `gguf`
-package there reads and writes the file format, it does not map a transformers checkpoint
-onto it), so it is looked for and, when missing, the command says where to get it.
+GGUF export needs llama.cpp's `convert_hf_to_gguf.py`, which no PyPI package installs (the
+`gguf` package reads and writes the file format, it does not map a transformers checkpoint
+onto it; llama-cpp-python's source distribution carries the script in vendor/llama.cpp, to
+unpack by hand), so it is looked for and, when missing, the command says where to get it.
 """
 
 from __future__ import annotations
@@ -152,9 +153,10 @@ def find_gguf_converter(explicit: str | None = None) -> Path:
             return Path(candidate)
     tried = f"--converter {explicit} is no file" if explicit else f"no {GGUF_CONVERTER} in ${LLAMA_CPP_ENV} or on PATH"
     raise ResultError(
-        f"GGUF export needs llama.cpp's {GGUF_CONVERTER} ({tried}); it is not on PyPI (the gguf package there "
-        f"only reads and writes the format): clone llama.cpp, `pip install -r llama.cpp/requirements.txt`, and pass "
-        f"--converter llama.cpp/{GGUF_CONVERTER} (or set {LLAMA_CPP_ENV})"
+        f"GGUF export needs llama.cpp's {GGUF_CONVERTER} ({tried}); no PyPI package installs it (the gguf "
+        f"package only reads and writes the format): clone llama.cpp, or unpack it from the llama-cpp-python "
+        f"source (`pip download llama-cpp-python --no-deps --no-binary :all:`, vendor/llama.cpp/), and pass "
+        f"--converter .../{GGUF_CONVERTER} (or set {LLAMA_CPP_ENV} to its folder)"
     )
 
 
