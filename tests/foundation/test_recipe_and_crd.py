@@ -163,6 +163,77 @@ BAD_MANIFESTS = [
         with_changes(spec__env=[{"name": "MLFLOW_TRACKING_PASSWORD", "value": "pw"}]),
         "valueFrom.secretKeyRef",
     ),
+    # Settings the method, the format, the DeepSpeed stage or the hardware would ignore (or fail on later).
+    ("distill settings with sft", with_changes(spec__method__distill={"teacher": {"name": "big"}}), "method.distill"),
+    ("dpo settings with sft", with_changes(spec__method__dpo={"beta": 0.5}), "method.dpo"),
+    (
+        "fp4 on a 16-bit base",
+        with_changes(spec__method__quantization={"bits": 16, "quantType": "fp4"}),
+        "quantization.quantType",
+    ),
+    (
+        "offloadParams below ZeRO-3",
+        with_changes(spec__deepspeed={"zeroStage": 2, "offloadParams": True}, spec__training__optimizer="adamw_torch"),
+        "deepspeed.offloadParams",
+    ),
+    (
+        "offloadOptimizer at ZeRO-0",
+        with_changes(spec__deepspeed={"zeroStage": 0, "offloadOptimizer": True}, spec__training__optimizer="adamw_torch"),
+        "deepspeed.offloadOptimizer",
+    ),
+    ("DeepSpeed on the CPU", with_changes(spec__deepspeed={"zeroStage": 2}, spec__resources__gpusPerWorker=0), "deepspeed"),
+    (
+        "flash attention on the CPU",
+        with_changes(spec__model__attnImplementation="flash_attention_2", spec__resources__gpusPerWorker=0),
+        "model.attnImplementation",
+    ),
+    (
+        "fused LoRA on the CPU",
+        with_changes(spec__training__fusedLora=True, spec__resources__gpusPerWorker=0),
+        "training.fusedLora",
+    ),
+    (
+        "storage class of an existing claim",
+        with_changes(spec__storage={"existingClaim": "shared", "storageClassName": "fast"}),
+        "storage.existingClaim",
+    ),
+    (
+        "templates without format template",
+        with_changes(spec__dataset__template={"prompt": "Q: {{ q }}", "completion": "{{ a }}"}),
+        "dataset.template",
+    ),
+    ("subset of a file", with_changes(spec__dataset__subset="en"), "dataset.subset"),
+    ("split of a file", with_changes(spec__dataset__split="test"), "dataset.split"),
+    ("thinkTags on raw text", with_changes(spec__dataset__format="text", spec__dataset__thinkTags=True), "dataset.thinkTags"),
+    ("chosen column for SFT", with_changes(spec__dataset__columns={"chosen": "good"}), "dataset.columns"),
+    (
+        "warm-up with a constant schedule",
+        with_changes(spec__training__lrScheduler="constant", spec__training__warmupSteps=10),
+        "training.lrScheduler",
+    ),
+    (
+        "evalSteps without validation data",
+        with_changes(spec__training__evalSteps=10, spec__dataset__validationSplit=0),
+        "training.evalSteps",
+    ),
+    (
+        "exact match without validation data",
+        with_changes(spec__evaluation__exactMatch=True, spec__dataset__validationSplit=0),
+        "evaluation.exactMatch",
+    ),
+    (
+        "packing with DPO",
+        with_changes(spec__method__type="dpo", spec__dataset__format="preference", spec__training__packing=True),
+        "training.packing",
+    ),
+    (
+        "hub token from tokenSecretRef and env",
+        with_changes(
+            spec__model__tokenSecretRef={"name": "hf"},
+            spec__env=[{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf2", "key": "token"}}}],
+        ),
+        "model.tokenSecretRef",
+    ),
 ]
 
 
@@ -321,3 +392,22 @@ def test_env_entries_users_need_are_accepted_by_crd_and_model() -> None:
     ])
     assert crd_errors(manifest) == []
     parse_finetunejob(manifest)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_what_the_operator_writes_back_passes_both_checks_again(path: Path) -> None:
+    """to_api() spells out every default (the recipe ConfigMap): the ignored-setting rules must not see them as set."""
+    for document in load_documents(path):
+        if document.get("kind") == "FineTuneJob":
+            written = parse_finetunejob(document).to_api()
+            assert crd_errors(written) == []
+            assert parse_finetunejob(written).to_api() == written
+
+
+def test_defaults_spelled_out_with_an_existing_claim_and_a_16_bit_base_pass() -> None:
+    written = parse_finetunejob(
+        with_changes(spec__storage={"existingClaim": "shared"}, spec__method__quantization={"bits": 16})
+    ).to_api()
+    assert written["spec"]["storage"]["size"] == "50Gi" and written["spec"]["method"]["dpo"]["beta"] == 0.1
+    assert crd_errors(written) == []
+    parse_finetunejob(written)

@@ -17,8 +17,10 @@ manifests through both.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -69,8 +71,25 @@ def _cel_rule(rule: str, message: str, field_path: str | None = None) -> dict[st
     return entry
 
 
+@dataclass(frozen=True)
+class CrossFieldRule:
+    """One cross-field rule, written once: the API server runs `cel`, the model runs `holds`; both say `message`."""
+
+    cel: str
+    message: str
+    field_path: str | None
+    holds: Callable[[Any], bool]
+
+
+def _cel_rules(rules: tuple[CrossFieldRule, ...], *existing: dict[str, str]) -> dict[str, Any]:
+    """json_schema_extra for a model: its older dual-written CEL entries plus `rules`."""
+    return {"x-kubernetes-validations": [*existing, *(_cel_rule(r.cel, r.message, r.field_path) for r in rules)]}
+
+
 class KubeModel(BaseModel):
-    """Base of every recipe object: camelCase aliases, unknown fields refused."""
+    """Base of every recipe object: camelCase aliases, unknown fields refused, `cross_field_rules` checked."""
+
+    cross_field_rules: ClassVar[tuple[CrossFieldRule, ...]] = ()
 
     model_config = ConfigDict(
         extra="forbid",
@@ -83,6 +102,13 @@ class KubeModel(BaseModel):
     def to_api(self) -> dict[str, Any]:
         """This object as the API stores it: camelCase keys, unset optionals left out."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    @model_validator(mode="after")
+    def _cross_field_rules_hold(self) -> KubeModel:
+        broken = [rule.message for rule in self.cross_field_rules if not rule.holds(self)]
+        if broken:
+            raise ValueError("; ".join(broken))
+        return self
 
 
 def _quantity_to_str(value: Any) -> Any:
@@ -503,9 +529,61 @@ DATASET_SOURCE_RULE = (
 )
 
 
+ROLES_READ = {
+    DatasetFormat.chat: ("messages", "prompt", "completion", "reasoning", "system"),
+    DatasetFormat.prompt_completion: ("prompt", "completion", "reasoning", "system"),
+    DatasetFormat.text: ("text",),
+    DatasetFormat.template: ("system",),  # the templates name their columns themselves
+    DatasetFormat.preference: ("prompt", "chosen", "rejected", "system"),
+}
+"""The dataset.columns roles each format reads (kubetune_trainer.formats); a mapping of another is ignored."""
+
+
+def _columns_rule(fmt: DatasetFormat) -> CrossFieldRule:
+    unread = [role for role in ColumnMapping.model_fields if role not in ROLES_READ[fmt]]
+    default = " || !has(self.format)" if fmt is DatasetFormat.chat else ""
+    return CrossFieldRule(
+        f"!((has(self.format) && self.format == '{fmt.value}'){default}) || !has(self.columns) || "
+        + " && ".join(f"!has(self.columns.{role})" for role in unread),
+        f"dataset.columns: format {fmt.value} reads only {', '.join(ROLES_READ[fmt])}: remove the other roles",
+        ".columns",
+        lambda d: d.format is not fmt or all(getattr(d.columns, role) is None for role in unread),
+    )
+
+
+DATASET_RULES = (
+    CrossFieldRule(
+        "!has(self.template) || (has(self.format) && self.format == 'template')",
+        "dataset.template is read only by dataset.format template: remove it, or set format template",
+        ".template",
+        lambda d: d.template is None or d.format is DatasetFormat.template,
+    ),
+    CrossFieldRule(
+        "!has(self.subset) || has(self.name)",
+        "dataset.subset names a configuration of a hub dataset (dataset.name); files have none: remove it",
+        ".subset",
+        lambda d: d.subset is None or d.name is not None,
+    ),
+    CrossFieldRule(
+        "!has(self.split) || self.split == 'train' || has(self.name)",
+        "dataset.split picks a split of a hub dataset (dataset.name); a file or ConfigMap is read whole: remove it",
+        ".split",
+        lambda d: d.split == "train" or d.name is not None,
+    ),
+    CrossFieldRule(
+        "!has(self.thinkTags) || !has(self.format) || self.format == 'chat' || self.format == 'prompt-completion'",
+        "dataset.thinkTags applies to formats chat and prompt-completion (their reasoning): remove it",
+        ".thinkTags",
+        lambda d: d.think_tags is None or d.format in (DatasetFormat.chat, DatasetFormat.prompt_completion),
+    ),
+    *(_columns_rule(fmt) for fmt in DatasetFormat),
+)
+
+
 class DatasetSpec(KubeModel):
     """Where the training data comes from and how rows become examples."""
 
+    cross_field_rules = DATASET_RULES
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -518,6 +596,7 @@ class DatasetSpec(KubeModel):
                     "dataset.format template needs dataset.template.prompt and dataset.template.completion",
                     ".template",
                 ),
+                *_cel_rules(DATASET_RULES)["x-kubernetes-validations"],
             ]
         }
     )
@@ -643,8 +722,23 @@ class ComputeDtype(str, Enum):
     float32 = "float32"
 
 
+QUANTIZATION_RULES = (
+    CrossFieldRule(
+        "(has(self.bits) ? self.bits : 4) == 4 || ((!has(self.quantType) || self.quantType == 'nf4') && "
+        "(!has(self.doubleQuant) || self.doubleQuant) && (!has(self.computeDtype) || self.computeDtype == 'bfloat16'))",
+        "method.quantization.quantType, doubleQuant and computeDtype apply to bits 4 only: remove them, or set "
+        "method.quantization.bits 4",
+        ".bits",
+        lambda q: q.bits == 4 or (q.quant_type == "nf4" and q.double_quant and q.compute_dtype is ComputeDtype.bfloat16),
+    ),
+)
+
+
 class QuantizationSpec(KubeModel):
     """bitsandbytes quantization of the frozen base model."""
+
+    cross_field_rules = QUANTIZATION_RULES
+    model_config = ConfigDict(json_schema_extra=_cel_rules(QUANTIZATION_RULES))
 
     bits: Literal[4, 8, 16] = Field(
         default=4, description="bits is the base model's storage: 4 (QLoRA, default), 8, or 16 (no quantization)."
@@ -695,19 +789,38 @@ class DpoSpec(KubeModel):
     )
 
 
+_DPO_DEFAULTS = DpoSpec()
+METHOD_RULES = (
+    CrossFieldRule(
+        "!has(self.distill) || (has(self.type) && self.type == 'distill')",
+        "method.distill is read only by method.type distill: remove it, or set method.type distill",
+        ".distill",
+        lambda m: m.distill is None or m.type is MethodType.distill,
+    ),
+    CrossFieldRule(
+        "(has(self.type) && self.type == 'dpo') || !has(self.dpo) || "
+        f"((!has(self.dpo.beta) || self.dpo.beta == {_DPO_DEFAULTS.beta}) && "
+        f"(!has(self.dpo.lossType) || self.dpo.lossType == '{_DPO_DEFAULTS.loss_type}'))",
+        "method.dpo is read only by method.type dpo: remove it, or set method.type dpo",
+        ".dpo",
+        lambda m: m.type is MethodType.dpo or m.dpo == _DPO_DEFAULTS,
+    ),
+)
+
+
 class MethodSpec(KubeModel):
     """What is trained and how: SFT, distillation or DPO, with LoRA on a quantized base."""
 
+    cross_field_rules = METHOD_RULES
     model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel_rule(
-                    "!has(self.type) || self.type != 'distill' || has(self.distill)",
-                    "method.type distill needs method.distill.teacher",
-                    ".distill",
-                )
-            ]
-        }
+        json_schema_extra=_cel_rules(
+            METHOD_RULES,
+            _cel_rule(
+                "!has(self.type) || self.type != 'distill' || has(self.distill)",
+                "method.type distill needs method.distill.teacher",
+                ".distill",
+            ),
+        )
     )
 
     type: MethodType = Field(
@@ -747,18 +860,30 @@ FUSED_LORA_REFUSAL = (
 )
 
 
+TRAINING_RULES = (
+    CrossFieldRule(
+        "!has(self.lrScheduler) || self.lrScheduler != 'constant' || ((!has(self.warmupSteps) || "
+        "self.warmupSteps == 0) && (!has(self.warmupRatio) || self.warmupRatio == 0.0))",
+        "training.lrScheduler constant has no warm-up: use constant_with_warmup, or remove training.warmupSteps "
+        "and warmupRatio",
+        ".lrScheduler",
+        lambda t: t.lr_scheduler != "constant" or not (t.warmup_steps or t.warmup_ratio),
+    ),
+)
+
+
 class TrainingSpec(KubeModel):
     """Hyperparameters of the training loop (TRL's SFTConfig names in camelCase)."""
 
+    cross_field_rules = TRAINING_RULES
     model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel_rule(
-                    "!(has(self.warmupSteps) && has(self.warmupRatio))",
-                    "set at most one of training.warmupSteps and training.warmupRatio",
-                )
-            ]
-        }
+        json_schema_extra=_cel_rules(
+            TRAINING_RULES,
+            _cel_rule(
+                "!(has(self.warmupSteps) && has(self.warmupRatio))",
+                "set at most one of training.warmupSteps and training.warmupRatio",
+            ),
+        )
     )
 
     epochs: float = Field(default=3, gt=0, le=100000, description="epochs is the number of passes over the data; default 3.")
@@ -930,8 +1055,29 @@ class ResourcesSpec(KubeModel):
     )
 
 
+DEEPSPEED_RULES = (
+    CrossFieldRule(
+        "!has(self.offloadParams) || !self.offloadParams || self.zeroStage == 3",
+        "deepspeed.offloadParams needs deepspeed.zeroStage 3 (only stage 3 partitions parameters): set "
+        "zeroStage 3, or remove offloadParams",
+        ".offloadParams",
+        lambda d: not d.offload_params or d.zero_stage == 3,
+    ),
+    CrossFieldRule(
+        "!has(self.offloadOptimizer) || !self.offloadOptimizer || self.zeroStage >= 1",
+        "deepspeed.offloadOptimizer needs deepspeed.zeroStage 1, 2 or 3 (stage 0 keeps no optimizer partition "
+        "to offload): raise zeroStage, or remove offloadOptimizer",
+        ".offloadOptimizer",
+        lambda d: not d.offload_optimizer or d.zero_stage >= 1,
+    ),
+)
+
+
 class DeepSpeedSpec(KubeModel):
     """DeepSpeed ZeRO across GPUs (DDP is used when this is absent)."""
+
+    cross_field_rules = DEEPSPEED_RULES
+    model_config = ConfigDict(json_schema_extra=_cel_rules(DEEPSPEED_RULES))
 
     zero_stage: Literal[0, 1, 2, 3] = Field(description="zeroStage is the ZeRO stage 0–3. Required.")
     offload_optimizer: bool = Field(
@@ -942,8 +1088,27 @@ class DeepSpeedSpec(KubeModel):
     )
 
 
+STORAGE_RULES = (
+    CrossFieldRule(
+        "!has(self.existingClaim) || (!has(self.storageClassName) && (!has(self.size) || string(self.size) == "
+        "'50Gi') && (!has(self.accessModes) || self.accessModes == ['ReadWriteOnce']) && "
+        "(!has(self.retainOnDelete) || self.retainOnDelete))",
+        "storage.size, storageClassName, accessModes and retainOnDelete describe the PVC the operator creates; "
+        "with storage.existingClaim none is created: remove them",
+        ".existingClaim",
+        lambda st: not st.existing_claim or (
+            st.storage_class_name is None and st.size == "50Gi" and st.access_modes == ["ReadWriteOnce"]
+            and st.retain_on_delete
+        ),
+    ),
+)
+
+
 class StorageSpec(KubeModel):
     """The PVC that holds checkpoints, outputs and the model cache."""
+
+    cross_field_rules = STORAGE_RULES
+    model_config = ConfigDict(json_schema_extra=_cel_rules(STORAGE_RULES))
 
     size: Quantity = Field(default="50Gi", description="size is the PVC's requested size; default 50Gi.")
     storage_class_name: DnsSubdomain | None = Field(
@@ -985,8 +1150,64 @@ MUTABLE_SPEC_FIELDS = ("suspend",)
 """Spec fields that may change after creation; the CRD makes every other one immutable."""
 
 
+_HAS_VALIDATION = "(!has(self.dataset.validationSplit) || self.dataset.validationSplit > 0.0)"
+_ON_GPUS = "(!has(self.resources) || !has(self.resources.gpusPerWorker) || self.resources.gpusPerWorker > 0)"
+SPEC_RULES = (
+    CrossFieldRule(
+        f"!has(self.training) || !has(self.training.evalSteps) || {_HAS_VALIDATION}",
+        "training.evalSteps needs dataset.validationSplit > 0 (nothing is held out to evaluate): remove evalSteps, "
+        "or hold out data",
+        ".training.evalSteps",
+        lambda s: s.training.eval_steps is None or s.dataset.validation_split > 0,
+    ),
+    CrossFieldRule(
+        f"!has(self.evaluation) || !has(self.evaluation.exactMatch) || !self.evaluation.exactMatch || {_HAS_VALIDATION}",
+        "evaluation.exactMatch scores the validation split: set dataset.validationSplit > 0, or remove exactMatch",
+        ".evaluation.exactMatch",
+        lambda s: not s.evaluation.exact_match or s.dataset.validation_split > 0,
+    ),
+    CrossFieldRule(
+        "!has(self.method) || !has(self.method.type) || self.method.type != 'dpo' || !has(self.training) || "
+        "((!has(self.training.packing) || !self.training.packing) && "
+        "(!has(self.training.completionOnlyLoss) || self.training.completionOnlyLoss))",
+        "method.type dpo scores whole chosen/rejected answers: training.packing and training.completionOnlyLoss "
+        "are SFT settings it ignores: remove them",
+        ".training",
+        lambda s: s.method.type is not MethodType.dpo or (not s.training.packing and s.training.completion_only_loss),
+    ),
+    CrossFieldRule(
+        f"!has(self.deepspeed) || {_ON_GPUS}",
+        "deepspeed needs GPUs: set resources.gpusPerWorker >= 1, or remove deepspeed (CPU runs use gloo DDP)",
+        ".deepspeed",
+        lambda s: s.deepspeed is None or s.resources.gpus_per_worker > 0,
+    ),
+    CrossFieldRule(
+        f"!has(self.model.attnImplementation) || self.model.attnImplementation != 'flash_attention_2' || {_ON_GPUS}",
+        "model.attnImplementation flash_attention_2 needs GPUs: set resources.gpusPerWorker >= 1, or use sdpa",
+        ".model.attnImplementation",
+        lambda s: s.model.attn_implementation is not AttnImplementation.flash_attention_2
+        or s.resources.gpus_per_worker > 0,
+    ),
+    CrossFieldRule(
+        f"!has(self.training) || !has(self.training.fusedLora) || !self.training.fusedLora || {_ON_GPUS}",
+        "training.fusedLora true fuses GPU kernels and does nothing on the CPU: set resources.gpusPerWorker >= 1, "
+        "or leave training.fusedLora unset",
+        ".training.fusedLora",
+        lambda s: not s.training.fused_lora or s.resources.gpus_per_worker > 0,
+    ),
+    CrossFieldRule(
+        "!has(self.model.tokenSecretRef) || !has(self.env) || !self.env.exists(e, e.name == 'HF_TOKEN')",
+        "model.tokenSecretRef and an env entry HF_TOKEN both set the hub token: keep one",
+        ".env",
+        lambda s: s.model.token_secret_ref is None or all(e.get("name") != "HF_TOKEN" for e in s.env),
+    ),
+)
+
+
 class FineTuneJobSpec(KubeModel):
     """The desired fine-tune: model, data, method, training, resources and storage."""
+
+    cross_field_rules = SPEC_RULES
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -1041,6 +1262,7 @@ class FineTuneJobSpec(KubeModel):
                     FUSED_LORA_REFUSAL,
                     ".training.fusedLora",
                 ),
+                *_cel_rules(SPEC_RULES)["x-kubernetes-validations"],
             ]
         }
     )
