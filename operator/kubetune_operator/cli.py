@@ -5,7 +5,7 @@
     kubetune render job.yaml [--attempt N]               what the operator would create
     kubetune run job.yaml [--output DIR] [--fresh]       train locally through the pod's launcher
     kubetune generate OUTPUT_DIR "prompt"                try a trained adapter
-    kubetune merge OUTPUT_DIR                            merge the adapter into its base (OUTPUT_DIR/merged)
+    kubetune merge OUTPUT_DIR                            merge the adapter into its base (output/merged)
     kubetune export OUTPUT_DIR --gguf                    the merged model as a GGUF file (llama.cpp)
 
 `run` and `generate` import the trainer (torch) lazily, so the other verbs stay fast.

@@ -108,3 +108,10 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--version"])
     assert exit_.value.code == 0
     assert re.fullmatch(r"kubetune \d+\.\d+\.\d+\S*\n", capsys.readouterr().out)
+
+
+def test_a_json_syntax_error_names_line_and_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "job.json"
+    bad.write_text('{\n  "kind": "FineTuneJob",\n  "spec": {,}\n}\n')
+    assert cli.main(["validate", str(bad)]) == 2
+    assert f"{bad}:3:12: JSON syntax error: Expecting property name" in _one_line(capsys.readouterr().err)
