@@ -411,3 +411,22 @@ def test_defaults_spelled_out_with_an_existing_claim_and_a_16_bit_base_pass() ->
     assert written["spec"]["storage"]["size"] == "50Gi" and written["spec"]["method"]["dpo"]["beta"] == 0.1
     assert crd_errors(written) == []
     parse_finetunejob(written)
+
+
+@pytest.mark.parametrize(
+    ("content", "code", "said"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\xff", 2, "is not UTF-8 text"),
+        (b"spec: [unclosed\n", 2, "YAML syntax error"),
+        (b"just a sentence, not a manifest\n", 1, "no FineTuneJob found"),
+    ],
+    ids=["binary", "broken YAML", "a YAML scalar"],
+)
+def test_validate_of_a_file_that_is_no_manifest_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, code: int, said: str
+) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_bytes(content)
+    assert cli.main(["validate", str(path)]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and said in err and "Traceback" not in err
