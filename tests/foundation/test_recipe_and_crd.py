@@ -234,6 +234,10 @@ BAD_MANIFESTS = [
         ),
         "model.tokenSecretRef",
     ),
+    # Empty strings that would silently mean "the default" or fail deep in peft.
+    ("empty column name", with_changes(spec__dataset__columns={"prompt": ""}), "dataset.columns.prompt"),
+    ("empty target module", with_changes(spec__method__lora__targetModules=["q_proj", ""]), "lora.targetModules"),
+    ("empty evaluation prompt", with_changes(spec__evaluation__prompts=[""]), "evaluation.prompts"),
 ]
 
 
