@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from kubetune_trainer.checkpoints import list_checkpoints
+from kubetune_trainer.contract import Env
 
 from tests.trainer.sft_runs import (
     adapter_tensors,
@@ -108,3 +109,28 @@ def test_every_checkpoint_damaged_starts_fresh_and_says_so(trained: tuple[Path, 
     assert "checkpoint-5 (optimizer.pt is missing)" in message["message"]
     assert "started fresh" in message["message"] and "resuming from" not in log
     assert_identical(adapter_tensors(tmp_path / "ws" / "output" / "adapter"), trained[2])
+
+
+def test_missing_shard_of_one_rank_in_a_two_process_run(tiny_llama: Path, toy_data: Path, tmp_path: Path) -> None:
+    """torchrun with gloo, two ranks: rank 1's RNG file is gone from the newest checkpoint (transformers would
+    only warn and resume non-reproducibly); the run falls back to the previous one and ends as the reference."""
+    spec = sft_spec(
+        tiny_llama, toy_data, dataset={"validationSplit": 0}, method={"lora": {"dropout": 0.1}},
+        training={"maxSteps": STEPS, "saveSteps": 5, "saveTotalLimit": 2, "loggingSteps": 5},
+    )
+    recipe, reference = write_recipe(tmp_path, spec), tmp_path / "reference"
+    two = {Env.NPROC_PER_NODE: "2"}
+    first = run_launcher(recipe, reference, **two)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    workspace = tmp_path / "ws"
+    shutil.copytree(reference / "output" / "checkpoints", workspace / "output" / "checkpoints")
+    (workspace / "output" / "checkpoints" / "checkpoint-10" / "rng_state_1.pth").unlink()
+
+    result = run_launcher(recipe, workspace, **two)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    message = termination_message(workspace)["message"]
+    assert "checkpoint-10 (rng_state_1.pth is missing)" in message and "resumed from checkpoint-5" in message
+    assert_identical(
+        adapter_tensors(workspace / "output" / "adapter"), adapter_tensors(reference / "output" / "adapter")
+    )
