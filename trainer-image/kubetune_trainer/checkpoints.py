@@ -28,14 +28,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_utils import rotate_checkpoints
+from typing import TYPE_CHECKING, Any
 
 from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER, CHECKPOINT_PREFIX
 from kubetune_trainer.distributed import barrier, is_global_zero
 from kubetune_trainer.recipe import FineTuneJobSpec
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
 
 log = logging.getLogger(__name__)
 
@@ -261,50 +261,53 @@ def read_finished(output: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-class CompleteCheckpointCallback(TrainerCallback):
-    """Records and marks each saved checkpoint complete after a barrier, then rotates old ones.
+def complete_checkpoint_callback(
+    save_total_limit: int, on_saved: Any = None, shape: dict[str, Any] | None = None
+) -> TrainerCallback:
+    """A Trainer callback that records and marks each saved checkpoint complete after a barrier, then rotates.
 
     The barrier means every rank's shards are on the (shared) volume when rank 0 lists and
-    hashes them. `shape` (`checkpoint_shape`) goes into each marker.
-
-    `on_saved(step, path, seconds, time)` is called on global rank 0 once a checkpoint is
-    complete (metrics use it).
+    hashes them. `shape` (`checkpoint_shape`) goes into each marker. `on_saved(step, path,
+    seconds, time)` is called on global rank 0 once a checkpoint is complete (metrics use it).
+    A factory, so this module imports no torch: the resume rules above run before the heavy imports.
     """
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+    from transformers.trainer_utils import rotate_checkpoints
 
-    def __init__(self, save_total_limit: int, on_saved: Any = None, shape: dict[str, Any] | None = None) -> None:
-        self.save_total_limit = save_total_limit
-        self.on_saved = on_saved
-        self.shape = shape
-        self._save_started: float | None = None
+    class CompleteCheckpointCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self._save_started: float | None = None
 
-    def on_step_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        # Flow callbacks run first and decide on saving; the Trainer saves right after this.
-        if control.should_save:
-            self._save_started = time.monotonic()
+        def on_step_end(
+            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+        ) -> None:
+            # Flow callbacks run first and decide on saving; the Trainer saves right after this.
+            if control.should_save:
+                self._save_started = time.monotonic()
 
-    def on_evaluate(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        # The Trainer evaluates before it saves: time the save alone.
-        if self._save_started is not None:
-            self._save_started = time.monotonic()
+        def on_evaluate(
+            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+        ) -> None:
+            # The Trainer evaluates before it saves: time the save alone.
+            if self._save_started is not None:
+                self._save_started = time.monotonic()
 
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
-        barrier()
-        if is_global_zero():
-            written = write_marker(path, state.global_step, self.shape)
-            rotate_checkpoints(
-                args.output_dir,
-                save_total_limit=self.save_total_limit,
-                best_model_checkpoint=state.best_model_checkpoint,
-            )
-            seconds = time.monotonic() - self._save_started if self._save_started else 0.0
-            self._save_started = None
-            log.info("checkpoint %s complete (%.1f s)", path, seconds)
-            if self.on_saved is not None:
-                self.on_saved(state.global_step, path, seconds, written)
-        # Nobody reads the folder before it is marked.
-        barrier()
+        def on_save(
+            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+        ) -> None:
+            path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
+            barrier()
+            if is_global_zero():
+                written = write_marker(path, state.global_step, shape)
+                rotate_checkpoints(
+                    args.output_dir, save_total_limit=save_total_limit, best_model_checkpoint=state.best_model_checkpoint
+                )
+                seconds = time.monotonic() - self._save_started if self._save_started else 0.0
+                self._save_started = None
+                log.info("checkpoint %s complete (%.1f s)", path, seconds)
+                if on_saved is not None:
+                    on_saved(state.global_step, path, seconds, written)
+            # Nobody reads the folder before it is marked.
+            barrier()
+
+    return CompleteCheckpointCallback()

@@ -237,7 +237,7 @@ def _hub_call(load: Any, spec: FineTuneJobSpec) -> Any:
 
 def _callbacks(job: Job, stop: StopRequest) -> tuple[list[Any], Any, Any]:
     """The kubetune callbacks in the order they must run, the progress tracker and the metrics."""
-    from kubetune_trainer.checkpoints import CompleteCheckpointCallback, checkpoint_shape
+    from kubetune_trainer.checkpoints import checkpoint_shape, complete_checkpoint_callback
     from kubetune_trainer.metrics import ProgressCallback, TrainerMetrics
 
     metrics = None
@@ -251,7 +251,7 @@ def _callbacks(job: Job, stop: StopRequest) -> tuple[list[Any], Any, Any]:
 
             listeners = (ProgressBar(),)
     progress = ProgressCallback(metrics, listeners)
-    checkpoint = CompleteCheckpointCallback(
+    checkpoint = complete_checkpoint_callback(
         job.spec.training.save_total_limit, on_saved=progress.checkpoint_saved, shape=checkpoint_shape(job.spec)
     )
     # The stop callback first: it sets should_save, which the checkpoint timer then sees.
@@ -260,14 +260,14 @@ def _callbacks(job: Job, stop: StopRequest) -> tuple[list[Any], Any, Any]:
 
 def train(job: Job, workspace: Workspace, stop: StopRequest) -> Outcome:
     """Load, train, export; returns this rank's outcome (InvalidInput for bad recipe/data)."""
+    finished = _finished_or_refused(job, workspace)  # before torch loads: a rerun of a finished run is instant
+    if finished is not None:
+        return finished
     import torch
 
     from kubetune_trainer.checkpoints import checkpoint_shape, newest_complete, write_finished
     from kubetune_trainer.config import RunContext, build_sft_config
 
-    finished = _finished_or_refused(job, workspace)  # before anything loads: a rerun of a finished run is instant
-    if finished is not None:
-        return finished
     _quiet_libraries()
     spec = job.spec
     callbacks, progress, metrics = _callbacks(job, stop)
@@ -344,7 +344,6 @@ def _finished_or_refused(job: Job, workspace: Workspace) -> Outcome | None:
     if finished is None:
         return None
     message = f"already finished at step {finished.get('step')}: nothing changed (kubetune run --fresh starts over)"
-    log.info("%s", message)
     return Outcome("succeeded", message, finished.get("progress") or {}, finished.get("checkpoint"), finished.get("output") or {})
 
 
