@@ -135,30 +135,35 @@ def test_two_pods_stop_together_when_one_gets_sigterm(tiny_llama: Path, toy_data
     assert (checkpoint_dir(workspace, int(ended[0]["step"])) / CHECKPOINT_COMPLETE_MARKER).exists()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSTOP], ids=["kill-9", "frozen"])
+@pytest.mark.parametrize(
+    ("signum", "lost"),
+    [(signal.SIGKILL, 1), (signal.SIGSTOP, 1), (signal.SIGSTOP, 0)],
+    ids=["pod-1-killed", "pod-1-frozen", "pod-0-frozen-with-the-store"],
+)
 def test_a_lost_pod_ends_the_other_within_the_bound(
-    signum: int, tiny_llama: Path, toy_data: Path, tmp_path: Path
+    signum: int, lost: int, tiny_llama: Path, toy_data: Path, tmp_path: Path
 ) -> None:
     """Over gloo a killed pod also breaks the socket (gloo may fail first); a frozen one is seen by the watch alone."""
     spec = sft_spec(tiny_llama, toy_data, dataset={"validationSplit": 0},
                     training={"maxSteps": 100000, "saveSteps": 4, "batchSize": BATCH, "reportTo": []})
-    workspace = tmp_path / "ws"
+    workspace, survivor = tmp_path / "ws", 1 - lost
     pods = _two_pods(write_recipe(tmp_path, spec), workspace, tmp_path)
     try:
-        wait_for_checkpoint(workspace, 4, pods[0])
-        _signal_pod(pods[1], signum)
+        wait_for_checkpoint(workspace, 4, pods[survivor])
+        _signal_pod(pods[lost], signum)
         lost_at = time.monotonic()
-        code = pods[0].wait(timeout=PEER_TIMEOUT + 60)
+        code = pods[survivor].wait(timeout=PEER_TIMEOUT + 60)
         after = time.monotonic() - lost_at
     finally:
-        _signal_pod(pods[1], signal.SIGKILL)
+        _signal_pod(pods[lost], signal.SIGKILL)
         for pod in pods:
             pod.kill()
-    log = (tmp_path / "pod0.log").read_text()[-3000:]
+    log = (tmp_path / f"pod{survivor}.log").read_text()[-3000:]
     assert code == 1, log
-    ended = _pod_termination(tmp_path, 0)
+    ended = _pod_termination(tmp_path, survivor)
     if signum == signal.SIGSTOP:
         assert ended["reason"] == "PeerLost", ended
-        assert str(ended["message"]).startswith("pod 1 of the attempt stopped answering"), ended
-        assert after >= PEER_TIMEOUT, f"ended after {after:.1f} s, before the timeout: not by the watch"
-    print(f"pod 0 exited {code} ({ended['reason']}) {after:.1f} s after pod 1 was {signal.Signals(signum).name}ed")
+        assert str(ended["message"]).startswith(f"pod {lost} of the attempt stopped answering"), ended
+        assert after >= PEER_TIMEOUT - 1, f"ended after {after:.1f} s, before the timeout: not by the watch"
+    print(f"pod {survivor} exited {code} ({ended['reason']}) {after:.1f} s after pod {lost} got "
+          f"{signal.Signals(signum).name}")
