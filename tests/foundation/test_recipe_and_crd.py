@@ -238,6 +238,16 @@ BAD_MANIFESTS = [
     ("empty column name", with_changes(spec__dataset__columns={"prompt": ""}), "dataset.columns.prompt"),
     ("empty target module", with_changes(spec__method__lora__targetModules=["q_proj", ""]), "lora.targetModules"),
     ("empty evaluation prompt", with_changes(spec__evaluation__prompts=[""]), "evaluation.prompts"),
+    (
+        "distillation whose KD term weighs 0",
+        with_changes(spec__method={"type": "distill", "distill": {"teacher": {"name": "big"}, "alpha": 0}}),
+        "distill.alpha",
+    ),
+    (
+        "warm-up longer than the run",
+        with_changes(spec__training__maxSteps=50, spec__training__warmupSteps=100),
+        "training.warmupSteps",
+    ),
 ]
 
 

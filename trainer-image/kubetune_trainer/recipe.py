@@ -779,7 +779,10 @@ class DistillSpec(KubeModel):
         default=2.0, gt=0, le=100, description="temperature softens both distributions; the KD term is scaled by T²; default 2.0."
     )
     alpha: float = Field(
-        default=0.5, ge=0, le=1, description="alpha weighs the KD term; (1 − alpha) weighs cross-entropy; default 0.5."
+        default=0.5,
+        gt=0,  # 0 would load the teacher for a loss term weighed 0: that is method.type sft
+        le=1,
+        description="alpha weighs the KD term; (1 − alpha) weighs cross-entropy; default 0.5.",
     )
 
 
@@ -871,6 +874,13 @@ TRAINING_RULES = (
         "and warmupRatio",
         ".lrScheduler",
         lambda t: t.lr_scheduler != "constant" or not (t.warmup_steps or t.warmup_ratio),
+    ),
+    CrossFieldRule(
+        "!has(self.maxSteps) || !has(self.warmupSteps) || self.warmupSteps < self.maxSteps",
+        "training.warmupSteps must be below training.maxSteps (the learning rate would never reach its peak): "
+        "lower warmupSteps",
+        ".warmupSteps",
+        lambda t: t.max_steps is None or t.warmup_steps is None or t.warmup_steps < t.max_steps,
     ),
 )
 
