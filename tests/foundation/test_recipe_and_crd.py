@@ -248,6 +248,23 @@ BAD_MANIFESTS = [
         with_changes(spec__training__maxSteps=50, spec__training__warmupSteps=100),
         "training.warmupSteps",
     ),
+    # Tolerations: the Job that carries them would be refused by the API server, at the operator, later.
+    (
+        "toleration operator in lower case",
+        with_changes(spec__resources__tolerations=[{"key": "nvidia.com/gpu", "operator": "exists"}]),
+        "tolerations",
+    ),
+    (
+        "toleration Exists with a value",
+        with_changes(spec__resources__tolerations=[{"key": "gpu", "operator": "Exists", "value": "a100"}]),
+        "operator Exists",
+    ),
+    (
+        "toleration seconds without NoExecute",
+        with_changes(spec__resources__tolerations=[{"key": "gpu", "value": "x", "tolerationSeconds": 30}]),
+        "tolerationSeconds",
+    ),
+    ("toleration with a typo", with_changes(spec__resources__tolerations=[{"key": "gpu", "efect": "NoSchedule"}]), "efect"),
 ]
 
 

@@ -120,11 +120,12 @@ def test_a_foreign_object_with_a_childs_name_fails_the_job_clearly(kube: FakeKub
 
 
 def test_a_child_the_api_server_refuses_fails_invalid_recipe_once(kube: FakeKube, controller: Controller) -> None:
-    kube.put(finetunejob({"resources": {"tolerations": [{"operator": "Sometimes"}]}}))
-    kube.refuse["Job"] = 'Job.batch "demo-0" is invalid: spec.template.spec.tolerations[0].operator: Unsupported value'
+    # affinity passes through the recipe model unchecked (tolerations are checked at the door now).
+    kube.put(finetunejob({"resources": {"affinity": {"nodeAffinity": {"sometimes": True}}}}))
+    kube.refuse["Job"] = 'Job.batch "demo-0" is invalid: spec.template.spec.affinity.nodeAffinity: unknown field'
     controller.reconcile(NAMESPACE, NAME)
     failed = {c["type"]: c for c in status(kube)["conditions"]}["Failed"]
-    assert failed["reason"] == "InvalidRecipe" and "tolerations[0].operator" in failed["message"]
+    assert failed["reason"] == "InvalidRecipe" and "affinity.nodeAffinity" in failed["message"]
     kube.calls.clear()
     for _ in range(3):  # never a hot loop: nothing is retried, nothing rewritten
         controller.reconcile(NAMESPACE, NAME)

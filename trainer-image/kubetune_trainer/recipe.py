@@ -1043,6 +1043,73 @@ class OutputSpec(KubeModel):
     )
 
 
+TOLERATION_RULES = (
+    CrossFieldRule(
+        "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+        "a toleration with operator Exists matches any value: remove value, or use operator Equal",
+        ".value",
+        lambda t: t.operator != "Exists" or not t.value,
+    ),
+    CrossFieldRule(
+        "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+        "a toleration without a key must use operator Exists (it then tolerates every taint): set key or operator",
+        ".key",
+        lambda t: bool(t.key) or t.operator == "Exists",
+    ),
+    CrossFieldRule(
+        "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+        "tolerationSeconds applies to effect NoExecute only: set effect NoExecute, or remove tolerationSeconds",
+        ".tolerationSeconds",
+        lambda t: t.toleration_seconds is None or t.effect == "NoExecute",
+    ),
+)
+
+
+class Toleration(KubeModel):
+    """A pod toleration (Kubernetes' core/v1 Toleration), checked here so a typo is not a refused Job later."""
+
+    cross_field_rules = TOLERATION_RULES
+    model_config = ConfigDict(json_schema_extra=_cel_rules(TOLERATION_RULES))
+
+    key: str | None = Field(
+        default=None,
+        max_length=SHORT,
+        pattern=f"^({QUALIFIED_NAME[1:-1]})?$",  # empty: every key (with operator Exists)
+        description="key is the taint key to tolerate, e.g. nvidia.com/gpu; empty with operator Exists: any.",
+    )
+    operator: Literal["Exists", "Equal"] = Field(
+        default="Equal", description="operator is Equal (default: key and value match) or Exists (any value)."
+    )
+    value: str | None = Field(
+        default=None, max_length=63, pattern=LABEL_VALUE, description="value is the taint value for operator Equal."
+    )
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="effect is the taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_INT32,
+        description="tolerationSeconds is how long a NoExecute taint is tolerated before eviction.",
+    )
+
+
+def _check_toleration(entry: dict[str, Any]) -> dict[str, Any]:
+    """The Toleration model's checks on a toleration that stays a plain dict (rendered into pods as is)."""
+    try:
+        Toleration.model_validate(entry)
+    except ValidationError as error:
+        raise ValueError(" ".join(format_validation_error(error).splitlines())) from None
+    return entry
+
+
+TolerationDict = Annotated[
+    dict[str, Any],
+    AfterValidator(_check_toleration),
+    WithJsonSchema(Toleration.model_json_schema(by_alias=True, ref_template="{model}")),
+]
+
+
 class ResourcesSpec(KubeModel):
     """Workers, GPUs and scheduling of the trainer pods."""
 
@@ -1059,7 +1126,7 @@ class ResourcesSpec(KubeModel):
     node_selector: _string_map("resources.nodeSelector", [KEY_RULE, VALUE_RULE]) = Field(  # type: ignore[valid-type]
         default_factory=dict, description="nodeSelector constrains trainer pods to labelled nodes; default none."
     )
-    tolerations: list[KubeObject] = Field(
+    tolerations: list[TolerationDict] = Field(
         default_factory=list, max_length=MAX_ITEMS, description="tolerations are the trainer pods' tolerations."
     )
     affinity: KubeObject | None = Field(default=None, description="affinity is the trainer pods' affinity.")
