@@ -248,75 +248,77 @@ ENV_TUNABLES = (Env.MASTER_PORT, Env.COLLECTIVE_TIMEOUT, "KUBETUNE_PEER_TIMEOUT_
 """The KUBETUNE_* variables a user may set through `env` (ports and timeouts); every other one is the operator's."""
 SECRET_LOOKING = "(?i)(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|KEY|APIKEY|CREDENTIALS?)(_|$)"
 """Env names whose literal value would be a credential in the pod spec and the recipe ConfigMap."""
-ENV_RULES: list[tuple[str, str, Any]] = [
-    (
+ENV_RULES = (
+    CrossFieldRule(
         f"!self.name.startsWith('KUBETUNE_') || self.name in {list(ENV_TUNABLES)}",
         "KUBETUNE_* variables are set by the operator (paths, ranks, names): remove this entry "
         f"(only {', '.join(ENV_TUNABLES)} may be set)",
-        lambda entry: not entry["name"].startswith("KUBETUNE_") or entry["name"] in ENV_TUNABLES,
+        ".name",
+        lambda e: not e.name.startswith("KUBETUNE_") or e.name in ENV_TUNABLES,
     ),
-    (
+    CrossFieldRule(
         f"self.name != '{Env.NODE_RANK}'",
         f"{Env.NODE_RANK} is set by Kubernetes in Indexed Jobs (it is the pod's rank): remove this entry",
-        lambda entry: entry["name"] != Env.NODE_RANK,
+        ".name",
+        lambda e: e.name != Env.NODE_RANK,
     ),
-    (
+    CrossFieldRule(
         "!(has(self.value) && has(self.valueFrom))",
         "set value or valueFrom, not both",
-        lambda entry: not ("value" in entry and "valueFrom" in entry),
+        None,
+        lambda e: e.value is None or e.value_from is None,
     ),
-    (
+    CrossFieldRule(
         f"!has(self.value) || self.value == '' || !self.name.matches('{SECRET_LOOKING}')",
         "looks like a secret: a literal value lands in the pod spec and the recipe ConfigMap; put it in a Secret "
         "and use valueFrom.secretKeyRef (or envFrom.secretRef)",
-        lambda entry: not entry.get("value") or re.search(SECRET_LOOKING, entry["name"]) is None,
+        ".value",
+        lambda e: not e.value or re.search(SECRET_LOOKING, e.name) is None,
     ),
-]
-ENV_FIELDS = {"name", "value", "valueFrom"}
+)
 
 
-def _check_env_entry(entry: dict[str, Any]) -> dict[str, Any]:
-    """The model's side of the env item schema below: the same name syntax and ENV_RULES."""
-    unknown = sorted(set(entry) - ENV_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown field {unknown[0]}: an env entry has name, value and valueFrom")
-    name = entry.get("name")
-    if not isinstance(name, str) or not re.match(ENV_NAME, name) or len(name) > SHORT:
-        raise ValueError("every env entry needs a name made of letters, digits, '_', '-' and '.', not starting with a digit")
-    if "value" in entry and not isinstance(entry["value"], str):
-        raise ValueError(f"{name}: value must be a string: quote it")
-    for _, message, ok in ENV_RULES:
-        if not ok(entry):
-            raise ValueError(f"{name}: {message}")
-    return entry
+class EnvVar(KubeModel):
+    """A container env var that neither overrides the operator's variables nor carries a secret inline."""
+
+    cross_field_rules = ENV_RULES
+    model_config = ConfigDict(json_schema_extra=_cel_rules(ENV_RULES))
+
+    name: str = Field(
+        max_length=SHORT,
+        pattern=ENV_NAME,
+        description="name of the variable: letters, digits, '_', '-', '.'; KUBETUNE_* (but the master port and "
+        "timeouts) are the operator's.",
+    )
+    value: str | None = Field(
+        default=None,
+        max_length=HUGE,
+        description="value is a literal; secret-looking names (…TOKEN, …KEY, …PASSWORD) need valueFrom.",
+    )
+    value_from: KubeObject | None = Field(
+        default=None, description="valueFrom reads the value from a Secret, ConfigMap or field (EnvVarSource)."
+    )
 
 
-EnvVar = Annotated[
-    dict[str, Any],
-    AfterValidator(_check_env_entry),
-    WithJsonSchema(
-        {
-            "type": "object",
-            "required": ["name"],
-            "properties": {
-                "name": {
-                    "type": "string", "pattern": ENV_NAME, "maxLength": SHORT,
-                    "description": "name of the variable; KUBETUNE_* (but ports and timeouts) are the operator's.",
-                },
-                "value": {
-                    "type": "string", "maxLength": HUGE,
-                    "description": "value is a literal; secret-looking names (…TOKEN, …KEY, …PASSWORD) need valueFrom.",
-                },
-                "valueFrom": {
-                    "type": "object", "x-kubernetes-preserve-unknown-fields": True,
-                    "description": "valueFrom reads the value from a Secret, ConfigMap or field (Kubernetes' EnvVarSource).",
-                },
-            },
-            "x-kubernetes-validations": [_cel_rule(rule, f"env: {message}") for rule, message, _ in ENV_RULES],
-        }
-    ),
-]
-"""A container env var (name, value or valueFrom), checked alike by the CRD and the model."""
+def _plain_dict(model: type[KubeModel], named_by: str | None = None) -> Any:
+    """A dict that `model` checks (its schema, with its CEL rules, also goes into the CRD) but that stays a
+    plain dict: the operator renders these entries into pod specs as they are. `named_by` is the key whose
+    value starts the model's message (the env var's name)."""
+
+    def check(entry: dict[str, Any]) -> dict[str, Any]:
+        try:
+            model.model_validate(entry)
+        except ValidationError as error:
+            message = " ".join(format_validation_error(error).splitlines()).removeprefix("(root): ")
+            name = entry.get(named_by) if named_by and isinstance(entry, dict) else None
+            raise ValueError(f"{name}: {message}" if isinstance(name, str) else message) from None
+        return entry
+
+    schema = model.model_json_schema(by_alias=True, ref_template="{model}")
+    return Annotated[dict[str, Any], AfterValidator(check), WithJsonSchema(schema)]
+
+
+EnvVarDict = _plain_dict(EnvVar, named_by="name")
 
 
 # ---------------------------------------------------------------- model
@@ -1094,20 +1096,7 @@ class Toleration(KubeModel):
     )
 
 
-def _check_toleration(entry: dict[str, Any]) -> dict[str, Any]:
-    """The Toleration model's checks on a toleration that stays a plain dict (rendered into pods as is)."""
-    try:
-        Toleration.model_validate(entry)
-    except ValidationError as error:
-        raise ValueError(" ".join(format_validation_error(error).splitlines())) from None
-    return entry
-
-
-TolerationDict = Annotated[
-    dict[str, Any],
-    AfterValidator(_check_toleration),
-    WithJsonSchema(Toleration.model_json_schema(by_alias=True, ref_template="{model}")),
-]
+TolerationDict = _plain_dict(Toleration)
 
 
 class ResourcesSpec(KubeModel):
@@ -1126,7 +1115,7 @@ class ResourcesSpec(KubeModel):
     node_selector: _string_map("resources.nodeSelector", [KEY_RULE, VALUE_RULE]) = Field(  # type: ignore[valid-type]
         default_factory=dict, description="nodeSelector constrains trainer pods to labelled nodes; default none."
     )
-    tolerations: list[TolerationDict] = Field(
+    tolerations: list[TolerationDict] = Field(  # type: ignore[valid-type]
         default_factory=list, max_length=MAX_ITEMS, description="tolerations are the trainer pods' tolerations."
     )
     affinity: KubeObject | None = Field(default=None, description="affinity is the trainer pods' affinity.")
@@ -1375,7 +1364,7 @@ class FineTuneJobSpec(KubeModel):
         default=None,
         description="serviceAccountName runs trainer pods as this account; default the chart's trainer account.",
     )
-    env: list[EnvVar] = Field(
+    env: list[EnvVarDict] = Field(  # type: ignore[valid-type]
         default_factory=list,
         max_length=256,
         description="env are extra container env vars (W&B, MLflow, cloud credentials from secrets).",
