@@ -115,13 +115,16 @@ def _build_function() -> Any:
             p: float,
         ) -> torch.Tensor:
             rows = x.reshape(-1, x.shape[-1])
-            weight = dense_weight(base, x.dtype)
-            out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
+            # The adapter's side first, so the dropped-out copy is gone before the output is allocated
+            # (the base matmul draws no random numbers: the masks are still peft's).
             if p > 0:
                 dropped, mask = torch.ops.aten.native_dropout(rows, p, True)
+                xa = torch.mm(dropped, lora_a.t())
+                del dropped
             else:
-                dropped, mask = rows, None
-            xa = torch.mm(dropped, lora_a.t())
+                mask, xa = None, torch.mm(rows, lora_a.t())
+            weight = dense_weight(base, x.dtype)
+            out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
             out.addmm_(xa, lora_b.t(), alpha=scaling)
             ctx.save_for_backward(x, lora_a, lora_b, xa, mask)
             ctx.base, ctx.scaling, ctx.p, ctx.has_bias = base, scaling, p, bias is not None
@@ -143,12 +146,13 @@ def _build_function() -> Any:
             if need_a:
                 dropped = rows if mask is None else torch.ops.aten.native_dropout_backward(rows, mask, keep)
                 grad_a = torch.mm(gb.t(), dropped)
+                del dropped  # input-sized: freed before the input gradient's two input-sized tensors exist
             if need_x:
                 grad_x = torch.mm(g, dense_weight(ctx.base, x.dtype))
                 if mask is None:
                     grad_x.addmm_(gb, lora_a)
-                else:
-                    grad_x.add_(torch.ops.aten.native_dropout_backward(torch.mm(gb, lora_a), mask, keep))
+                else:  # mask, 1/(1-p) and the sum in one pass
+                    grad_x.addcmul_(torch.mm(gb, lora_a), mask, value=keep)
                 grad_x = grad_x.view(x.shape)
             if need_bias and ctx.has_bias:
                 grad_bias = g.sum(dim=0)
