@@ -8,6 +8,8 @@ because this runs before the trainer imports torch, transformers or bitsandbytes
   CPU kernel is then used, which is what a CPU run wants anyway.
 - transformers, peft, trl and accelerate warn (FutureWarning) about their own APIs that
   they call each other through: deprecations for their maintainers, not for the user.
+- peft, saving an adapter whose base is a GGUF file (a folder without config.json),
+  warns that it cannot check the vocabulary for resized embeddings; LoRA never resizes it.
 """
 
 from __future__ import annotations
@@ -28,3 +30,4 @@ class _MissingKernelsFilter(logging.Filter):
 
 logging.getLogger(BITSANDBYTES_CPU_LOGGER).addFilter(_MissingKernelsFilter())
 warnings.filterwarnings("ignore", category=FutureWarning, module=NOISY_LIBRARIES)
+warnings.filterwarnings("ignore", message="Could not find a config file in", category=UserWarning, module=r"peft\.")
