@@ -8,10 +8,14 @@ Python attributes are snake_case; every field has the camelCase alias that the
 YAML uses (peft/TRL names in camelCase). Each description is a sentence that
 starts with the field's name and states its default and meaning.
 
-Cross-field rules live twice on purpose: as pydantic validators (checked by
-`kubetune validate`, the operator and the trainer) and as CEL rules in the
-CRD (checked by the API server). `tests/test_recipe.py` runs the same bad
-manifests through both.
+Cross-field rules are checked twice on purpose: by the model (`kubetune validate`,
+the operator and the trainer) and by CEL rules in the CRD (the API server). A
+`CrossFieldRule` holds both sides of one rule side by side (its CEL text, its
+Python check, one message); the older rules still spell the two sides out in a
+model's json_schema_extra and its validator. Patterns are written once and used
+by both (no backslashes or lookaheads: Go RE2 reads them too).
+`tests/foundation/test_recipe_and_crd.py` runs the same bad manifests through both,
+and `tests/foundation/test_real_apiserver.py` through a real kube-apiserver.
 """
 
 from __future__ import annotations
