@@ -152,11 +152,6 @@ KubeObject = Annotated[
 ]
 """A Kubernetes object passed through as is (affinity, a toleration, an env var)."""
 
-StringMap = Annotated[
-    dict[str, Annotated[str, Field(max_length=LONG)]],
-    Field(max_length=MAX_ITEMS),
-]
-
 # Kubernetes' name syntaxes, written once for the CRD (Go RE2) and the model (Python re): no
 # backslashes or lookaheads, so the same text also goes into CEL string literals unchanged.
 DNS_1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
