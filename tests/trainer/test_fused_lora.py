@@ -195,26 +195,17 @@ def test_dora_modules_keep_peft_forward(tiny_llama: Path) -> None:
 
 # ---------------------------------------------------------------- the recipe switch
 
-MANIFEST: dict[str, Any] = {
-    "apiVersion": "kubetune.io/v1alpha1",
-    "kind": "FineTuneJob",
-    "metadata": {"name": "fused"},
-    "spec": {
-        "model": {"name": "/workspace/models/tiny"},
-        "dataset": {"path": "/workspace/data/train.jsonl", "format": "prompt-completion"},
-    },
-}
-
-
 def manifest(fused: bool | None, bits: int = 4, zero_stage: int | None = None) -> dict[str, Any]:
-    """MANIFEST with training.fusedLora (None: unset), the base's bits and a ZeRO stage."""
-    spec = {**MANIFEST["spec"], "method": {"quantization": {"bits": bits}}}
+    """The foundation tests' minimal manifest with training.fusedLora (None: unset), the base's bits and a ZeRO stage."""
+    from tests.foundation.test_recipe_and_crd import MINIMAL  # here, not at the top: tests/gpu imports this module
+
+    spec = {**MINIMAL["spec"], "method": {"quantization": {"bits": bits}}}
     if fused is not None:
         spec["training"] = {"fusedLora": fused}
     if zero_stage is not None:
         spec["deepspeed"] = {"zeroStage": zero_stage}
         spec["training"] = {**spec.get("training", {}), "optimizer": "adamw_torch"}
-    return {**MANIFEST, "spec": spec}
+    return {**MINIMAL, "spec": spec}
 
 
 @pytest.mark.parametrize(("bits", "zero_stage"), [(8, None), (4, 3)], ids=["8-bit base", "ZeRO-3"])
