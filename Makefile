@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: quickstart test venv crd images e2e bench-operator
+.PHONY: quickstart test venv cluster crd images e2e bench-operator
 
 venv: $(VENV)/.installed
 
@@ -15,7 +15,13 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh
 quickstart: venv
 	$(BIN)/kubetune run examples/quickstart-cpu.yaml --output out/quickstart
 
-test: venv
+# The real control plane the operator, chart and kubectl tests run against: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubectl and helm built from Go modules into build/cluster/bin
+# (skipped when already built for the pinned versions; scripts/build-cluster.sh).
+cluster:
+	scripts/build-cluster.sh
+
+test: venv cluster
 	$(BIN)/python -m pytest -q
 
 crd: venv

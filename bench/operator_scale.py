@@ -1,25 +1,22 @@
-"""Operator scale benchmark: N FineTuneJobs against the emulated API server, pods faked, not run.
+"""Operator scale benchmark: N FineTuneJobs on the real control plane, pods faked, not run.
 
     .venv/bin/python bench/operator_scale.py                  # 500 FineTuneJobs, 50 created per second
     .venv/bin/python bench/operator_scale.py --jobs 100 --rate 0   # all at once
 
-What it measures, with the real operator (`kubetune-operator`, its own process)
-and the test Job controller and kubelet of `tests/harness` (every pod "runs"
-for `--pod-seconds`, then exits 0 with a launcher-like termination message):
+What it measures, with the real operator (`kubetune-operator`, its own process,
+with a ServiceAccount token so the API server's audit log names its requests),
+the real API server, Job controller and scheduler (tests/cluster), and the
+test kubelet faking every pod (Running for `--pod-seconds`, then exit 0 with a
+launcher-like termination message):
 
 - create → attempt Job latency: from the FineTuneJob's create to its attempt
-  Job `<name>-0` being stored by the API server (p50, p95, p99, max);
+  Job `<name>-0` arriving on a watch (p50, p95, p99, max);
 - time until every FineTuneJob is Succeeded;
-- API requests per FineTuneJob lifecycle, by verb (all HTTP requests the
-  operator made, watches included, divided by N);
+- API requests per FineTuneJob lifecycle, by verb (from the audit log);
 - the operator's peak RSS (VmHWM) and CPU seconds (user + system).
 
-The emulator's admission (CRD schema + CEL, strict builtin schemas) is off
-here: cel-python spends ~25 ms per FineTuneJob write, which would measure the
-emulator instead of the operator; the scenarios keep it on.
-
-Targets (issue 5): p99 ≤ 1 s, RSS ≤ 150 MiB. Not a timed test: the numbers
-depend on the machine, and the emulator shares its CPU with the operator.
+Targets (issue 14): p99 ≤ 1 s, RSS ≤ 150 MiB. Not a timed test: the numbers
+depend on the machine, and the control plane shares its CPUs with the operator.
 """
 
 from __future__ import annotations
@@ -36,13 +33,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.harness.client import FTJ, EmulatedCluster, kubeconfig_env
-from tests.harness.emulator import JOBS
-from tests.harness.kubelet import PodPlan
-from tests.harness.operator_runner import ProcessOperator
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.fixtures import kubectl, service_account_token
+from tests.cluster.kubelet import GPU_RESOURCE, Kubelet, NodeSpec, PodPlan
+from tests.cluster.operator_runner import ProcessOperator
+from tests.cluster.rest import RestClient, path_of
 
 NAMESPACE = "bench"
 TARGET_P99_SECONDS = 1.0
@@ -83,71 +80,67 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class JobCreations:
-    """Records when each attempt-0 Job is stored (an emulator listener, in its loop)."""
+    """Records when each attempt-0 Job arrives on a watch of the namespace's Jobs (its own thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, rest: RestClient) -> None:
+        self.rest = rest
         self.at: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
 
-    def __call__(self, res: Any, event: dict[str, Any]) -> None:
-        if res == JOBS and event["type"] == "ADDED":
-            name = event["object"]["metadata"]["name"]
-            if name.endswith("-0"):
-                self.at.setdefault(name[:-2], time.monotonic())
-
-
-class ServiceTimes:
-    """Seconds the emulator spends serving each non-watch request (to tell its share of the latency)."""
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-
-    def install(self) -> None:
-        """Wrap KubeEmulator._serve (class-level: the emulator is an attrs slots class)."""
-        from tests.harness.emulator import KubeEmulator
-
-        serve = KubeEmulator._serve
-        times = self.seconds
-
-        async def timed(emulator: Any, verb: str, request: Any) -> Any:
-            started = time.perf_counter()
+    def _watch(self) -> None:
+        while not self.stop.is_set():
             try:
-                return await serve(emulator, verb, request)
-            finally:
-                times.append(time.perf_counter() - started)
+                for event in self.rest.watch(path_of("batch/v1", "jobs", NAMESPACE), timeout_seconds=30):
+                    name = event["object"]["metadata"]["name"]
+                    if event["type"] == "ADDED" and name.endswith("-0"):
+                        self.at.setdefault(name[:-2], time.monotonic())
+            except Exception:  # noqa: BLE001 - a broken watch is reopened; ADDED events are replayed
+                time.sleep(0.2)
 
-        KubeEmulator._serve = timed  # type: ignore[method-assign]
 
-
-def count_succeeded(cluster: EmulatedCluster) -> int:
+def count_succeeded(rest: RestClient) -> int:
     """FineTuneJobs in phase Succeeded."""
-    async def count() -> int:
-        return sum(1 for o in cluster.emulator.list_objects(FTJ, NAMESPACE)
-                   if (o.get("status") or {}).get("phase") == "Succeeded")
-    return cluster.server.call(count())
+    items = rest.list(path_of("kubetune.io/v1alpha1", "finetunejobs", NAMESPACE))
+    return sum(1 for o in items if (o.get("status") or {}).get("phase") == "Succeeded")
+
+
+def operator_identity(plane: ControlPlane, rest: RestClient, root: Path) -> Path:
+    """A ServiceAccount bound to cluster-admin (the bench measures speed, not RBAC); its kubeconfig."""
+    rest.create(path_of("v1", "serviceaccounts", "default"), {"metadata": {"name": "bench-operator"}})
+    rest.create(path_of("rbac.authorization.k8s.io/v1", "clusterrolebindings"), {
+        "metadata": {"name": "bench-operator"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "bench-operator", "namespace": "default"}]})
+    token = service_account_token(rest, "default", "bench-operator")
+    return plane.write_kubeconfig(root / "operator.kubeconfig", token=token)
 
 
 def run(jobs: int, rate: float, pod_seconds: float, resync: float, timeout: float) -> dict[str, Any]:
     """Run the benchmark; returns the measurements."""
-    service = ServiceTimes()
-    service.install()
-    with tempfile.TemporaryDirectory() as tmp, EmulatedCluster(Path(tmp), NAMESPACE, keep_history=False, admission=False) as cluster:
-        cluster.add_pod_rule(PodPlan(mode="exit", after=pod_seconds, message=TERMINATION_MESSAGE))
-        creations = JobCreations()
-        cluster.server.call_soon(cluster.emulator.add_listener, creations)
-        env = {**kubeconfig_env(cluster), "KUBETUNE_WATCH_NAMESPACES": NAMESPACE, "KUBETUNE_METRICS_PORT": "0",
-               "KUBETUNE_HEALTH_PORT": "0", "KUBETUNE_RESYNC_SECONDS": str(resync)}
-        start_calls = len(cluster.emulator.calls)
-
-        def watching() -> bool:
-            return {"finetunejobs", "jobs", "pods"} <= {c.resource for c in cluster.emulator.calls[start_calls:]
-                                                         if c.verb == "watch"}
-
+    with tempfile.TemporaryDirectory() as tmp, ControlPlane(Path(tmp) / "plane") as plane:
+        rest = RestClient(plane.server, plane.token, str(plane.ca_file))
+        # One big node: the benchmark measures the operator, not the scheduler's bin packing.
+        node = NodeSpec("bench-node", {}, {"cpu": "1000", "memory": "4Ti", "pods": "2000", GPU_RESOURCE: "2000"})
+        kubelet = Kubelet(rest, Path(tmp) / "nodes", nodes=[node]).start()
+        kubelet.add_rule(PodPlan(mode="exit", after=pod_seconds, message=TERMINATION_MESSAGE))
+        kubectl(plane, "apply", "-f", str(Path(__file__).resolve().parents[1] / "crds" / "finetunejob.yaml"))
+        kubectl(plane, "wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s")
+        rest.create(path_of("v1", "namespaces"), {"metadata": {"name": NAMESPACE}})
+        kubeconfig = operator_identity(plane, rest, Path(tmp))
+        creations = JobCreations(rest)
+        creations.thread.start()
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBETUNE_WATCH_NAMESPACES": NAMESPACE,
+               "KUBETUNE_METRICS_PORT": "0", "KUBETUNE_HEALTH_PORT": "0", "KUBETUNE_RESYNC_SECONDS": str(resync)}
         operator = ProcessOperator([str(Path(sys.executable).parent / "kubetune-operator")], env,
-                                   Path(tmp) / "operator.log", make_probe=lambda: watching)
-        cluster.run_operator(operator)
+                                   Path(tmp) / "operator.log")
+        operator.start()
+        time.sleep(3)  # its watches open
+        user = "system:serviceaccount:default:bench-operator"
+        calls_before = len(plane.audit_events(user))
         pid = operator.process.pid
         idle_rss = proc_status(pid)["VmRSS"] / 1024
-        calls_before, cpu_before = len(cluster.emulator.calls), cpu_seconds(pid)
+        cpu_before = cpu_seconds(pid)
         created: dict[str, float] = {}
         rss_samples: list[float] = []
         sampling = threading.Event()
@@ -156,37 +149,45 @@ def run(jobs: int, rate: float, pod_seconds: float, resync: float, timeout: floa
             while not sampling.wait(0.5):
                 rss_samples.append(proc_status(pid)["VmRSS"] / 1024)
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+        threading.Thread(target=sample, daemon=True).start()
         started = time.monotonic()
+        ftjs = path_of("kubetune.io/v1alpha1", "finetunejobs", NAMESPACE)
         for number in range(jobs):
             name = f"ftj-{number:04d}"
             created[name] = time.monotonic()
-            cluster.apply(finetunejob(name))
+            rest.create(ftjs, finetunejob(name))
             if rate > 0:
                 time.sleep(max(0.0, started + (number + 1) / rate - time.monotonic()))
         created_in = time.monotonic() - started
         deadline = time.monotonic() + timeout
-        while (succeeded := count_succeeded(cluster)) < jobs and time.monotonic() < deadline:
-            time.sleep(0.2)
+        while (succeeded := count_succeeded(rest)) < jobs and time.monotonic() < deadline:
+            time.sleep(1.0)
         all_done = time.monotonic() - started
         sampling.set()
+        creations.stop.set()
         cpu = cpu_seconds(pid) - cpu_before
         peak = proc_status(pid)["VmHWM"] / 1024
-        calls = cluster.emulator.calls[calls_before:]
+        calls = plane.audit_events(user)[calls_before:]
         latencies = [creations.at[name] - t for name, t in created.items() if name in creations.at]
         log_tail = operator.log_tail(1500)
+        operator.stop()
+        kubelet.stop()
+
+    def resource(event: dict[str, Any]) -> str:
+        ref = event.get("objectRef") or {}
+        return ref.get("resource", "") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+
     return {"jobs": jobs, "rate": rate, "created_in": created_in, "all_succeeded_in": all_done, "succeeded": succeeded,
-            "latencies": latencies, "calls": Counter(c.verb for c in calls), "call_count": len(calls),
-            "calls_by_resource": Counter(f"{c.verb} {c.resource}" for c in calls),
+            "latencies": latencies, "calls": Counter(c["verb"] for c in calls), "call_count": len(calls),
+            "calls_by_resource": Counter(f"{c['verb']} {resource(c)}" for c in calls),
             "cpu_seconds": cpu, "peak_rss_mib": peak, "idle_rss_mib": idle_rss,
             "mean_rss_mib": statistics.mean(rss_samples) if rss_samples else peak, "log_tail": log_tail,
-            "service_seconds": service.seconds, "load": os.getloadavg()[0]}
+            "load": os.getloadavg()[0]}
 
 
 def table(result: dict[str, Any]) -> str:
     """The measurements as a Markdown table."""
-    lat, jobs, service = result["latencies"], result["jobs"], result["service_seconds"] or [0.0]
+    lat, jobs = result["latencies"], result["jobs"]
     reconciles = result["calls_by_resource"].get("get finetunejobs", 0)
     per_job = {verb: count / jobs for verb, count in sorted(result["calls"].items())}
     rows = [
@@ -204,8 +205,6 @@ def table(result: dict[str, Any]) -> str:
         ("operator CPU", f"{result['cpu_seconds']:.1f} s ({result['cpu_seconds'] / jobs * 1000:.0f} ms per lifecycle)"),
         ("reconciles (GET finetunejob) per lifecycle / per s",
          f"{reconciles / jobs:.1f} / {reconciles / result['all_succeeded_in']:.1f}"),
-        ("emulator service time per request p50 / p99",
-         f"{statistics.median(service) * 1000:.1f} / {percentile(service, 99) * 1000:.1f} ms"),
         ("machine load average (1 min, at the end)", f"{result['load']:.1f} on {os.cpu_count()} CPUs"),
     ]
     width = max(len(name) for name, _ in rows)

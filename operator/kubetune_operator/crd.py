@@ -104,9 +104,26 @@ def _to_structural(node: Any, path: str) -> Any:
         node["items"] = _to_structural(node["items"], f"{path}[]")
     if "anyOf" in node:
         node["anyOf"] = [_to_structural(option, path) for option in node["anyOf"]]
-    if not node.get("x-kubernetes-int-or-string"):
+    if node.get("x-kubernetes-int-or-string"):
+        _hoist_int_or_string(node)
+    else:
         _bounded_strings(node, path)
     return node
+
+
+def _hoist_int_or_string(node: dict[str, Any]) -> None:
+    """Move an int-or-string's branch validations up to the node itself.
+
+    The API server accepts `anyOf` in a structural schema only as exactly
+    `[{type: integer}, {type: string}]` beside `x-kubernetes-int-or-string`; a bound
+    or pattern inside a branch is refused ("must be empty to be structural").
+    At the node, each check still applies only to the values it concerns
+    (OpenAPI applies `pattern`/`maxLength` to strings, `minimum`/`maximum` to numbers).
+    """
+    for option in node.get("anyOf", []):
+        for key in [key for key in option if key != "type"]:
+            node[key] = option.pop(key)
+    node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
 
 
 def model_schema(model: type[recipe.KubeModel], path: str) -> dict[str, Any]:

@@ -25,18 +25,20 @@ ClusterRole, or a Role per watched namespace):
 
     kubetune.io           finetunejobs                get, list, watch, patch, delete
     kubetune.io           finetunejobs/status         patch
+    kubetune.io           finetunejobs/finalizers     update        (checked, never called: blockOwnerDeletion under OwnerReferencesPermissionEnforcement)
     batch                 jobs                        get, list, watch, create, delete
     ""                    pods                        list, watch
-    ""                    configmaps                  get, create, patch
+    ""                    configmaps                  get, create
     ""                    persistentvolumeclaims      get, create
-    ""                    services                    get, create, patch
+    ""                    services                    get, create
     ""                    events                      create
     apiextensions.k8s.io  customresourcedefinitions   list, watch   (kopf's scanning: only when watching all namespaces)
     ""                    namespaces                  list, watch   (kopf's scanning: only when watching all namespaces)
 
 `patch` on finetunejobs is kopf's bookkeeping annotations; `delete` on
-finetunejobs is `ttlSecondsAfterFinished`; `patch` on configmaps/services
-adopts one left by a deleted FineTuneJob of the same name. Events are core v1
+finetunejobs is `ttlSecondsAfterFinished`. A child left by a deleted
+FineTuneJob of the same name is never adopted: the operator waits for the
+garbage collector (controller.py). Events are core v1
 Events (events.py). The operator never reads secrets: pods get `HF_TOKEN`
 through a secretKeyRef.
 """

@@ -3,7 +3,7 @@
     kubetune-operator                                  # settings from KUBETUNE_* env (settings.py)
     KUBETUNE_WATCH_NAMESPACES=ml,research kubetune-operator
 
-In-process (tests, the kmock harness):
+In-process (tests, embedding):
 
     run_operator(Settings(namespaces=("ns1",), metrics_port=0, health_port=0), stop_flag=..., ready_flag=...)
 """

@@ -1,9 +1,11 @@
-"""Install the chart with the real Helm library into an emulated Kubernetes API.
+"""The chart, rendered and installed by the real `helm` binary (built from Go modules by scripts/build-cluster.sh).
 
-Each install gets a fresh emulator (the project's, tests/harness/emulator.py: kmock's,
-fixed, over real HTTP, validating every create like an API server) and runs Helm in a
-child process (see `helm_runner` for why); what Helm created is then read back
-from the emulator, so the tests see exactly the objects a cluster would get.
+`helm_install(values, monitoring=)` renders what `helm install` would create
+(`helm template` with the values, the Kubernetes version of the test cluster
+and, with `monitoring`, the prometheus-operator API registered as served), so
+the many tests of what the chart renders stay fast; the tests that install,
+upgrade, test and uninstall for real do so on the session's control plane
+(tests/cluster/fixtures.py).
 """
 
 from __future__ import annotations
@@ -11,70 +13,34 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import attrs
-import kmock
 import pytest
+import yaml
 
-from tests.harness.emulator import KubeEmulator
+from tests.cluster.controlplane import ControlPlane, binary
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubetune"
 RELEASE = "kt"
 RELEASE_NAMESPACE = "kubetune-system"
-KUBERNETES_VERSION = "1.33.0"  # what the emulated API server says it is
-
-# What a cluster with prometheus-operator serves; registering it makes Helm's
-# `.Capabilities.APIVersions.Has "monitoring.coreos.com/v1"` true.
-MONITORING_RESOURCES = {
-    "servicemonitors": "ServiceMonitor",
-    "podmonitors": "PodMonitor",
-    "prometheusrules": "PrometheusRule",
-}
+KUBERNETES_VERSION = "1.37.2"  # what the test control plane runs (scripts/build-cluster.sh)
+MONITORING_API = "monitoring.coreos.com/v1"  # served where prometheus-operator runs
+HOOK_ANNOTATION = "helm.sh/hook"
 
 
 class HelmFailed(RuntimeError):
     """Helm refused the chart or the values; the message is Helm's."""
 
 
-@attrs.define(kw_only=True)
-class ChartEmulator(KubeEmulator):
-    """The project's emulated API server (tests/harness), claiming a Kubernetes version the chart accepts.
-
-    kmock 0.8 says it is v1.26, older than the chart's kubeVersion (>= 1.28) allows.
-    """
-
-    kubernetes_version: str = KUBERNETES_VERSION
-
-    async def _serve_server_version(self, request: Any) -> Any:
-        response = await super()._serve_server_version(request)
-        major, minor = self.kubernetes_version.split(".")[:2]
-        return {**response, "major": major, "minor": minor, "gitVersion": f"v{self.kubernetes_version}"}
-
-    def serve_monitoring_api(self) -> None:
-        """Serve monitoring.coreos.com/v1 like a cluster with prometheus-operator."""
-        for plural, kind in MONITORING_RESOURCES.items():
-            self.resources[kmock.resource("monitoring.coreos.com", "v1", plural)] = kmock.ResourceInfo(
-                kind=kind, singular=kind.lower(), namespaced=True,
-                verbs={"create", "delete", "get", "list", "patch", "update", "watch"})
-
-    def created(self) -> list[dict[str, Any]]:
-        """Every live object in the emulator."""
-        return [obj.raw for obj in self.objects.values() if not obj.deleted]
-
-
 @dataclass(frozen=True)
 class Install:
-    """What one `helm install` created, and Helm's answer."""
+    """What one `helm install` creates (hooks apart), its hooks and its notes."""
 
     objects: list[dict[str, Any]]
-    release: dict[str, Any]
+    notes: str
     hooks: list[dict[str, Any]] = field(default_factory=list)
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
@@ -88,54 +54,44 @@ class Install:
         return found[0]
 
 
-def write_kubeconfig(server: str, path: Path) -> Path:
-    """A kubeconfig for the emulator (JSON is YAML)."""
-    config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-        "clusters": [{"name": "emulator", "cluster": {"server": server.rstrip("/")}}],
-        "users": [{"name": "test", "user": {"token": "test"}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "test"}}],
-    }
-    path.write_text(json.dumps(config), encoding="utf-8")
-    return path
-
-
-async def run_helm(*args: str) -> dict[str, Any]:
-    """Run `tests.chart.helm_runner` with the memory driver; its JSON answer, or HelmFailed."""
+async def run_helm(*args: str, env: dict[str, str] | None = None) -> str:
+    """Run the real `helm`; its standard output, or HelmFailed with its error."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.chart.helm_runner", *args,
-        cwd=REPO, env={**os.environ, "HELM_DRIVER": "memory"},
+        str(binary("helm")), *args, cwd=REPO, env={**os.environ, **(env or {})},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
     if process.returncode != 0:
-        # Helm's Go logger writes INFO lines (e.g. the followed CRD symlink) before the error.
-        lines = [line for line in stderr.decode().splitlines() if " INFO " not in line]
-        raise HelmFailed("\n".join(lines) or f"helm_runner exited {process.returncode}")
-    return json.loads(stdout)
+        raise HelmFailed(stderr.decode().strip() or f"helm exited {process.returncode}")
+    return stdout.decode()
 
 
-@asynccontextmanager
-async def emulated_cluster(tmp_path: Path, *, monitoring: bool = False) -> AsyncIterator[tuple[ChartEmulator, Path]]:
-    """A fresh emulated API server and a kubeconfig pointing at it."""
-    async with ChartEmulator() as emulator, kmock.Server(emulator):
-        if monitoring:
-            emulator.serve_monitoring_api()
-        yield emulator, write_kubeconfig(str(emulator.url), tmp_path / "kubeconfig")
+async def render(values: dict[str, Any] | None = None, *, monitoring: bool = False, tmp: Path,
+                 kubeconfig: Path) -> Install:
+    """`helm template` of the chart as release RELEASE in RELEASE_NAMESPACE; notes through `helm install --dry-run`."""
+    values_file = tmp / "values.json"
+    values_file.write_text(json.dumps(values or {}), encoding="utf-8")
+    common = [RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, "--values", str(values_file)]
+    rendered = await run_helm("template", *common, "--kube-version", KUBERNETES_VERSION,
+                              *(["--api-versions", MONITORING_API] if monitoring else []))
+    documents = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    objects = [doc for doc in documents if HOOK_ANNOTATION not in (doc["metadata"].get("annotations") or {})]
+    hooks = [doc for doc in documents if HOOK_ANNOTATION in (doc["metadata"].get("annotations") or {})]
+    # A dry run renders NOTES.txt as an install would; Helm asks the cluster for its version even then
+    # (NOTES.txt reads values only, so the capabilities `template` was given do not matter here).
+    # Monitors off: Helm maps every kind even in a dry run, and the test cluster serves no monitoring API.
+    monitors_off = ["--set", "metrics.serviceMonitor.enabled=false", "--set", "metrics.podMonitor.enabled=false"]
+    dry_run = json.loads(await run_helm("install", *common, *monitors_off, "--dry-run=client", "--output", "json",
+                                        env={"KUBECONFIG": str(kubeconfig)}))
+    return Install(objects, dry_run["info"].get("notes", ""), hooks)
 
 
-def _hook_manifests(release: dict[str, Any]) -> list[dict[str, Any]]:
-    import yaml
-
-    return [yaml.safe_load(hook["manifest"]) for hook in release.get("hooks") or []]
-
-
-# Installs are deterministic, so tests asking for the same values share one (about 1 s each).
+# Renders are deterministic, so tests asking for the same values share one.
 _INSTALLS: dict[tuple[str, bool], Install] = {}
 
 
 @pytest.fixture
-def helm_install(tmp_path: Path):
-    """`await helm_install(values, monitoring=False)`: install the chart into a fresh emulator.
+def helm_install(tmp_path: Path, control_plane: ControlPlane):
+    """`await helm_install(values, monitoring=False)`: what installing the chart with these values creates.
 
     The result is shared between tests that ask for the same values: treat it as read-only.
     """
@@ -143,10 +99,8 @@ def helm_install(tmp_path: Path):
     async def install(values: dict[str, Any] | None = None, *, monitoring: bool = False) -> Install:
         key = (json.dumps(values or {}, sort_keys=True), monitoring)
         if key not in _INSTALLS:
-            async with emulated_cluster(tmp_path, monitoring=monitoring) as (emulator, kubeconfig):
-                release = await run_helm("install", str(CHART), "--kubeconfig", str(kubeconfig), "--release",
-                                         RELEASE, "--namespace", RELEASE_NAMESPACE, "--values", key[0])
-                _INSTALLS[key] = Install(emulator.created(), release, _hook_manifests(release))
+            _INSTALLS[key] = await render(values, monitoring=monitoring, tmp=tmp_path,
+                                          kubeconfig=control_plane.kubeconfig)
         return _INSTALLS[key]
 
     return install

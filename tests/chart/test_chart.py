@@ -1,6 +1,6 @@
-"""The Helm chart, linted and installed by the real Helm library into an emulated API server.
+"""The Helm chart, linted and rendered by the real `helm` binary (installs: tests/chart/test_install.py).
 
-Every object Helm creates is validated against the Kubernetes OpenAPI schemas
+Every object Helm would create is validated against the Kubernetes OpenAPI schemas
 (kubernetes-validate, strict: unknown fields fail) for the oldest Kubernetes the
 chart allows and the newest one kubernetes-validate knows; ServiceMonitor and
 PodMonitor against prometheus-operator's API models.
@@ -17,7 +17,7 @@ import pytest
 import yaml
 from kubetune_operator.settings import ENV as OPERATOR_ENV
 
-from tests.chart.conftest import CHART, RELEASE_NAMESPACE, HelmFailed, emulated_cluster, run_helm
+from tests.chart.conftest import CHART, RELEASE_NAMESPACE, HelmFailed, run_helm
 
 OLDEST_KUBERNETES = "1.28"  # Chart.yaml kubeVersion
 NEWEST_KUBERNETES = kubernetes_validate.utils.latest_version()
@@ -80,11 +80,10 @@ def env_of(deployment: dict[str, Any]) -> dict[str, str]:
     return {item["name"]: item.get("value", "") for item in container.get("env", [])}
 
 
-async def test_helm_lint_passes() -> None:
-    result = await run_helm("lint", str(CHART))
-    assert not result["Errors"], result
-    # Severity 1 is INFO (e.g. "icon is recommended"); 2 WARNING and 3 ERROR fail.
-    assert [m for m in result["Messages"] if m["Severity"] >= 2] == []
+async def test_helm_lint_passes_strictly() -> None:
+    # --strict fails on warnings too; INFO lines (e.g. "icon is recommended") are allowed.
+    output = await run_helm("lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in output and "[WARNING]" not in output and "[ERROR]" not in output, output
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))
@@ -128,9 +127,11 @@ async def test_monitors_follow_the_monitoring_api_or_the_value(helm_install, ena
     assert {obj["kind"] for obj in installed.objects} & PROMETHEUS_OPERATOR_KINDS == expected
 
 
-async def test_forcing_monitors_on_a_cluster_without_prometheus_operator_fails(helm_install) -> None:
+async def test_forcing_monitors_on_a_cluster_without_prometheus_operator_fails(control_plane) -> None:
+    # The test cluster serves no monitoring.coreos.com API: Helm cannot map the kind, even in a dry run.
     with pytest.raises(HelmFailed, match="ServiceMonitor"):
-        await helm_install({"metrics": {"serviceMonitor": {"enabled": True}}}, monitoring=False)
+        await run_helm("install", "forced", str(CHART), "--namespace", RELEASE_NAMESPACE, "--dry-run=client",
+                       "--set", "metrics.serviceMonitor.enabled=true", env={"KUBECONFIG": str(control_plane.kubeconfig)})
 
 
 async def test_monitors_scrape_what_the_operator_and_rank_zero_serve(helm_install) -> None:
@@ -256,7 +257,7 @@ async def test_helm_test_hook_asks_the_operator_metrics_service(helm_install) ->
 
 
 async def test_notes_tell_the_user_what_to_apply_next(helm_install) -> None:
-    notes = (await helm_install()).release["info"]["notes"]
+    notes = (await helm_install()).notes
     assert "examples/quickstart-cpu.yaml | kubectl apply -f -" in notes and "kubectl get ftj -w" in notes
 
 
@@ -307,20 +308,3 @@ def test_every_value_has_a_comment_right_above_it() -> None:
         if is_value(list(path)) and not any(path[:i] in documented for i in range(1, len(path) + 1)):
             undocumented.append(f"values.yaml:{number + 1}: {'.'.join(path)}")
     assert undocumented == []
-
-
-async def test_upgrade_switches_modes_and_uninstall_keeps_the_crd(tmp_path) -> None:
-    steps = [{"action": "install", "values": {}},
-             {"action": "upgrade", "values": {"operator": {"watchNamespaces": ["team-a"]}}},
-             {"action": "uninstall"}]
-    async with emulated_cluster(tmp_path) as (emulator, kubeconfig):
-        installed, upgraded, _ = await run_helm("sequence", str(CHART), "--kubeconfig", str(kubeconfig), "--release",
-                                                "kt", "--namespace", RELEASE_NAMESPACE, "--steps", json.dumps(steps))
-        left = {(obj["kind"], obj["metadata"]["name"]) for obj in emulator.created()}
-    assert (installed["version"], upgraded["version"]) == (1, 2)
-    upgraded_objects = {(doc["kind"], doc["metadata"]["name"]) for doc in yaml.safe_load_all(upgraded["manifest"]) if doc}
-    # The upgrade switched modes (the users' aggregated ClusterRoles stay).
-    assert ("Role", "kt-kubetune-operator") in upgraded_objects
-    assert ("ClusterRole", "kt-kubetune-operator") not in upgraded_objects
-    # helm.sh/resource-policy: keep: the CRD (and so every FineTuneJob) outlives the release.
-    assert left == {("CustomResourceDefinition", "finetunejobs.kubetune.io")}

@@ -131,9 +131,9 @@ async def test_values_schema_refuses_bad_durations_and_resources(helm_install, v
 
 
 async def test_notes_suggest_the_cpu_quickstart_by_the_trainer_image_set(helm_install) -> None:
-    cpu_notes = (await helm_install({"trainer": {"image": {"tag": "0.1.0-cpu"}}})).release["info"]["notes"]
+    cpu_notes = (await helm_install({"trainer": {"image": {"tag": "0.1.0-cpu"}}})).notes
     assert "runs on the CPU" in cpu_notes and "helm upgrade" not in cpu_notes
-    default_notes = (await helm_install()).release["info"]["notes"]
+    default_notes = (await helm_install()).notes
     assert "--set trainer.image.tag=0.1.0-cpu" in default_notes and "helm upgrade kt" in default_notes
     for notes in (cpu_notes, default_notes):
         assert "examples/quickstart-cpu.yaml | kubectl apply -f -" in notes

@@ -1,49 +1,46 @@
-"""The operator, run with the settings the chart gave it, against what Helm installed; RBAC against its calls.
+"""The chart installed by the real `helm` into a real control plane; the operator run as it configures it.
 
-For each mode (all namespaces; one watched namespace): Helm installs the chart into
-the emulated API server. The operator starts as its image starts it (the
-`kubetune-operator` console script) with the environment of the Deployment Helm
-created. The `helm test` hook pod is created from Helm's rendering and its own
-script runs here, its Service URL resolved to the operator's metrics port; its
-exit code becomes the pod's phase. The operator then handles FineTuneJobs
-(one worker; two workers with a headless Service; suspend; delete), and every
-API request it made, as the emulator recorded it, must be allowed by the RBAC
-rules Helm created for that mode. The rules must also grant nothing that neither
-a recorded request nor the operator's own list (handlers.py) asks for.
+For each mode (all namespaces; one watched namespace), on a fresh control plane
+(the chart's CRD and cluster-wide objects differ per mode): `helm install`, then
+the operator starts as its image starts it (the `kubetune-operator` console
+script) with the environment of the Deployment Helm created and a token of the
+ServiceAccount Helm created. The `helm test` hook's script runs against it (its
+Service URL resolved to the operator's metrics port: no pod network here). The
+operator then handles FineTuneJobs (one worker; two workers with a headless
+Service; suspend; delete). The API server's audit log holds every request it
+made: none may be refused, and the chart's rules may grant nothing that neither
+a request nor the operator's own list (handlers.py) asks for.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
+import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import kmock
 import kubetune_operator.handlers
 import pytest
 import yaml
 
-from tests.chart.conftest import CHART, RELEASE, RELEASE_NAMESPACE, ChartEmulator, emulated_cluster, run_helm
-from tests.harness.client import FTJ, SERVICES
-from tests.harness.emulator import JOBS, PODS, ApiCall
+from tests.chart.conftest import CHART, RELEASE, RELEASE_NAMESPACE
+from tests.cluster.controlplane import ControlPlane, free_port
+from tests.cluster.fixtures import helm, service_account_token
+from tests.cluster.rest import RestClient, path_of
 
 T = TypeVar("T")
-DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
 FTJ_NAMESPACE = "ml"
 OPERATOR_NAME = f"{RELEASE}-kubetune-operator"
-TEST_POD = f"{RELEASE}-kubetune-test-operator"
 QUICKSTART = CHART.parents[1] / "examples" / "quickstart-cpu.yaml"
 MODES = {
     "all-namespaces": {"trainer": {"serviceAccount": {"namespaces": [FTJ_NAMESPACE]}},
@@ -51,29 +48,23 @@ MODES = {
     "namespaced": {"operator": {"watchNamespaces": [FTJ_NAMESPACE]}, "networkPolicy": {"enabled": True}},
 }
 Rule = tuple[str, str, str]  # (API group, resource, verb)
+FTJ_PATH = ("kubetune.io/v1alpha1", "finetunejobs")
 
 
-async def eventually(check: Callable[[], T | None], seconds: float, what: str) -> T:
-    """Poll a check in the test's loop (the emulator's too, so it keeps serving) until it is truthy."""
-    deadline = asyncio.get_running_loop().time() + seconds
+def eventually(check: Callable[[], T | None], seconds: float, what: str) -> T:
+    """Poll a check until it is truthy."""
+    deadline = time.monotonic() + seconds
     while not (result := check()):
-        if asyncio.get_running_loop().time() > deadline:
+        if time.monotonic() > deadline:
             raise AssertionError(f"not within {seconds} s: {what}")
-        await asyncio.sleep(0.05)
+        time.sleep(0.1)
     return result
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def container_env(deployment: dict[str, Any]) -> dict[str, str]:
     """The operator container's environment as Helm rendered it."""
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    return {item["name"]: item["value"] for item in container["env"]}
+    return {item["name"]: item["value"] for item in container["env"] if "value" in item}
 
 
 def healthy(port: int) -> bool:
@@ -100,8 +91,8 @@ class Operator:
         return self.log.read_text(errors="replace")[-3000:]
 
 
-@contextlib.asynccontextmanager
-async def operator_process(env: dict[str, str], kubeconfig: Path, log: Path) -> AsyncIterator[Operator]:
+@contextlib.contextmanager
+def operator_process(env: dict[str, str], kubeconfig: Path, log: Path) -> Iterator[Operator]:
     """`kubetune-operator`, as the image starts it, with the Deployment's environment.
 
     Its ports move to free local ones (the chart's defaults may be taken on a shared machine), through
@@ -115,17 +106,16 @@ async def operator_process(env: dict[str, str], kubeconfig: Path, log: Path) -> 
     process_env.update(env, KUBECONFIG=str(kubeconfig), KUBETUNE_HEALTH_PORT=str(health),
                        KUBETUNE_METRICS_PORT=str(metrics), KUBETUNE_RESYNC_SECONDS="1")
     with log.open("wb") as out:
-        process = await asyncio.to_thread(subprocess.Popen, [command], env=process_env, stdout=out,
-                                          stderr=subprocess.STDOUT)
+        process = subprocess.Popen([command], env=process_env, stdout=out, stderr=subprocess.STDOUT)
     operator = Operator(process, log, metrics)
     try:
-        await eventually(lambda: healthy(health) or (not operator.alive() and _exited(operator)), 60,
-                         "the operator's /healthz")
+        eventually(lambda: healthy(health) or (not operator.alive() and _exited(operator)), 60,
+                   "the operator's /healthz")
         yield operator
     finally:
         process.terminate()
         try:
-            await asyncio.to_thread(process.wait, 30)
+            process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
 
@@ -134,24 +124,15 @@ def _exited(operator: Operator) -> bool:
     raise AssertionError(f"the operator exited with {operator.process.returncode}: {operator.log_tail()}")
 
 
-async def run_test_pod(emulator: ChartEmulator, pod: dict[str, Any], services: dict[str, str]) -> tuple[int, str]:
-    """Play the kubelet for the `helm test` pod: run its command here with Service URLs resolved, report its exit."""
-    command = list(pod["spec"]["containers"][0]["command"])
+def run_test_hook(hook: dict[str, Any], services: dict[str, str]) -> tuple[int, str]:
+    """The `helm test` hook's own script, run here with its Service URL resolved to the operator."""
+    command = list(hook["spec"]["containers"][0]["command"])
     assert command[:2] == ["python", "-c"], command
     script = command[2]
     for service_url, local_url in services.items():
         script = script.replace(service_url, local_url)
-    process = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE,
-                                                   stderr=asyncio.subprocess.STDOUT)
-    output = (await asyncio.wait_for(process.communicate(), 30))[0].decode()
-    code = process.returncode
-    state = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}}
-    status = {"phase": "Succeeded" if code == 0 else "Failed",
-              "containerStatuses": [{"name": "check", "ready": False, "restartCount": 0, "image": "test",
-                                     "imageID": "", "state": state}]}
-    meta = pod["metadata"]
-    await emulator.api_patch(PODS, meta["namespace"], meta["name"], {"status": status}, subresource="status")
-    return code, output
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False)
+    return done.returncode, done.stdout + done.stderr
 
 
 def finetunejob(name: str, **spec: Any) -> dict[str, Any]:
@@ -165,23 +146,24 @@ def finetunejob(name: str, **spec: Any) -> dict[str, Any]:
     return manifest
 
 
-async def exercise_operator(emulator: ChartEmulator) -> dict[str, Any]:
+def exercise_operator(rest: RestClient) -> dict[str, Any]:
     """FineTuneJobs through the paths that make distinct API calls: create, gang, suspend, delete.
 
     Returns the first attempt Job the operator created, as it created it.
     """
-    await emulator.api_create(FTJ, FTJ_NAMESPACE, finetunejob("single"))
-    await emulator.api_create(FTJ, FTJ_NAMESPACE, finetunejob(
-        "gang", resources={"workers": 2}, storage={"accessModes": ["ReadWriteMany"]}))
+    ftjs = path_of(*FTJ_PATH, FTJ_NAMESPACE)
+    rest.create(ftjs, finetunejob("single"))
+    rest.create(ftjs, finetunejob("gang", resources={"workers": 2}, storage={"accessModes": ["ReadWriteMany"]}))
+    jobs = path_of("batch/v1", "jobs", FTJ_NAMESPACE)
     for name in ("single", "gang"):
-        await eventually(lambda n=name: emulator.get_object(JOBS, FTJ_NAMESPACE, f"{n}-0"), 30, f"{name}-0 Job")
-    await eventually(lambda: emulator.get_object(SERVICES, FTJ_NAMESPACE, "gang"), 30, "the gang's Service")
-    job = copy.deepcopy(emulator.get_object(JOBS, FTJ_NAMESPACE, "single-0"))
-    await emulator.api_patch(FTJ, FTJ_NAMESPACE, "single", {"spec": {"suspend": True}})
-    await eventually(lambda: emulator.get_object(JOBS, FTJ_NAMESPACE, "single-0") is None or None, 30,
-                     "the suspended attempt's Job deleted")
-    await emulator.api_delete(FTJ, FTJ_NAMESPACE, "gang", propagation="Background")
-    await asyncio.sleep(2)  # a resync or two after the deletion
+        eventually(lambda n=name: rest.get(f"{jobs}/{n}-0"), 30, f"{name}-0 Job")
+    eventually(lambda: rest.get(path_of("v1", "services", FTJ_NAMESPACE, "gang")), 30, "the gang's Service")
+    job = rest.get(f"{jobs}/single-0")
+    rest.patch(f"{ftjs}/single", {"spec": {"suspend": True}})
+    eventually(lambda: rest.get(f"{jobs}/single-0") is None, 30, "the suspended attempt's Job deleted")
+    rest.delete(f"{ftjs}/gang", propagationPolicy="Background")
+    time.sleep(2)  # a resync or two after the deletion
+    assert job is not None
     return job
 
 
@@ -191,7 +173,7 @@ def rules_of(obj: dict[str, Any]) -> set[Rule]:
             for resource in rule["resources"] for verb in rule["verbs"]}
 
 
-def allowed(call: ApiCall, cluster_rules: set[Rule], namespace_rules: dict[str, set[Rule]]) -> bool:
+def allowed(call: Call, cluster_rules: set[Rule], namespace_rules: dict[str, set[Rule]]) -> bool:
     """Whether RBAC allows a request: a ClusterRole anywhere, a Role only in its namespace."""
     wanted = (call.group, call.resource, call.verb)
     in_namespace = namespace_rules.get(call.namespace, set()) if call.namespace is not None else set()
@@ -213,62 +195,97 @@ def declared_rules(*, conditional: bool = True) -> set[Rule]:
     return declared
 
 
-def operator_calls(emulator: ChartEmulator) -> list[ApiCall]:
-    """Requests made by the operator: not Helm's (Go's client), not the test's own in-process calls."""
-    return [call for call in emulator.calls if "Go-http-client" not in call.user_agent
-            and "helm" not in call.user_agent.lower()]
+@dataclass(frozen=True)
+class Call:
+    """One request of the operator, from the audit log."""
+
+    verb: str
+    group: str
+    resource: str  # with its subresource: finetunejobs/status
+    namespace: str | None
+    code: int
+
+
+def operator_calls(control_plane: ControlPlane) -> list[Call]:
+    """The requests the operator's ServiceAccount made, as the API server audited them."""
+    user = f"system:serviceaccount:{RELEASE_NAMESPACE}:{OPERATOR_NAME}"
+    calls = []
+    for event in control_plane.audit_events(user):
+        ref = event.get("objectRef") or {}
+        if not ref.get("resource"):
+            continue  # discovery and health paths: no resource, no RBAC rule
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        calls.append(Call(event["verb"], ref.get("apiGroup", ""), resource, ref.get("namespace"),
+                          int((event.get("responseStatus") or {}).get("code", 0))))
+    return calls
 
 
 @dataclass
 class Run:
-    """What one install-and-run left: the emulator, the operator's requests, its first attempt Job."""
+    """What one install-and-run left: the installed objects, the operator's requests, its first attempt Job."""
 
-    emulator: ChartEmulator
-    calls: list[ApiCall]
+    objects: list[dict[str, Any]]
+    calls: list[Call]
     job: dict[str, Any]
 
 
-async def install_and_run(tmp_path: Path, values: dict[str, Any]) -> Run:
-    """Install the chart, start the operator as the Deployment says, run the `helm test` pod, exercise it."""
-    async with emulated_cluster(tmp_path) as (emulator, kubeconfig):
-        release = await run_helm("install", str(CHART), "--kubeconfig", str(kubeconfig), "--release", RELEASE,
-                                 "--namespace", RELEASE_NAMESPACE, "--values", json.dumps(values))
-        deployment = emulator.get_object(DEPLOYMENTS, RELEASE_NAMESPACE, OPERATOR_NAME)
+def installed_objects(control_plane: ControlPlane) -> list[dict[str, Any]]:
+    """What the release holds, as Helm recorded it (`helm get manifest`)."""
+    manifest = helm(control_plane, "get", "manifest", RELEASE, "--namespace", RELEASE_NAMESPACE).stdout
+    return [doc for doc in yaml.safe_load_all(manifest) if doc]
+
+
+def install_and_run(tmp_path: Path, values: dict[str, Any]) -> Run:
+    """A fresh control plane; install the chart; start the operator as the Deployment says; exercise it."""
+    with ControlPlane(tmp_path / "plane") as plane:
+        rest = RestClient(plane.server, plane.token, str(plane.ca_file))
+        rest.create(path_of("v1", "namespaces"), {"metadata": {"name": FTJ_NAMESPACE}})
+        values_file = tmp_path / "values.json"
+        values_file.write_text(json.dumps(values), encoding="utf-8")
+        helm(plane, "install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, "--create-namespace",
+             "--values", str(values_file))
+        eventually(lambda: rest.get(path_of("apiextensions.k8s.io/v1", "customresourcedefinitions",
+                                            name="finetunejobs.kubetune.io")), 30, "the CRD")
+        deployment = rest.get(path_of("apps/v1", "deployments", RELEASE_NAMESPACE, OPERATOR_NAME))
+        assert deployment is not None
         env = container_env(deployment)
-        async with operator_process(env, kubeconfig, tmp_path / "operator.log") as operator:
-            # helm-sdkpy's `helm test` needs the OpenAPI documents the emulator does not serve, so the
-            # hook pod is created here as Helm would create it, and its script runs against the operator.
-            (hook,) = [yaml.safe_load(hook["manifest"]) for hook in release["hooks"]]
-            pod = await emulator.api_create(PODS, RELEASE_NAMESPACE, hook)
+        token = service_account_token(rest, RELEASE_NAMESPACE, OPERATOR_NAME)
+        kubeconfig = plane.write_kubeconfig(tmp_path / "operator.kubeconfig", token=token)
+        objects = installed_objects(plane)
+        with operator_process(env, kubeconfig, tmp_path / "operator.log") as operator:
+            (hook,) = [o for o in yaml.safe_load_all(helm(plane, "get", "hooks", RELEASE, "--namespace",
+                                                          RELEASE_NAMESPACE).stdout) if o]
             service = f"http://{RELEASE}-kubetune-metrics.{RELEASE_NAMESPACE}:{env['KUBETUNE_METRICS_PORT']}"
-            code, output = await run_test_pod(emulator, pod, {service: f"http://127.0.0.1:{operator.metrics_port}"})
-            assert code == 0, f"the helm test pod failed: {output}"
-            job = await exercise_operator(emulator)
+            code, output = run_test_hook(hook, {service: f"http://127.0.0.1:{operator.metrics_port}"})
+            assert code == 0, f"the helm test hook's script failed: {output}"
+            job = exercise_operator(rest)
             assert operator.alive(), operator.log_tail()
-        return Run(emulator, operator_calls(emulator), job)
+        return Run(objects, operator_calls(plane), job)
 
 
 _RUNS: dict[str, Run] = {}
 
 
-async def run_mode(tmp_path: Path, mode: str) -> Run:
-    """One install-and-run per mode, shared by the tests below (each takes several seconds)."""
+def run_mode(tmp_path: Path, mode: str) -> Run:
+    """One install-and-run per mode, shared by the tests below (each takes a control plane's start)."""
     if mode not in _RUNS:
-        _RUNS[mode] = await install_and_run(tmp_path, MODES[mode])
+        _RUNS[mode] = install_and_run(tmp_path, MODES[mode])
     return _RUNS[mode]
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("mode", MODES)
-async def test_operator_runs_on_the_install_and_rbac_covers_exactly_its_calls(tmp_path: Path, mode: str) -> None:
-    run = await run_mode(tmp_path, mode)
+def test_operator_runs_on_the_install_and_rbac_covers_exactly_its_calls(tmp_path: Path, mode: str) -> None:
+    run = run_mode(tmp_path, mode)
     calls = run.calls
-    objects = run.emulator.created()
+    objects = run.objects
     cluster_rules = set().union(*(rules_of(o) for o in objects if o["kind"] == "ClusterRole"
                                   and o["metadata"]["name"].endswith("-operator")))  # not the users' roles
     namespace_rules = {o["metadata"]["namespace"]: rules_of(o) for o in objects if o["kind"] == "Role"}
     assert calls, "no request of the operator was recorded"
 
+    refused = sorted({(c.verb, c.group, c.resource, c.namespace) for c in calls if c.code == 403})
+    assert refused == [], f"{mode}: the API server refused requests of the operator"
     denied = sorted({(c.verb, c.group, c.resource, c.namespace) for c in calls
                      if not allowed(c, cluster_rules, namespace_rules)})
     assert denied == [], f"{mode}: the chart's RBAC refuses requests the operator made"
@@ -280,21 +297,21 @@ async def test_operator_runs_on_the_install_and_rbac_covers_exactly_its_calls(tm
 
 
 @pytest.mark.timeout(120)
-async def test_trainer_pods_get_what_the_chart_and_the_image_agree_on(tmp_path: Path) -> None:
+def test_trainer_pods_get_what_the_chart_and_the_image_agree_on(tmp_path: Path) -> None:
     from tests.chart.test_images import TRAINER, final_stage
 
-    run = await run_mode(tmp_path, "all-namespaces")
+    run = run_mode(tmp_path, "all-namespaces")
     template = run.job["spec"]["template"]
     pod, (container,) = template["spec"], template["spec"]["containers"]
     # Watching every namespace, the chart's trainer account cannot exist everywhere: the namespace's default.
     assert "serviceAccountName" not in pod and pod["automountServiceAccountToken"] is False
-    namespaced = (await run_mode(tmp_path, "namespaced")).job["spec"]["template"]["spec"]
+    namespaced = run_mode(tmp_path, "namespaced").job["spec"]["template"]["spec"]
     assert namespaced["serviceAccountName"] == f"{RELEASE}-kubetune-trainer"  # created in the watched namespace
     assert container["image"] == "ghcr.io/kubetune/trainer:0.1.0"  # trainer.image from values
     (user,) = [c.value[0] for c in final_stage(TRAINER) if c.cmd == "USER"]
     assert f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}" == user
     # What the PodMonitor scrapes and the NetworkPolicy opens: the container's "metrics" port, these labels.
     assert "metrics" in {port["name"] for port in container["ports"]}
-    (policy,) = [o for o in run.emulator.created() if o["kind"] == "NetworkPolicy"]
+    (policy,) = [o for o in run.objects if o["kind"] == "NetworkPolicy"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
     assert policy["spec"]["ingress"][0]["ports"][0]["port"] == "metrics"

@@ -1,4 +1,4 @@
-"""`ClusterClient` (tests/harness/client.py) over kubectl, for a real kind cluster.
+"""`ClusterClient` (tests/cluster/client.py) over kubectl, for a real kind cluster.
 
 The lifecycle scenarios written for the emulated cluster run unchanged against
 kind through this class. What the emulator does in process, a real cluster
@@ -20,8 +20,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from tests.cluster.client import PollingWaits
 from tests.e2e.tools import CommandFailed, run
-from tests.harness.client import PollingWaits
 
 OWNER_LABEL = "kubetune.io/finetunejob"
 READER_MOUNT = "/data"
@@ -37,8 +37,7 @@ class KubectlCluster(PollingWaits):
                  operator_selector: str, validate: bool = True) -> None:
         self.context = context
         self.namespace = namespace
-        # kubectl validates against the server's OpenAPI documents; only an emulated API without them
-        # (tests/e2e/test_kubectl_client.py) turns that off.
+        # kubectl validates against the server's OpenAPI documents (off only for a server without them).
         self.validate = validate
         self.reader_image = reader_image
         self.operator_namespace = operator_namespace

@@ -5,7 +5,7 @@
 
 Needs docker (with a daemon), kind, kubectl and helm; where one is missing the
 module is skipped with one line naming it. The scenarios talk to the cluster
-through `ClusterClient` (tests/harness/client.py), here implemented with kubectl
+through `ClusterClient` (tests/cluster/client.py), here implemented with kubectl
 (`KubectlCluster`), the same interface the emulated end-to-end tests use.
 The FineTuneJobs are the CPU quickstart (examples/quickstart-cpu.yaml): its model
 ships in the CPU trainer image, its data goes into a ConfigMap.

@@ -1,4 +1,4 @@
-"""The kind suite's kubectl `ClusterClient`, checked here with the real kubectl against the emulated API.
+"""The kind suite's kubectl `ClusterClient`, checked here with the built kubectl on the test control plane.
 
 What needs a real node (exec into a reader pod, signals through the node,
 logs) stays for the kind suite; the rest of the plumbing (the commands, their
@@ -8,39 +8,28 @@ meet its first bug on a CI runner.
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.cluster.controlplane import BIN, ControlPlane
+from tests.cluster.rest import RestClient, path_of
 from tests.e2e.kubectl_client import KubectlCluster
-from tests.harness.emulator import EVENTS, JOBS, PODS, ApiServer
 
-if shutil.which("kubectl") is None:
-    pytest.skip("kubectl is missing: the kubectl client cannot be checked", allow_module_level=True)
-
-NAMESPACE = "e2e"
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart-cpu.yaml"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApiServer, Path]]:
-    """The emulated API server in its own thread, and a kubeconfig for it."""
-    api = ApiServer().start()
-    kubeconfig = api.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config", NAMESPACE)
-    yield api, kubeconfig
-    api.stop()
-
-
 @pytest.fixture
-def client(server: tuple[ApiServer, Path], monkeypatch: pytest.MonkeyPatch) -> KubectlCluster:
-    """The kubectl client on the emulator (which serves no OpenAPI documents to validate with)."""
-    monkeypatch.setenv("KUBECONFIG", str(server[1]))
-    return KubectlCluster("emulator", NAMESPACE, reader_image="unused", operator_namespace="kubetune-system",
-                          operator_selector="app.kubernetes.io/component=operator", validate=False)
+def client(control_plane: ControlPlane, kubetune_release, namespace: str,
+           monkeypatch: pytest.MonkeyPatch) -> KubectlCluster:
+    """The kubectl client on the test cluster, with the built kubectl first on PATH."""
+    monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    return KubectlCluster("kubetune-test", namespace, reader_image="unused", operator_namespace="kubetune-system",
+                          operator_selector="app.kubernetes.io/component=operator")
 
 
 def manifest(name: str) -> dict[str, Any]:
@@ -63,13 +52,12 @@ def test_apply_get_patch_delete_round_trip(client: KubectlCluster) -> None:
     assert client.get("trip") is None
 
 
-def test_children_by_owner_label_and_admit(client: KubectlCluster, server: tuple[ApiServer, Path]) -> None:
-    api = server[0]
+def test_children_by_owner_label_and_admit(client: KubectlCluster, kube: RestClient) -> None:
     job = {"apiVersion": "batch/v1", "kind": "Job",
            "metadata": {"name": "kid-0", "labels": {"kubetune.io/finetunejob": "kid"}},
            "spec": {"suspend": True, "template": {"spec": {"restartPolicy": "Never", "containers": [
                {"name": "trainer", "image": "trainer:e2e"}]}}}}
-    api.call(api.emulator.api_create(JOBS, NAMESPACE, job))
+    kube.create(path_of("batch/v1", "jobs", client.namespace), job)
     assert [j["metadata"]["name"] for j in client.children("kid", "jobs")] == ["kid-0"]
     assert client.children("someone-else", "jobs") == []
     client.admit("kid-0")
@@ -77,23 +65,24 @@ def test_children_by_owner_label_and_admit(client: KubectlCluster, server: tuple
     assert client.get_object("jobs", "nobody") is None
 
 
-def test_evict_goes_through_the_eviction_api(client: KubectlCluster, server: tuple[ApiServer, Path]) -> None:
-    api = server[0]
+def test_evict_goes_through_the_eviction_api(client: KubectlCluster, kube: RestClient) -> None:
+    restricted = {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False,
+                  "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "victim"},
-           "spec": {"containers": [{"name": "trainer", "image": "trainer:e2e"}]}}
-    api.call(api.emulator.api_create(PODS, NAMESPACE, pod))
+           "spec": {"containers": [{"name": "trainer", "image": "trainer:e2e", "command": ["sleep", "60"],
+                                    "securityContext": restricted}]}}
+    kube.create(path_of("v1", "pods", client.namespace), pod)
     client.evict("victim")
-    evicted = api.emulator.get_object(PODS, NAMESPACE, "victim")
+    evicted = kube.get(path_of("v1", "pods", client.namespace, "victim"))
     conditions = {c["type"]: c for c in ((evicted or {}).get("status") or {}).get("conditions", [])}
     assert evicted is None or conditions["DisruptionTarget"]["reason"] == "EvictionByEvictionAPI"
 
 
-def test_events_are_found_by_the_object_they_are_about(client: KubectlCluster, server: tuple[ApiServer, Path]) -> None:
-    api = server[0]
+def test_events_are_found_by_the_object_they_are_about(client: KubectlCluster, kube: RestClient) -> None:
     event = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "ev.1"}, "reason": "Created",
              "message": "attempt 0", "type": "Normal",
-             "involvedObject": {"kind": "FineTuneJob", "name": "talked-about", "namespace": NAMESPACE}}
-    api.call(api.emulator.api_create(EVENTS, NAMESPACE, event))
+             "involvedObject": {"kind": "FineTuneJob", "name": "talked-about", "namespace": client.namespace}}
+    kube.create(path_of("v1", "events", client.namespace), event)
     assert [e["reason"] for e in client.events("talked-about")] == ["Created"]
     assert client.events("silent") == []
 

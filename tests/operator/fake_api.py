@@ -3,8 +3,8 @@
 It keeps just the API-server behaviour the controller's paths depend on:
 409 when a name is taken, 404 as None, label selectors, RFC 7386 merge
 patches, uids, and a refusal (422 with the server's message) for chosen kinds.
-Every call is recorded. The real HTTP path is covered by the emulated-cluster
-tests (tests/harness, tests/e2e_emulated).
+Every call is recorded. The real HTTP path, the real API server and
+controllers are covered by tests/e2e_cluster (tests/cluster's control plane).
 """
 
 from __future__ import annotations

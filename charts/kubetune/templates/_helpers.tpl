@@ -215,8 +215,7 @@ these rules, and that the rules grant nothing else).
   verbs: [list, watch]
 - apiGroups: [""]
   resources: [configmaps, services]
-  # patch: an adopted child gets its owner reference and labels back.
-  verbs: [get, create, patch]
+  verbs: [get, create]
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [get, create]

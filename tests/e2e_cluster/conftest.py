@@ -1,11 +1,10 @@
-"""Fixtures of the emulated end-to-end scenarios: a cluster per test, the real operator, the real trainer.
+"""Fixtures of the end-to-end scenarios on the real control plane: the real operator, the real trainer.
 
-Each test gets a fresh `EmulatedCluster` (API server, Job controller,
-kubelet) and the project's operator as its own process (`kubetune-operator`,
-configured through its KUBETUNE_* variables like the Helm chart does), so
-`restart_operator()` is a real SIGKILL. Trainer pods run `kubetune-trainer`
-on a tiny random Llama built once per session (tests.fixtures.models) and a
-toy "reverse three words" dataset.
+Each test gets a fresh namespace on the session's control plane and the
+project's operator as its own process with the chart's ServiceAccount
+(`tests.cluster.fixtures.cluster`), so `restart_operator()` is a real SIGKILL.
+Trainer pods run `kubetune-trainer` on a tiny random Llama built once per
+session (tests.fixtures.models) and a toy "reverse three words" dataset.
 """
 
 from __future__ import annotations
@@ -14,23 +13,16 @@ import functools
 import json
 import random
 import socket
-import sys
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e_emulated.scenarios import MakeJob
-from tests.harness.client import EmulatedCluster, kubeconfig_env
-from tests.harness.operator_runner import ProcessOperator
+from tests.cluster.client import RealCluster
+from tests.e2e_cluster.scenarios import MakeJob
 
-NAMESPACE = "e2e"
-OPERATOR_RESYNC_SECONDS = 1.0  # the operator's resync (progress polls, backoffs, deadlines, TTLs)
 WORDS = ["red", "blue", "green", "black", "white", "one", "two", "three", "four", "five", "six", "seven"]
-# The node's env for every pod: one BLAS thread each, so two workers share the CI's 2 cores politely.
-NODE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @dataclass(frozen=True)
@@ -47,7 +39,7 @@ SCENARIO_TIMEOUT_SECONDS = 900
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A hung scenario fails after 15 minutes instead of eating CI's budget."""
     for item in items:
-        if "e2e_emulated" in item.nodeid:
+        if "e2e_cluster" in item.nodeid:
             item.add_marker(pytest.mark.timeout(SCENARIO_TIMEOUT_SECONDS))
 
 
@@ -100,35 +92,7 @@ def finetunejob(name: str, *, cluster: Any, inputs: Inputs, **spec: Any) -> dict
     return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": body}
 
 
-def operator_ready(cluster: EmulatedCluster) -> Callable[[], bool]:
-    """A readiness probe: the operator (started after now) watches FineTuneJobs and Jobs."""
-    start = len(cluster.emulator.calls)
-
-    def ready() -> bool:
-        seen = {c.resource for c in cluster.emulator.calls[start:] if c.verb == "watch"}
-        return {"finetunejobs", "jobs", "pods"} <= seen
-
-    return ready
-
-
-def operator_process(cluster: EmulatedCluster, log_file: Path) -> ProcessOperator:
-    """The `kubetune-operator` console script against the emulated cluster, with short timers."""
-    env = {**kubeconfig_env(cluster), "KUBETUNE_WATCH_NAMESPACES": NAMESPACE, "KUBETUNE_METRICS_PORT": "0",
-           "KUBETUNE_HEALTH_PORT": "0", "KUBETUNE_RESYNC_SECONDS": str(OPERATOR_RESYNC_SECONDS),
-           "KUBETUNE_PROGRESS_TIMEOUT_SECONDS": "0.5", "KUBETUNE_TRAINER_IMAGE": "kubetune/trainer:e2e"}
-    return ProcessOperator([str(Path(sys.executable).parent / "kubetune-operator")], env, log_file,
-                           make_probe=lambda: operator_ready(cluster))
-
-
 @pytest.fixture
-def make(cluster: EmulatedCluster, inputs: Inputs) -> MakeJob:
+def make(cluster: RealCluster, inputs: Inputs) -> MakeJob:
     """The scenarios' FineTuneJob factory for this cluster."""
     return functools.partial(finetunejob, cluster=cluster, inputs=inputs)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EmulatedCluster]:
-    """An emulated cluster in namespace `e2e` with the operator running."""
-    with EmulatedCluster(tmp_path / "cluster", NAMESPACE, node_env=NODE_ENV) as running:
-        running.run_operator(operator_process(running, tmp_path / "operator.log"))
-        yield running

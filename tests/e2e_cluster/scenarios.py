@@ -1,5 +1,5 @@
-"""The lifecycle scenarios, written against `ClusterClient` only: they run on the emulated cluster here
-(tests/e2e_emulated/test_*.py) and on a real cluster through a kubectl client (the kind suite).
+"""The lifecycle scenarios, written against `ClusterClient` only: they run on the real control plane here
+(tests/e2e_cluster/test_*.py) and on a real cluster through a kubectl client (the kind suite).
 
 Each scenario takes the client and `make(name, **spec) -> manifest`, a factory of small, fast
 FineTuneJobs for that cluster (`training=` entries update the training block; the factory decides
@@ -14,7 +14,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from tests.harness.client import ClusterClient
+from tests.cluster.client import ClusterClient
 
 MakeJob = Callable[..., dict[str, Any]]
 RESUMED = "resuming from /workspace/output/checkpoints/checkpoint-"
@@ -155,12 +155,14 @@ def restarted_operator_keeps_one_set_of_children(client: ClusterClient, make: Ma
     """The operator killed and restarted mid-run → no duplicate or lost children, the status keeps moving."""
     client.apply(make("steady"))
     before = client.wait_for("steady", progressed, 300, "progress while running")
+    job_uid = client.children("steady", "jobs")[0]["metadata"]["uid"]
     client.restart_operator()
     client.wait_for("steady", lambda o: o["status"]["progress"]["step"] > before["status"]["progress"]["step"]
                     or o["status"]["phase"] == "Succeeded", 300, "the new operator keeps the status moving")
     done = client.wait_for("steady", phase("Succeeded"), 600, "Succeeded")
     assert (done["status"]["attempt"], done["status"]["restarts"]) == (0, 0), done["status"]
-    assert [j["metadata"]["name"] for j in client.children("steady", "jobs")] == ["steady-0"]
+    jobs = client.children("steady", "jobs")
+    assert [(j["metadata"]["name"], j["metadata"]["uid"]) for j in jobs] == [("steady-0", job_uid)]  # kept, not re-made
     assert len(client.children("steady", "configmaps")) == 1 and len(client.children("steady", "pods")) == 1
     assert client.get_object("persistentvolumeclaims", "steady-data") is not None
     return done
@@ -194,6 +196,50 @@ def queued_until_admitted(client: ClusterClient, make: MakeJob) -> dict[str, Any
     client.admit(job["metadata"]["name"])  # as Kueue does when it admits the workload
     done = client.wait_for("queued", phase("Succeeded"), 600, "Succeeded once admitted")
     assert (done["status"]["attempt"], done["status"]["restarts"]) == (0, 0), done["status"]
+    return done
+
+
+def recreated_with_the_same_name_runs_afresh(client: ClusterClient, make: MakeJob) -> dict[str, Any]:
+    """Delete a finished FineTuneJob and re-create it at once: the new one runs its own attempt and
+    adopts nothing of the old one's (the garbage collector removes those asynchronously)."""
+    manifest = make("again", training={"maxSteps": 6, "saveSteps": 3})
+    client.apply(manifest)
+    client.wait_for("again", phase("Succeeded"), 300, "the first incarnation Succeeded")
+    old_job = client.children("again", "jobs")[0]["metadata"]["uid"]
+    client.delete("again")
+    client.wait_until(lambda: client.get("again") is None, 30, "the first incarnation is gone")
+    created = client.apply(manifest)
+    done = client.wait_for("again", phase("Succeeded"), 300, "the second incarnation Succeeded")
+    status = done["status"]
+    assert (status["restarts"], status["attempt"]) == (0, 0), status
+    jobs = client.children("again", "jobs")
+    assert [j["metadata"]["ownerReferences"][0]["uid"] for j in jobs] == [created["metadata"]["uid"]], jobs
+    assert jobs[0]["metadata"]["uid"] != old_job  # its own Job, not the old one's
+    pods = [p for p in client.children("again", "pods")
+            if p["metadata"]["ownerReferences"][0]["uid"] == jobs[0]["metadata"]["uid"]]
+    assert pods and termination(pods[0])["exitCode"] == 0  # it ran, not merely inherited a Complete Job
+    return done
+
+
+def kueue_preemption_requeues_and_resumes_in_the_same_attempt(client: ClusterClient, make: MakeJob) -> dict[str, Any]:
+    """Admitted → training; Kueue preempts (suspends the Job) → checkpoint, Queued, no failure counted;
+    re-admitted → the same attempt's new pod resumes from the checkpoint."""
+    client.apply(make("preempted", queueName="team-a"))
+    job = client.wait_until(lambda: client.children("preempted", "jobs"), 60, "the attempt Job")[0]["metadata"]["name"]
+    client.admit(job)
+    client.wait_for("preempted", checkpointed, 300, "a checkpoint while running")
+    first = attempt_pods(client, "preempted", 0)[0]["metadata"]["name"]
+    client.preempt(job)  # as Kueue does when a higher-priority workload needs the quota
+    queued = client.wait_for("preempted", phase("Queued"), 300, "Queued again after the preemption")
+    client.wait_until(lambda: not any(p["status"].get("phase") in ("Pending", "Running")
+                                      for p in client.children("preempted", "pods")), 300, "the preempted pod stopped")
+    assert (queued["status"]["restarts"], queued["status"]["attempt"]) == (0, 0), queued["status"]
+    client.admit(job)
+    done = client.wait_for("preempted", phase("Succeeded"), 600, "Succeeded once re-admitted")
+    assert (done["status"]["restarts"], done["status"]["attempt"]) == (0, 0), done["status"]
+    second = [p for p in attempt_pods(client, "preempted", 0) if p["metadata"]["name"] != first]
+    assert second, "the re-admitted Job made a new pod"
+    resumed_from(client, second[-1]["metadata"]["name"])
     return done
 
 

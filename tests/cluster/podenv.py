@@ -1,6 +1,6 @@
 """How a pod's container becomes a local process: its env, mounts and command line.
 
-Pure functions, no I/O beyond materializing volume files. The pod's file
+Pure functions, no I/O beyond materializing volume files (the test kubelet's, tests/cluster/kubelet.py). The pod's file
 system is the host's, except for its volume mounts: every mount point
 (`/workspace`, `/etc/kubetune`, the termination message path) maps to a host
 folder, and every env value, argument and working dir that names a path

@@ -1,7 +1,7 @@
 """A FineTuneJob that trains from a ConfigMap dataset: the operator mounts the key, the trainer reads it.
 
 The real operator renders the `dataset.configMap` volume and KUBETUNE_DATASET_DIR, the
-emulated kubelet materializes the ConfigMap's key like the real one, and the real
+test kubelet materializes the ConfigMap's key like the real one, and the real
 trainer finds the file there (kubetune_trainer.fetch) and trains on it.
 """
 
@@ -11,19 +11,18 @@ import json
 
 from kubetune_trainer.contract import DATASET_CONFIGMAP_DIR
 
-from tests.e2e_emulated.conftest import NAMESPACE
-from tests.e2e_emulated.scenarios import phase, termination
-from tests.harness.kubelet import CONFIGMAPS
+from tests.cluster.rest import path_of
+from tests.e2e_cluster.scenarios import phase, termination
 
 
 def test_a_job_trains_from_a_configmap_dataset(cluster, make, inputs):
     configmap = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": "reverse-data", "namespace": NAMESPACE},
+        "metadata": {"name": "reverse-data", "namespace": cluster.namespace},
         "data": {"train.jsonl": inputs.data.read_text(encoding="utf-8")},
     }
-    cluster.server.call(cluster.emulator.api_create(CONFIGMAPS, NAMESPACE, configmap, strict=True))
+    cluster.rest.create(path_of("v1", "configmaps", cluster.namespace), configmap)
     manifest = make("from-configmap", training={"maxSteps": 10, "saveSteps": 10})
     manifest["spec"]["dataset"] = {
         "configMap": {"name": "reverse-data", "key": "train.jsonl"},

@@ -1,8 +1,8 @@
-"""Lifecycle scenarios on the emulated cluster: success, bad data, pods that never start."""
+"""Lifecycle scenarios on the real control plane: success, bad data, pods that never start."""
 
 from __future__ import annotations
 
-from tests.e2e_emulated import scenarios
+from tests.e2e_cluster import scenarios
 
 
 def test_apply_runs_reports_progress_succeeds_and_delete_keeps_the_retained_pvc(cluster, make):
@@ -22,3 +22,7 @@ def test_a_pod_no_node_can_take_fails_unschedulable_after_the_deadline(cluster, 
 
 def test_an_image_that_cannot_be_pulled_fails_after_the_deadline(cluster, make):
     scenarios.unpullable_image_fails_after_the_deadline(cluster, make)
+
+
+def test_delete_and_recreate_with_the_same_name_is_a_fresh_run_that_adopts_nothing(cluster, make):
+    scenarios.recreated_with_the_same_name_runs_afresh(cluster, make)

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Build the test cluster's binaries from Go modules into build/cluster/bin:
+# kube (kube-apiserver, kube-controller-manager, kube-scheduler and kubectl in
+# one multi-call binary, tests/cluster/kube/main.go), etcd, helm and kwok.
+#
+# Each program gets its own Go module under build/cluster/src/<name> so their
+# dependency graphs (etcd's grpc, helm's client-go) never fight. A binary is
+# skipped when a stamp says it was built for the pinned version. Nothing is
+# downloaded except through the Go module proxy.
+#
+# Usage: scripts/build-cluster.sh [kube|etcd|helm|kwok ...]   (default: all)
+set -euo pipefail
+
+KUBERNETES_VERSION=${KUBERNETES_VERSION:-v1.37.2}
+ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+HELM_VERSION=${HELM_VERSION:-v3.22.0}
+KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${KUBETUNE_CLUSTER_CACHE:-$ROOT/build/cluster}
+BIN=$CACHE/bin
+SRC=$CACHE/src
+mkdir -p "$BIN" "$SRC"
+
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
+command -v go >/dev/null || { echo "build-cluster: go is not on PATH (Go 1.26 is needed)" >&2; exit 1; }
+
+say() { printf '[build-cluster %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+fail() { printf '[build-cluster] FAILED: %s\n' "$*" >&2; exit 1; }
+
+# up_to_date NAME VERSION: true when NAME was built for VERSION and its binary exists.
+up_to_date() {
+  [[ -x $BIN/$1 && -f $BIN/.$1.version && $(cat "$BIN/.$1.version") == "$2" ]]
+}
+
+# new_module NAME: an empty module folder for NAME; prints its path.
+new_module() {
+  local dir=$SRC/$1
+  rm -rf "$dir" && mkdir -p "$dir"
+  printf 'module kubetune.local/cluster/%s\n\ngo 1.26.0\n' "$1" >"$dir/go.mod"
+  echo "$dir"
+}
+
+# go_build DIR OUTPUT PACKAGE LDFLAGS...: a static, stripped build with time and
+# memory reported, so the closing note's numbers come from this script.
+go_build() {
+  local dir=$1 out=$2 pkg=$3; shift 3
+  local ldflags="-s -w $*"
+  (cd "$dir" && /usr/bin/time -f "  build: %e s wall, %M KiB peak" \
+    go build -trimpath -ldflags "$ldflags" -o "$out" "$pkg") \
+    || fail "go build of $pkg (see the compiler output above)"
+}
+
+# fetch DIR MODULE@VERSION: add a requirement, naming the module when the proxy lacks it.
+fetch() {
+  (cd "$1" && go get "$2" >/dev/null 2>"$1/get.log") || {
+    tail -5 "$1/get.log" >&2
+    fail "the Go module proxy did not serve $2"
+  }
+}
+
+build_kube() {
+  up_to_date kube "$KUBERNETES_VERSION" && { say "kube $KUBERNETES_VERSION: already built"; return; }
+  say "kube $KUBERNETES_VERSION: resolving modules"
+  local dir; dir=$(new_module kube)
+  cp "$ROOT/tests/cluster/kube/main.go" "$dir/"
+  # k8s.io/kubernetes requires its staging modules at v0.0.0 and points them at
+  # ./staging with replace lines Go ignores in a dependency: pin each to the
+  # matching v0.<minor>.<patch>, reading the list from the module's own go.mod.
+  local gomod staging=${KUBERNETES_VERSION/#v1./v0.}
+  gomod=$(cd "$dir" && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" \
+    | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  [[ -f $gomod ]] || fail "the Go module proxy did not serve k8s.io/kubernetes@$KUBERNETES_VERSION"
+  local replaces
+  replaces=$(awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" {print $1}' "$gomod" | sort -u)
+  [[ -n $replaces ]] || fail "no k8s.io staging modules found in $gomod"
+  {
+    echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+    echo "replace ("
+    for m in $replaces; do echo "	$m => $m $staging"; done
+    echo ")"
+  } >>"$dir/go.mod"
+  say "kube: $(wc -w <<<"$replaces") staging modules pinned to $staging; downloading"
+  (cd "$dir" && go mod tidy >"$dir/tidy.log" 2>&1) || { tail -20 "$dir/tidy.log" >&2; fail "go mod tidy for kube"; }
+  say "kube: compiling and linking (the long step: ~10-20 min on 2 cores with empty caches)"
+  local v="k8s.io/component-base/version" c="k8s.io/client-go/pkg/version"
+  local minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
+  local flags=""
+  for p in $v $c; do
+    flags+=" -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+    flags+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  go_build "$dir" "$BIN/kube" . "$flags"
+  for prog in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    ln -sf kube "$BIN/$prog"
+  done
+  echo "$KUBERNETES_VERSION" >"$BIN/.kube.version"
+  say "kube: done ($(du -h "$BIN/kube" | cut -f1))"
+}
+
+build_etcd() {
+  up_to_date etcd "$ETCD_VERSION" && { say "etcd $ETCD_VERSION: already built"; return; }
+  say "etcd $ETCD_VERSION: downloading"
+  local dir; dir=$(new_module etcd)
+  fetch "$dir" "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  # The main package is the server module's root (server/main.go).
+  printf 'package main\n\nimport _ "go.etcd.io/etcd/server/v3"\n' >"$dir/tools.go"
+  (cd "$dir" && go mod tidy >"$dir/tidy.log" 2>&1) || { tail -20 "$dir/tidy.log" >&2; fail "go mod tidy for etcd"; }
+  rm "$dir/tools.go"
+  say "etcd: compiling"
+  go_build "$dir" "$BIN/etcd" go.etcd.io/etcd/server/v3 \
+    "-X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION"
+  echo "$ETCD_VERSION" >"$BIN/.etcd.version"
+  say "etcd: done"
+}
+
+build_helm() {
+  up_to_date helm "$HELM_VERSION" && { say "helm $HELM_VERSION: already built"; return; }
+  say "helm $HELM_VERSION: downloading"
+  local dir; dir=$(new_module helm)
+  fetch "$dir" "helm.sh/helm/v3@$HELM_VERSION"
+  printf 'package main\n\nimport _ "helm.sh/helm/v3/cmd/helm"\n' >"$dir/tools.go"
+  (cd "$dir" && go mod tidy >"$dir/tidy.log" 2>&1) || { tail -20 "$dir/tidy.log" >&2; fail "go mod tidy for helm"; }
+  rm "$dir/tools.go"
+  say "helm: compiling"
+  go_build "$dir" "$BIN/helm" helm.sh/helm/v3/cmd/helm \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  echo "$HELM_VERSION" >"$BIN/.helm.version"
+  say "helm: done"
+}
+
+build_kwok() {
+  up_to_date kwok "$KWOK_VERSION" && { say "kwok $KWOK_VERSION: already built"; return; }
+  say "kwok $KWOK_VERSION: downloading"
+  local dir; dir=$(new_module kwok)
+  if ! (cd "$dir" && go get "sigs.k8s.io/kwok@$KWOK_VERSION" >/dev/null 2>&1); then
+    say "kwok: SKIPPED, the Go module proxy does not serve sigs.k8s.io/kwok@$KWOK_VERSION (only the scale benchmark needs it)"
+    return
+  fi
+  printf 'package main\n\nimport _ "sigs.k8s.io/kwok/cmd/kwok"\n' >"$dir/tools.go"
+  (cd "$dir" && go mod tidy >"$dir/tidy.log" 2>&1) || { tail -20 "$dir/tidy.log" >&2; fail "go mod tidy for kwok"; }
+  rm "$dir/tools.go"
+  say "kwok: compiling"
+  go_build "$dir" "$BIN/kwok" sigs.k8s.io/kwok/cmd/kwok
+  echo "$KWOK_VERSION" >"$BIN/.kwok.version"
+  say "kwok: done"
+}
+
+targets=("$@")
+[[ ${#targets[@]} -gt 0 ]] || targets=(etcd helm kube)
+for t in "${targets[@]}"; do
+  case $t in
+    kube|etcd|helm|kwok) "build_$t" ;;
+    *) fail "unknown target $t (kube, etcd, helm, kwok)" ;;
+  esac
+done
+say "binaries in $BIN"
