@@ -265,6 +265,15 @@ BAD_MANIFESTS = [
         "tolerationSeconds",
     ),
     ("toleration with a typo", with_changes(spec__resources__tolerations=[{"key": "gpu", "efect": "NoSchedule"}]), "efect"),
+    ("envFrom of nothing", with_changes(spec__envFrom=[{"prefix": "W_"}]), "envFrom"),
+    (
+        "envFrom of a ConfigMap and a Secret at once",
+        with_changes(spec__envFrom=[{"configMapRef": {"name": "a"}, "secretRef": {"name": "b"}}]),
+        "envFrom",
+    ),
+    ("envFrom with the operator's prefix", with_changes(spec__envFrom=[{"prefix": "KUBETUNE_", "secretRef": {"name": "b"}}]),
+     "envFrom"),
+    ("envFrom secret name with capitals", with_changes(spec__envFrom=[{"secretRef": {"name": "WandB"}}]), "envFrom"),
 ]
 
 

@@ -313,11 +313,61 @@ def _plain_dict(model: type[KubeModel], named_by: str | None = None) -> Any:
             raise ValueError(f"{name}: {message}" if isinstance(name, str) else message) from None
         return entry
 
-    schema = model.model_json_schema(by_alias=True, ref_template="{model}")
-    return Annotated[dict[str, Any], AfterValidator(check), WithJsonSchema(schema)]
+    return Annotated[dict[str, Any], AfterValidator(check), WithJsonSchema(_inline_refs(model))]
+
+
+def _inline_refs(model: type[KubeModel]) -> dict[str, Any]:
+    """`model`'s JSON schema with its nested models inlined: a WithJsonSchema dict cannot carry `$defs`."""
+    schema = model.model_json_schema(by_alias=True)
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        return [inline(item) for item in node] if isinstance(node, list) else node
+
+    return inline(schema)
 
 
 EnvVarDict = _plain_dict(EnvVar, named_by="name")
+
+
+class EnvSourceRef(KubeModel):
+    """The ConfigMap or Secret of an envFrom entry."""
+
+    name: DnsSubdomain = Field(description="name of the ConfigMap or Secret.")
+    optional: bool | None = Field(default=None, description="optional lets the pod start without it.")
+
+
+ENV_FROM_RULES = (
+    CrossFieldRule(
+        "has(self.configMapRef) != has(self.secretRef)",
+        "an envFrom entry reads one source: set configMapRef or secretRef",
+        None,
+        lambda e: (e.config_map_ref is None) != (e.secret_ref is None),
+    ),
+    CrossFieldRule(
+        "!has(self.prefix) || !self.prefix.startsWith('KUBETUNE_')",
+        "envFrom prefix KUBETUNE_ would name the operator's variables: choose another prefix",
+        ".prefix",
+        lambda e: not (e.prefix or "").startswith("KUBETUNE_"),
+    ),
+)
+
+
+class EnvFromSource(KubeModel):
+    """An envFrom entry: every key of a ConfigMap or Secret becomes a variable (env entries win over them)."""
+
+    cross_field_rules = ENV_FROM_RULES
+    model_config = ConfigDict(json_schema_extra=_cel_rules(ENV_FROM_RULES))
+
+    prefix: str | None = Field(
+        default=None, max_length=SHORT, pattern=ENV_NAME, description="prefix is put before every key's name."
+    )
+    config_map_ref: EnvSourceRef | None = Field(default=None, description="configMapRef names a ConfigMap.")
+    secret_ref: EnvSourceRef | None = Field(default=None, description="secretRef names a Secret.")
 
 
 # ---------------------------------------------------------------- model
@@ -1368,7 +1418,7 @@ class FineTuneJobSpec(KubeModel):
         max_length=256,
         description="env are extra container env vars (W&B, MLflow, cloud credentials from secrets).",
     )
-    env_from: list[KubeObject] = Field(
+    env_from: list[_plain_dict(EnvFromSource)] = Field(  # type: ignore[valid-type]
         default_factory=list, max_length=MAX_ITEMS, description="envFrom are extra container env sources."
     )
     pod_template: PodTemplateMeta = Field(
