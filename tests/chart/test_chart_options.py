@@ -56,16 +56,17 @@ async def test_disruption_budget_selects_the_operator_and_never_blocks_a_single_
 
 
 async def test_disruption_budget_takes_min_available_or_is_left_out(helm_install) -> None:
-    budget = (await helm_install({"operator": {"podDisruptionBudget": {"minAvailable": "50%",
-                                                                       "maxUnavailable": ""}}})).one("PodDisruptionBudget")
+    # minAvailable alone: it replaces the default maxUnavailable (a budget takes one of the two).
+    budget = (await helm_install({"operator": {"podDisruptionBudget": {"minAvailable": "50%"}}})).one(
+        "PodDisruptionBudget")
     assert budget["spec"]["minAvailable"] == "50%" and "maxUnavailable" not in budget["spec"]
     assert (await helm_install({"operator": {"podDisruptionBudget": {"enabled": False}}})).of_kind(
         "PodDisruptionBudget") == []
 
 
-async def test_disruption_budget_with_both_bounds_fails_with_the_fix(helm_install) -> None:
-    with pytest.raises(HelmFailed, match="set exactly one of minAvailable and maxUnavailable"):
-        await helm_install({"operator": {"podDisruptionBudget": {"minAvailable": 1}}})
+async def test_disruption_budget_without_bounds_fails_with_the_fix(helm_install) -> None:
+    with pytest.raises(HelmFailed, match=r"set minAvailable or maxUnavailable \(or enabled: false\)"):
+        await helm_install({"operator": {"podDisruptionBudget": {"maxUnavailable": ""}}})
 
 
 async def test_users_view_and_edit_roles_aggregate_into_the_default_roles(helm_install) -> None:
