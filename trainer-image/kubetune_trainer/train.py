@@ -169,8 +169,28 @@ def build_trainer(
             callbacks=callbacks,
         )
     speed.cast_adapter(trainer.model, spec, bf16=bool(config.bf16))  # training.adapterInComputeDtype
+    keep_adapter_dtype_on_reload(trainer.model)  # a resume goes on in the dtype the adapter trained in
     fused_lora.apply_from_recipe(trainer.model, spec)  # training.fusedLora, after the cast it checks dtypes against
     return trainer
+
+
+def keep_adapter_dtype_on_reload(model: Any) -> None:
+    """Make the Trainer's adapter reloads (resume, best model at end) keep the adapter's training dtype.
+
+    transformers' Trainer reloads a checkpoint's adapter with peft's `load_adapter`, which copies
+    the weights into the existing parameters and then, by its default `autocast_adapter_dtype=True`,
+    upcasts bf16/fp16 adapter weights to fp32. An adapter that trains in bf16 (TRL casts it so on a
+    4- or 8-bit base; `training.adapterInComputeDtype` on a 16-bit one) would go on in fp32 after a
+    resume and end with other weights than an uninterrupted run. The Trainer passes no such option,
+    so the model's own `load_adapter` gets it.
+    """
+    import functools
+
+    from peft import PeftModel
+
+    # Not a PeftModel (a full fine-tune): the Trainer reloads it with load_state_dict, which keeps dtypes.
+    if isinstance(model, PeftModel):
+        model.load_adapter = functools.partial(model.load_adapter, autocast_adapter_dtype=False)
 
 
 def _quiet_libraries() -> None:
