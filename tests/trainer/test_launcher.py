@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -279,17 +280,45 @@ def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(tmp_path: Path)
     assert "--output DIR" in result.stderr
 
 
-@pytest.mark.slow
-def test_kill_9_of_kubetune_run_leaves_no_trainer_and_a_busy_workspace_is_refused(
-    tiny_llama: Path, toy_data: Path, tmp_path: Path
-) -> None:
-    """The trainer gets SIGTERM when `kubetune run` is killed, checkpoints and ends; the lock goes with it."""
+def _endless_kubetune_run(tiny_llama: Path, toy_data: Path, tmp_path: Path) -> tuple[list[str], dict[str, str], Path]:
+    """The command and environment of a `kubetune run` that checkpoints every 5 steps and never ends, its workspace."""
     spec = sft_spec(tiny_llama, toy_data, training={"maxSteps": 100000, "saveSteps": 5, "reportTo": []})
     manifest, workspace = tmp_path / "job.yaml", tmp_path / "ws"
     manifest.write_text(yaml.safe_dump({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
                                         "metadata": {"name": "toy"}, "spec": spec}))
     command = [sys.executable, "-m", "kubetune_operator.cli", "run", str(manifest), "--output", str(workspace)]
-    env = launcher_env(manifest, workspace)
+    return command, launcher_env(manifest, workspace), workspace
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_kubetune_run_is_logged_as_an_interrupt_and_stops_at_a_checkpoint_with_75(
+    tiny_llama: Path, toy_data: Path, tmp_path: Path
+) -> None:
+    """The launcher forwards SIGINT as SIGINT: the trainer says it was interrupted, saves the step it stops at."""
+    command, env, workspace = _endless_kubetune_run(tiny_llama, toy_data, tmp_path)
+    with open(tmp_path / "run.log", "w", encoding="utf-8") as log:
+        run = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_checkpoint(workspace, 5, run)
+        run.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends to the foreground process
+        code = run.wait(timeout=300)
+    finally:
+        run.kill()
+    output = (tmp_path / "run.log").read_text()
+    assert code == ExitCode.STOPPED, output[-3000:]
+    assert "interrupted (Ctrl-C): saving a checkpoint" in output, output[-3000:]
+    assert "got SIGTERM" not in output and "Traceback" not in output and "KeyboardInterrupt" not in output
+    message = json.loads((workspace / "termination-log").read_text(encoding="utf-8"))
+    assert message["reason"] == "Stopped" and message["checkpoint"]["step"] == message["step"] > 5, message
+    assert (Path(message["checkpoint"]["path"]) / CHECKPOINT_COMPLETE_MARKER).exists()
+
+
+@pytest.mark.slow
+def test_kill_9_of_kubetune_run_leaves_no_trainer_and_a_busy_workspace_is_refused(
+    tiny_llama: Path, toy_data: Path, tmp_path: Path
+) -> None:
+    """The trainer gets SIGTERM when `kubetune run` is killed, checkpoints and ends; the lock goes with it."""
+    command, env, workspace = _endless_kubetune_run(tiny_llama, toy_data, tmp_path)
     with open(tmp_path / "run.log", "w", encoding="utf-8") as log:
         run = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:

@@ -13,8 +13,8 @@ pods and a test kubelet can remap every path:
                                ends its trainer (default 30; the watch listens on the port after the rendezvous)
 
 One trainer process runs directly; more go through torchrun (`torch.distributed.run`),
-with gloo on the CPU. SIGTERM/SIGINT are forwarded once; the trainers checkpoint at
-an agreed step. The trainer gets SIGTERM when the launcher dies (`lifeline`), so a kill -9
+with gloo on the CPU. SIGTERM/SIGINT are forwarded once, as received; the trainers checkpoint
+at an agreed step. The trainer gets SIGTERM when the launcher dies (`lifeline`), so a kill -9
 of `kubetune run` leaves no orphan. With several pods the launchers watch each other
 (`peers`): when a pod is lost, the others end their trainers (blocked in a collective, they
 would not end on their own) and exit 1 with reason PeerLost, within
@@ -204,7 +204,11 @@ def _dump(body: dict[str, Any]) -> str:
 
 
 class _Forwarder:
-    """Forwards the first SIGTERM/SIGINT to the trainer; later ones are ignored (it is already saving)."""
+    """Forwards the first SIGTERM/SIGINT to the trainer as received; later ones are ignored (it is already saving).
+
+    As received, so the trainer's log says a Ctrl-C was an interrupt, not a kubelet's SIGTERM
+    (torchrun passes on the signal it got, too).
+    """
 
     def __init__(self, process: subprocess.Popen[bytes]) -> None:
         self.process = process
@@ -215,7 +219,7 @@ class _Forwarder:
             self.received = True
             print(f"kubetune-trainer: {signal.Signals(signum).name}: asking the trainer to checkpoint and stop",
                   file=sys.stderr, flush=True)
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(signum)
 
 
 def _child_env(settings: LaunchSettings, extra: dict[str, str] | None) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Stop on SIGTERM at a step boundary that every rank agrees on, with a checkpoint of that step.
+"""Stop on SIGTERM (or Ctrl-C) at a step boundary that every rank agrees on, with a checkpoint of that step.
 
 The signal handler only sets a flag (`StopRequest`, installed first thing in the trainer
 process, before the heavy imports). At each step end the ranks all-reduce their flags,
@@ -25,7 +25,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_NOTES = {
+    signal.SIGTERM: "got SIGTERM: saving a checkpoint at the next step boundary",
+    signal.SIGINT: "interrupted (Ctrl-C): saving a checkpoint at the next step boundary",
+}
+"""The stop signals and what the trainer logs when one arrives (the launcher forwards a Ctrl-C as SIGINT)."""
 
 
 class StopRequest:
@@ -37,12 +41,12 @@ class StopRequest:
 
     def install(self) -> None:
         """Handle SIGTERM and SIGINT in this process (call from the main thread)."""
-        for signum in STOP_SIGNALS:
+        for signum in STOP_NOTES:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if not self.requested:
-            log.warning("got %s: saving a checkpoint at the next step boundary", signal.Signals(signum).name)
+            log.warning("%s", STOP_NOTES[signal.Signals(signum)])
         self.requested = True
 
 
