@@ -280,14 +280,23 @@ def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(tmp_path: Path)
     assert "--output DIR" in result.stderr
 
 
-def _endless_kubetune_run(tiny_llama: Path, toy_data: Path, tmp_path: Path) -> tuple[list[str], dict[str, str], Path]:
-    """The command and environment of a `kubetune run` that checkpoints every 5 steps and never ends, its workspace."""
+def _kubetune_run_past_checkpoint_5(
+    tiny_llama: Path, toy_data: Path, tmp_path: Path
+) -> tuple[subprocess.Popen[str], list[str], dict[str, str], Path]:
+    """A `kubetune run` that checkpoints every 5 steps and never ends, once checkpoint 5 is complete.
+
+    The process (its output in tmp_path/run.log), its command and environment, its workspace.
+    """
     spec = sft_spec(tiny_llama, toy_data, training={"maxSteps": 100000, "saveSteps": 5, "reportTo": []})
     manifest, workspace = tmp_path / "job.yaml", tmp_path / "ws"
     manifest.write_text(yaml.safe_dump({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
                                         "metadata": {"name": "toy"}, "spec": spec}))
     command = [sys.executable, "-m", "kubetune_operator.cli", "run", str(manifest), "--output", str(workspace)]
-    return command, launcher_env(manifest, workspace), workspace
+    env = launcher_env(manifest, workspace)
+    with open(tmp_path / "run.log", "w", encoding="utf-8") as log:
+        run = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    wait_for_checkpoint(workspace, 5, run)
+    return run, command, env, workspace
 
 
 @pytest.mark.slow
@@ -295,11 +304,8 @@ def test_ctrl_c_of_kubetune_run_is_logged_as_an_interrupt_and_stops_at_a_checkpo
     tiny_llama: Path, toy_data: Path, tmp_path: Path
 ) -> None:
     """The launcher forwards SIGINT as SIGINT: the trainer says it was interrupted, saves the step it stops at."""
-    command, env, workspace = _endless_kubetune_run(tiny_llama, toy_data, tmp_path)
-    with open(tmp_path / "run.log", "w", encoding="utf-8") as log:
-        run = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    run, _, _, workspace = _kubetune_run_past_checkpoint_5(tiny_llama, toy_data, tmp_path)
     try:
-        wait_for_checkpoint(workspace, 5, run)
         run.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends to the foreground process
         code = run.wait(timeout=300)
     finally:
@@ -318,11 +324,8 @@ def test_kill_9_of_kubetune_run_leaves_no_trainer_and_a_busy_workspace_is_refuse
     tiny_llama: Path, toy_data: Path, tmp_path: Path
 ) -> None:
     """The trainer gets SIGTERM when `kubetune run` is killed, checkpoints and ends; the lock goes with it."""
-    command, env, workspace = _endless_kubetune_run(tiny_llama, toy_data, tmp_path)
-    with open(tmp_path / "run.log", "w", encoding="utf-8") as log:
-        run = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    run, command, env, workspace = _kubetune_run_past_checkpoint_5(tiny_llama, toy_data, tmp_path)
     try:
-        wait_for_checkpoint(workspace, 5, run)
         second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
         assert second.returncode == 2, second.stdout + second.stderr
         assert second.stderr.count("\n") == 1 and "in use by another kubetune run" in second.stderr, second.stderr
