@@ -155,8 +155,8 @@ def test_cpu_variant_leaves_deepspeed_out_and_cuda_variant_has_it() -> None:
             current = command.value[2] if len(command.value) > 2 else ""
         elif command.cmd == "ENV":
             stages.setdefault(current, {}).update(zip(command.value[::2], command.value[1::2], strict=True))
-    assert stages["build-base-cpu"]["EXTRAS"] == "trainer"
-    assert stages["build-base-cuda"]["EXTRAS"] == "trainer,deepspeed"
+    assert stages["build-base-cpu"]["EXTRAS"] == "trainer,tracking"
+    assert stages["build-base-cuda"]["EXTRAS"] == "trainer,tracking,deepspeed"
     assert stages["build-base-cpu"]["TORCH_INDEX"].endswith("/cpu")
     cuda = global_args(TRAINER)["CUDA_VERSION"]
     major, minor = cuda.split(".")[:2]

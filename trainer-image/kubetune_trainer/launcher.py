@@ -242,7 +242,7 @@ def peer_watch(settings: LaunchSettings) -> PeerWatch | None:
 def kill_tree(pid: int) -> None:
     """SIGKILL a process and every descendant: torchrun starts each worker in a session of its own,
     and a worker blocked in a collective ignores SIGTERM."""
-    import psutil  # a dependency of accelerate, so of the trainer's stack
+    import psutil  # in the trainer extra
 
     try:
         root = psutil.Process(pid)
