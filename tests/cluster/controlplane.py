@@ -183,6 +183,25 @@ class ControlPlane:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def restart(self, name: str, down_seconds: float) -> None:
+        """Stop one component, leave it down `down_seconds`, start it again with the same argv (same
+        ports, same data), and wait until it is ready and the API server answers /readyz again.
+
+        A fault for tests: the other components and clients see it go away and must reconnect by
+        themselves (etcd down makes the API server unready; it recovers without a restart of its own).
+        """
+        component = self.components[name]
+        component.stop()
+        time.sleep(down_seconds)
+        component.start()
+        self._wait_http(name, self._health_url(name), token=self.token if name == "kube-apiserver" else None)
+        self._wait_http("kube-apiserver", f"{self.server}/readyz", token=self.token)
+
+    def _health_url(self, name: str) -> str:
+        return {"etcd": f"http://127.0.0.1:{self.etcd_port}/health", "kube-apiserver": f"{self.server}/readyz",
+                "kube-controller-manager": f"https://127.0.0.1:{self.kcm_port}/healthz",
+                "kube-scheduler": f"https://127.0.0.1:{self.scheduler_port}/healthz"}[name]
+
     def check_alive(self) -> None:
         """Raise ComponentFailed naming the first component that exited."""
         for component in self.components.values():

@@ -15,6 +15,9 @@ It does what a kubelet does for the scenarios, on the real API:
   resolved, mount paths remapped: `tests.cluster.podenv`), then the pod's
   phase, conditions, container states, exit codes, reasons and termination
   messages written to `pods/status`;
+- on request (`size_claims`), the claims of a namespace get a tmpfs of their
+  requested size instead of a plain folder, so a full volume fails writes with
+  ENOSPC as a real one does (hostPath enforces no quota);
 - a pod being deleted (by the Job controller, the garbage collector, an
   eviction) gets SIGTERM on its main process and SIGKILL on the whole
   process group after its grace period, then the final delete (grace 0);
@@ -38,6 +41,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from kubernetes.utils import parse_quantity
 
 from tests.cluster import podenv
 from tests.cluster.rest import STRATEGIC_PATCH, ApiError, RestClient, path_of
@@ -143,6 +148,8 @@ class Kubelet:
         self._threads: list[threading.Thread] = []
         self._heartbeat_at = 0.0
         self._pv_seq = itertools.count()
+        self.sized_namespaces: set[str] = set()  # claims there get a tmpfs of their size (size_claims)
+        self._mounts: list[Path] = []
         self.errors: list[str] = []  # what a sync pass raised (shown by diagnose)
 
     # ------------------------------------------------------------ lifecycle
@@ -172,6 +179,8 @@ class Kubelet:
                 for container in run.containers:
                     if container.process is not None:
                         container.process.wait()
+        for mount in self._mounts:
+            subprocess.run(["umount", "--lazy", str(mount)], check=False, capture_output=True)
 
     def wake(self) -> None:
         """Ask for a sync pass now."""
@@ -185,6 +194,11 @@ class Kubelet:
             rule = Rule(plan, labels or {}, times)
             self.rules.insert(0, rule)
             return rule
+
+    def size_claims(self, namespace: str) -> None:
+        """Back the claims of `namespace` provisioned from now on by a tmpfs of the claim's requested
+        storage (needs root): writes beyond it fail with ENOSPC, as on a full volume."""
+        self.sized_namespaces.add(namespace)
 
     def kill(self, namespace: str, pod: str, sig: int = signal.SIGKILL) -> None:
         """Signal a pod's containers: SIGKILL hits the process group (a container dies whole)."""
@@ -322,11 +336,17 @@ class Kubelet:
         name = f"pv-{meta['namespace']}-{meta['name']}-{meta['uid'][:8]}"[:63].rstrip("-")
         folder = self.root / "volumes" / name
         folder.mkdir(parents=True, exist_ok=True)
+        size = spec.get("resources", {}).get("requests", {}).get("storage", "1Gi")
+        if meta["namespace"] in self.sized_namespaces and folder not in self._mounts:
+            bytes_ = int(parse_quantity(size))
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={bytes_}", "tmpfs", str(folder)], check=True,
+                           capture_output=True)
+            self._mounts.append(folder)
         volume = {
             "apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": {"name": name, "labels": {"kubetune.test/provisioned": "true"}},
             "spec": {
-                "capacity": {"storage": spec.get("resources", {}).get("requests", {}).get("storage", "1Gi")},
+                "capacity": {"storage": size},
                 "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
                 "persistentVolumeReclaimPolicy": "Retain",
                 "storageClassName": spec.get("storageClassName") or "",
