@@ -4,8 +4,10 @@ One `Controller.reconcile(namespace, name)` call is the whole cycle for one
 FineTuneJob, serialized per object by a lock (kopf runs sync handlers in a
 thread pool, and the resync loop runs beside them):
 
-1. observe: the FineTuneJob, its attempt Jobs, its trainer pods and the recipe
-   ConfigMap, read fresh from the API (+ the last progress poll, if any);
+1. observe: the FineTuneJob, read fresh from the API (its status is what the
+   decision counts from), its attempt Jobs and trainer pods (from the watch
+   caches when the caller has them, else listed), the accepted recipe (read
+   once per incarnation), and the last progress poll, if any;
 2. decide: `reconcile.reconcile(observed)`;
 3. write the status it returns, as one merge patch of the status subresource
    (skipped when nothing changed);
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
 Polled = tuple[Progress, CheckpointStatus | None]
+Children = tuple[list[dict[str, Any]], list[dict[str, Any]]]  # (Jobs, pods) with the FineTuneJob's label
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -81,7 +84,8 @@ class Controller:
         self.post_event = post_event or self._post_event
         self.clock = clock
         self.metrics_urls: dict[Key, str] = {}  # rank 0's metrics endpoint of running attempts
-        self.settled: set[Key] = set()  # finished with nothing left to do: the resync loop skips them
+        self.settled: set[Key] = set()  # finished with nothing left to do: no periodic turn
+        self._accepted: dict[Key, tuple[str, Mapping[str, Any]]] = {}  # key -> (uid, its recipe ConfigMap's spec)
         self._locks: dict[Key, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -94,26 +98,32 @@ class Controller:
         key = (namespace, name)
         self.metrics_urls.pop(key, None)
         self.settled.discard(key)
+        self._accepted.pop(key, None)
         with self._guard:
             self._locks.pop(key, None)
         self.metrics.forget(namespace, name)
 
     # ------------------------------------------------------------ the cycle
 
-    def reconcile(self, namespace: str, name: str, polled: Polled | None = None) -> Decision | None:
-        """One full cycle for a FineTuneJob; None when it does not exist (any more)."""
+    def reconcile(self, namespace: str, name: str, polled: Polled | None = None,
+                  children: Children | None = None) -> Decision | None:
+        """One full cycle for a FineTuneJob; None when it does not exist (any more).
+
+        `children`: its Jobs and pods as the caller's watch caches hold them; listed from the API if None.
+        """
         started = time.monotonic()
         try:
             with self._lock((namespace, name)):
-                return self._cycle(namespace, name, polled)
+                return self._cycle(namespace, name, polled, children)
         except Exception:
             self.metrics["kubetune_operator_reconcile_errors"].inc()
             raise
         finally:
             self.metrics["kubetune_operator_reconcile_seconds"].observe(time.monotonic() - started)
 
-    def _cycle(self, namespace: str, name: str, polled: Polled | None) -> Decision | None:
-        observed = self.observe(namespace, name, polled)
+    def _cycle(self, namespace: str, name: str, polled: Polled | None, children: Children | None
+               ) -> Decision | None:
+        observed = self.observe(namespace, name, polled, children)
         if observed is None:
             return None
         decision = self._apply(observed)
@@ -132,8 +142,9 @@ class Controller:
             self.settled.discard(key)
         return decision
 
-    def observe(self, namespace: str, name: str, polled: Polled | None = None) -> Observed | None:
-        """Read everything the reconcile looks at, fresh from the API."""
+    def observe(self, namespace: str, name: str, polled: Polled | None = None,
+                children: Children | None = None) -> Observed | None:
+        """Read everything the reconcile looks at: the FineTuneJob fresh, its children as given or listed."""
         body = self.kube.get("FineTuneJob", namespace, name)
         if body is None:
             self.forget(namespace, name)
@@ -142,10 +153,11 @@ class Controller:
         uid = body["metadata"].get("uid")
         # Children by their controller's uid, never by label alone: a FineTuneJob deleted and re-created
         # under the same name leaves labelled Jobs and pods that the garbage collector removes later.
-        labelled_jobs = self.kube.list("Job", namespace, selector)
+        if children is None:
+            children = self.kube.list("Job", namespace, selector), self.kube.list("Pod", namespace, selector)
+        labelled_jobs, labelled_pods = children
         jobs = [job for job in labelled_jobs if _controlled_by(job, {uid})]
         job_uids = {job["metadata"]["uid"] for job in jobs}
-        labelled_pods = self.kube.list("Pod", namespace, selector)
         pods = [pod for pod in labelled_pods if _controlled_by(pod, job_uids)]
         leftovers = [f"Job {job['metadata']['name']}" for job in labelled_jobs if job["metadata"]["uid"] not in job_uids]
         leftovers += [f"Pod {pod['metadata']['name']}" for pod in labelled_pods
@@ -157,15 +169,25 @@ class Controller:
         )
 
     def _accepted_spec(self, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
-        """The spec in this FineTuneJob's recipe ConfigMap (what its pods run), if it is this incarnation's."""
+        """The spec in this FineTuneJob's recipe ConfigMap (what its pods run), if it is this incarnation's.
+
+        The ConfigMap never changes once this incarnation owns it, so it is read once per uid.
+        """
         meta = body["metadata"]
+        uid = meta.get("uid")
+        cached = self._accepted.get((meta["namespace"], meta["name"]))
+        if cached is not None and cached[0] == uid:
+            return cached[1]
         configmap = self.kube.get("ConfigMap", meta["namespace"], names.recipe_configmap_name(meta["name"]))
-        if configmap is None or not _owned_by(configmap, meta.get("uid")):
+        if configmap is None or not _owned_by(configmap, uid):
             return None
         try:
-            return json.loads((configmap.get("data") or {}).get(contract.RECIPE_FILE, "")).get("spec")
+            spec = json.loads((configmap.get("data") or {}).get(contract.RECIPE_FILE, "")).get("spec")
         except (ValueError, AttributeError):
             return None
+        if isinstance(spec, Mapping) and uid:
+            self._accepted[(meta["namespace"], meta["name"])] = (uid, spec)
+        return spec
 
     def _with_status(self, observed: Observed, decision: Decision) -> Observed:
         return dataclasses.replace(observed, body={**observed.body, "status": decision.status.to_api()})

@@ -32,6 +32,7 @@ ClusterRole, or a Role per watched namespace):
     ""                    persistentvolumeclaims      get, create
     ""                    services                    get, create
     ""                    events                      create
+    coordination.k8s.io   leases                      get, create, update   (leader election: the release namespace only)
     apiextensions.k8s.io  customresourcedefinitions   list, watch   (kopf's scanning: only when watching all namespaces)
     ""                    namespaces                  list, watch   (kopf's scanning: only when watching all namespaces)
 
@@ -48,17 +49,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from kubetune_operator import names
-from kubetune_operator.controller import Controller, Key
+from kubetune_operator.controller import Children, Controller, Key
 from kubetune_operator.kube import KubeApi
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.progress import ProgressPoller
+from kubetune_operator.reconcile import Decision
 from kubetune_operator.settings import Settings
+from kubetune_operator.workqueue import WorkQueue
 
 logger = logging.getLogger(__name__)
 
@@ -74,106 +78,141 @@ class Runtime:
 
     def __init__(self, settings: Settings, metrics: OperatorMetrics | None = None) -> None:
         self.settings = settings
-        self.metrics = metrics or OperatorMetrics()
+        # Watched namespaces get their counters at 0 before the first FineTuneJob (increase() sees it).
+        self.metrics = metrics or OperatorMetrics(namespaces=settings.namespaces)
         self.controller = Controller(settings, KubeApi(settings.request_timeout_seconds), self.metrics)
         self.poller = ProgressPoller(settings.progress_timeout_seconds, settings.progress_concurrency)
-        self.known: set[Key] = set()
-        self.resync_task: asyncio.Task[None] | None = None
+        self.queue: WorkQueue[Key] = WorkQueue()
+        self.generations: dict[Key, int | None] = {}  # the spec generation last queued per FineTuneJob
+        self.polled_at: dict[Key, float] = {}
+        self.jobs: kopf.Index[Key, dict[str, Any]] | None = None  # kopf's indexes, from the first handler call
+        self.pods: kopf.Index[Key, dict[str, Any]] | None = None
+        self.workers: list[asyncio.Task[None]] = []
+
+    def attach(self, attempt_jobs: kopf.Index[Key, dict[str, Any]], trainer_pods: kopf.Index[Key, dict[str, Any]]
+               ) -> None:
+        """Keep kopf's live indexes (kopf hands them only to handlers; the workers read them too)."""
+        self.jobs, self.pods = attempt_jobs, trainer_pods
+
+    def children(self, key: Key) -> Children | None:
+        """A snapshot of a FineTuneJob's Jobs and pods from the indexes (taken in the event loop's thread)."""
+        if self.jobs is None or self.pods is None:
+            return None
+        return list(self.jobs.get(key, [])), list(self.pods.get(key, []))
+
+    def forget(self, key: Key) -> None:
+        """The FineTuneJob is gone."""
+        self.queue.forget(key)
+        self.generations.pop(key, None)
+        self.polled_at.pop(key, None)
+        self.controller.forget(*key)
 
 
 def _runtime(memo: Any) -> Runtime:
     return memo[MEMO_RUNTIME]
 
 
-def _reconcile(memo: Any, namespace: str | None, name: str | None) -> None:
-    if namespace and name:
-        runtime = _runtime(memo)
-        runtime.known.add((namespace, name))
-        runtime.controller.reconcile(namespace, name)
-
-
 @kopf.on.startup()
 async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """Tune kopf, build the shared runtime, serve metrics, start the resync loop."""
+    """Tune kopf, build the shared runtime, serve metrics, start the reconcile workers."""
     from kubetune_operator.main import tune_kopf  # main imports this module: import at call time
 
     config = memo.get(MEMO_SETTINGS) or Settings.from_env()
     tune_kopf(settings, config)
     runtime = Runtime(config, memo.get(MEMO_METRICS))
     runtime.metrics.serve(config.metrics_port)
-    runtime.resync_task = asyncio.create_task(resync_loop(runtime), name="kubetune-resync")
+    runtime.workers = [asyncio.create_task(runtime.queue.work(lambda key: reconcile_turn(runtime, key)),
+                                           name=f"kubetune-reconcile-{n}")
+                       for n in range(config.reconcile_concurrency)]
     memo[MEMO_RUNTIME] = runtime
     logger.info("kubetune operator started: %s", config)
 
 
 @kopf.on.cleanup()
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the resync loop."""
+    """Stop the reconcile workers."""
     runtime = memo.get(MEMO_RUNTIME)
-    if runtime is not None and runtime.resync_task is not None:
-        runtime.resync_task.cancel()
+    for worker in runtime.workers if runtime is not None else []:
+        worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await runtime.resync_task
+            await worker
 
 
-@kopf.on.create(*FINETUNEJOBS)
-def finetunejob_create(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    """A new FineTuneJob: validate it and create attempt 0 (or fail it with InvalidRecipe)."""
-    _reconcile(memo, namespace, name)
+@kopf.index("batch", "v1", "jobs", labels=OWNED)
+def attempt_jobs(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Key, Any]:
+    """Attempt Jobs by their FineTuneJob's (namespace, name): the reconcile reads them here, not from the API."""
+    return {(namespace or "", labels[names.LABEL_FINETUNEJOB]): dict(body)}
 
 
-@kopf.on.resume(*FINETUNEJOBS)
-def finetunejob_resume(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    """The operator (re)started and found this FineTuneJob: adopt what exists, catch up."""
-    _reconcile(memo, namespace, name)
+@kopf.index("", "v1", "pods", labels=OWNED)
+def trainer_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Key, Any]:
+    """Trainer pods by their FineTuneJob's (namespace, name)."""
+    return {(namespace or "", labels[names.LABEL_FINETUNEJOB]): dict(body)}
 
 
-@kopf.on.update(*FINETUNEJOBS, field="spec")
-def finetunejob_update(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    """spec changed: suspend/resume, or an immutable field that got past the CRD (reported, not acted on)."""
-    _reconcile(memo, namespace, name)
-
+# Event handlers only (no kopf.on.create/update/resume): the reconcile is level-based, so an event
+# is a reason to look again, nothing more, and kopf writes no bookkeeping annotations on them.
 
 @kopf.on.event(*FINETUNEJOBS)
-def finetunejob_event(type: str | None, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    """Keep the resync loop's set of FineTuneJobs; forget deleted ones."""
+async def finetunejob_event(type: str | None, body: kopf.Body, namespace: str | None, name: str, memo: Any,
+                            attempt_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any) -> None:
+    """A FineTuneJob appeared, changed its spec, or went; its own status writes are skipped."""
     runtime = _runtime(memo)
-    if namespace is None:
-        return
+    runtime.attach(attempt_jobs, trainer_pods)
+    key = (namespace or "", name)
     if type == "DELETED":
-        runtime.known.discard((namespace, name))
-        runtime.controller.forget(namespace, name)
-    else:
-        runtime.known.add((namespace, name))
+        runtime.forget(key)
+        return
+    generation = body.metadata.get("generation")
+    if type == "MODIFIED" and runtime.generations.get(key) == generation:
+        return  # status or metadata only: the operator's own write (the spec did not change)
+    runtime.generations[key] = generation
+    runtime.queue.add(key)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED)
-def job_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
-    """An attempt Job changed (admitted, completed, failed, deleted): reconcile its FineTuneJob."""
-    _reconcile(memo, namespace, labels.get(names.LABEL_FINETUNEJOB))
+async def job_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
+    """An attempt Job changed (admitted, completed, failed, deleted): look at its FineTuneJob again."""
+    _runtime(memo).queue.add((namespace or "", labels[names.LABEL_FINETUNEJOB]))
 
 
 @kopf.on.event("", "v1", "pods", labels=OWNED)
-def pod_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
-    """A trainer pod changed (scheduled, running, stuck, terminated): reconcile its FineTuneJob."""
-    _reconcile(memo, namespace, labels.get(names.LABEL_FINETUNEJOB))
+async def pod_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
+    """A trainer pod changed (scheduled, running, stuck, terminated): look at its FineTuneJob again."""
+    _runtime(memo).queue.add((namespace or "", labels[names.LABEL_FINETUNEJOB]))
 
 
-async def resync_loop(runtime: Runtime) -> None:
-    """Every resync_seconds: poll progress and reconcile every FineTuneJob that is not settled."""
-    gate = asyncio.Semaphore(runtime.settings.reconcile_concurrency)
-    while True:
-        await asyncio.sleep(runtime.settings.resync_seconds)
-        keys = [key for key in list(runtime.known) if key not in runtime.controller.settled]
-        await asyncio.gather(*(resync_one(runtime, key, gate) for key in keys))
+async def reconcile_turn(runtime: Runtime, key: Key) -> None:
+    """One FineTuneJob's turn: poll progress when due, reconcile, schedule its next turn.
 
-
-async def resync_one(runtime: Runtime, key: Key, gate: asyncio.Semaphore) -> None:
-    """One FineTuneJob's periodic turn; an error is logged and counted, the loop goes on."""
+    An error is logged and counted, and the key comes back after a resync period.
+    """
     url = runtime.controller.metrics_urls.get(key)
-    polled = await runtime.poller.poll(url) if url else None
-    async with gate:
-        try:
-            await asyncio.to_thread(runtime.controller.reconcile, key[0], key[1], polled)
-        except Exception:  # the next turn tries again; a crash here would stop every FineTuneJob's resync
-            logger.exception("reconcile of FineTuneJob %s/%s failed", *key)
+    polled = None
+    if url and time.monotonic() - runtime.polled_at.get(key, 0.0) >= runtime.settings.resync_seconds / 2:
+        polled = await runtime.poller.poll(url)
+        runtime.polled_at[key] = time.monotonic()
+    children = runtime.children(key)
+    try:
+        decision = await asyncio.to_thread(runtime.controller.reconcile, key[0], key[1], polled, children)
+    except Exception:  # the next turn tries again; raising here would stop this worker
+        logger.exception("reconcile of FineTuneJob %s/%s failed", *key)
+        runtime.queue.add(key, runtime.settings.resync_seconds)
+        return
+    schedule_next(runtime, key, decision)
+
+
+def schedule_next(runtime: Runtime, key: Key, decision: Decision | None) -> None:
+    """When this FineTuneJob needs another turn without an event: its action's delay, else the resync.
+
+    A finished FineTuneJob with nothing left to do gets none (events still wake it).
+    """
+    if decision is None:
+        runtime.forget(key)
+        return
+    if key in runtime.controller.settled:
+        return
+    delay = runtime.settings.resync_seconds
+    if decision.action.delay_seconds and not decision.action.due:
+        delay = min(delay, decision.action.delay_seconds)
+    runtime.queue.add(key, delay)
