@@ -28,6 +28,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Pod": ("/api/v1", "pods"),
     "Job": ("/apis/batch/v1", "jobs"),
     "Event": ("/api/v1", "events"),
+    "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
     "FineTuneJob": (f"/apis/{names.GROUP}/{names.VERSION}", names.PLURAL),
 }
 
@@ -108,6 +109,11 @@ class KubeApi:
         """Create an object (its kind and namespace from the manifest); raises ApiException (409 if it exists)."""
         meta = obj["metadata"]
         return self.request("POST", self._path(obj["kind"], meta["namespace"]), body=dict(obj))
+
+    def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT a whole object; its metadata.resourceVersion makes it conditional (409 if it changed meanwhile)."""
+        meta = obj["metadata"]
+        return self.request("PUT", self._path(obj["kind"], meta["namespace"], meta["name"]), body=dict(obj))
 
     def patch(self, kind: str, namespace: str, name: str, patch: Mapping[str, Any], subresource: str | None = None
               ) -> dict[str, Any] | None:

@@ -1,7 +1,12 @@
-"""`kubetune-operator`: run the operator standalone (one replica), watching all namespaces or a list.
+"""`kubetune-operator`: run the operator, watching all namespaces or a list.
 
     kubetune-operator                                  # settings from KUBETUNE_* env (settings.py)
     KUBETUNE_WATCH_NAMESPACES=ml,research kubetune-operator
+    KUBETUNE_LEADER_ELECTION_NAMESPACE=kubetune-system kubetune-operator   # one of several replicas
+
+With a leader-election namespace, the process first waits for the Lease
+(leader.py), answering its liveness probe meanwhile, and exits if it ever
+loses it; the chart runs every replica so.
 
 In-process (tests, embedding):
 
@@ -10,8 +15,12 @@ In-process (tests, embedding):
 
 from __future__ import annotations
 
+import http.server
 import logging
+import os
+import socket
 import sys
+import threading
 from typing import Any
 
 import kopf
@@ -102,8 +111,55 @@ def main() -> int:
     except SettingsError as error:
         print(f"kubetune-operator: {error}", file=sys.stderr)
         return 2
+    if settings.leader_election_namespace:
+        lead(settings)
     run_operator(settings)
     return 0
+
+
+def lead(settings: Settings) -> None:
+    """Wait until this replica holds the Lease, then renew it in the background; exit when it is lost."""
+    from kubernetes import client, config
+
+    from kubetune_operator.kube import KubeApi
+    from kubetune_operator.leader import LeaderElector
+
+    config.load_config()  # in a pod: its ServiceAccount; elsewhere: KUBECONFIG
+    kube = KubeApi(settings.request_timeout_seconds, client.ApiClient())
+    identity = settings.pod_name or socket.gethostname()
+    elector = LeaderElector(kube, str(settings.leader_election_namespace), identity,
+                            settings.leader_election_lease_seconds)
+    with standby_health(settings.health_port):
+        elector.acquire()
+    # Losing the Lease means another replica may already reconcile: stop at once, as client-go's callers do.
+    elector.keep(on_lost=lambda: os._exit(1))
+
+
+class _Healthy(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the http.server hook's name
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"standing by")
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+class standby_health:  # noqa: N801 - used as a context manager, like a function
+    """A liveness endpoint while the replica waits for the Lease (kopf serves it once it runs)."""
+
+    def __init__(self, port: int) -> None:
+        self.server = http.server.ThreadingHTTPServer(("0.0.0.0", port), _Healthy) if port else None
+
+    def __enter__(self) -> standby_health:
+        if self.server is not None:
+            threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ IMMUTABLE_FIELD_CHANGED = "ImmutableFieldChanged"
 # Running=False while a deleted FineTuneJob of the same name still has children (see `Observed.leftovers`).
 WAITING_FOR_PREVIOUS = "WaitingForGarbageCollection"
 LEFTOVER_RETRY_SECONDS = 2.0
+TRAINER_COMPLETED = "training completed"  # the launcher's plain success message: nothing to add
 
 WARNING_REASONS = frozenset(
     {
@@ -341,7 +342,7 @@ def _track(draft: _Draft, job: FineTuneJob, observed: Observed) -> Action:
     state = classify.job_state(current) if current is not None else None
 
     if state == "complete":
-        _succeed(draft, pods)
+        _succeed(draft, pods, spec.storage.existing_claim or names.pvc_name(job.metadata.name))
         return NO_ACTION
     stale = [j for j in _active_jobs(observed.jobs) if names.attempt_of(j) != attempt]
     if stale:
@@ -502,8 +503,11 @@ def _checkpoint_from(message: Mapping[str, Any], draft: _Draft) -> None:
         )
 
 
-def _succeed(draft: _Draft, pods: list) -> None:
+def _succeed(draft: _Draft, pods: list, claim: str) -> None:
     """The attempt Job completed: results and final numbers from rank 0's termination message.
+
+    The status message names the claim the results are on, and carries what the trainer had to say
+    beyond "training completed" (e.g. a damaged checkpoint it removed before resuming).
 
     The launcher's message (launcher.termination_message): {"exitCode", "reason", "message", "step",
     "totalSteps", "loss", "evalLoss", "tokensPerSecond", "checkpoint": {...}, "output": {"adapterPath", ...}}.
@@ -535,7 +539,11 @@ def _succeed(draft: _Draft, pods: list) -> None:
     loss = f" (loss {progress.loss:.4g})" if progress.loss is not None else ""
     where = output.adapter_path or contract.output_dir(contract.WORKSPACE)
     at = f" at step {progress.step}" if progress.step is not None else ""
-    draft.finish(True, COMPLETED, f"training finished{at}{loss}; results in {where}")
+    said = field("message")
+    extra = said.removeprefix(TRAINER_COMPLETED).lstrip("; ") if isinstance(said, str) else ""
+    note = f"; {extra}" if extra else ""
+    draft.finish(True, COMPLETED, f"training finished{at}{loss}; results in {where} on PersistentVolumeClaim "
+                 f"{claim}{note}")
 
 
 def _drift(spec: FineTuneJobSpec, accepted: Mapping[str, Any] | None) -> str | None:

@@ -155,8 +155,13 @@ def build_env(job: FineTuneJob, attempt: int, namespace: str) -> list[dict[str, 
     return merged + [copy.deepcopy(entry) for entry in spec.env if entry.get("name") not in taken]
 
 
-def build_resources(spec: FineTuneJobSpec) -> dict[str, Any]:
-    """requests = limits for cpu and memory; GPUs as a limit under `gpuResourceName`."""
+def build_resources(spec: FineTuneJobSpec, settings: Settings) -> dict[str, Any]:
+    """The spec's cpu and memory as requests = limits; GPUs as a limit under `gpuResourceName`.
+
+    Where the spec sets no cpu or memory, the operator's defaults (the chart's
+    `trainer.resources.requests`) become requests only: the pod is Burstable,
+    not BestEffort, so it is not the first one evicted under node pressure.
+    """
     resources = spec.resources
     amounts: dict[str, str] = {}
     if resources.cpu:
@@ -166,9 +171,13 @@ def build_resources(spec: FineTuneJobSpec) -> dict[str, Any]:
     limits = dict(amounts)
     if resources.gpus_per_worker > 0:
         limits[resources.gpu_resource_name] = str(resources.gpus_per_worker)
+    requests = dict(amounts)
+    for name, default in (("cpu", settings.trainer_cpu_request), ("memory", settings.trainer_memory_request)):
+        if name not in requests and default:
+            requests[name] = default
     result: dict[str, Any] = {}
-    if amounts:
-        result["requests"] = amounts
+    if requests:
+        result["requests"] = requests
     if limits:
         result["limits"] = limits
     return result
@@ -217,7 +226,7 @@ def build_container(job: FineTuneJob, attempt: int, namespace: str, settings: Se
     }
     if spec.env_from:
         container["envFrom"] = copy.deepcopy(spec.env_from)
-    resources = build_resources(spec)
+    resources = build_resources(spec, settings)
     if resources:
         container["resources"] = resources
     return container

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
@@ -52,6 +53,22 @@ class Settings:
 
     request_timeout_seconds: float = 30.0
     """Time limit of one Kubernetes API request made by the handlers."""
+
+    trainer_cpu_request: str | None = None
+    """CPU request of trainer containers whose FineTuneJob sets no `resources.cpu` (a Kubernetes quantity)."""
+
+    trainer_memory_request: str | None = None
+    """Memory request of trainer containers whose FineTuneJob sets no `resources.memory`."""
+
+    leader_election_namespace: str | None = None
+    """Namespace of the Lease that elects one active replica (the chart's release namespace); None: no
+    election, this process is the only operator."""
+
+    leader_election_lease_seconds: float = 15.0
+    """How long a leader's Lease holds without renewal before a standby replica takes over."""
+
+    pod_name: str | None = None
+    """This replica's identity in the Lease (the pod's name; the host name when unset)."""
 
     @property
     def clusterwide(self) -> bool:
@@ -106,6 +123,12 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _quantity(raw: str) -> str:
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?", raw) or float(re.sub(r"[^0-9.]", "", raw)) <= 0:
+        raise ValueError("expected a positive Kubernetes quantity such as 4, 500m or 16Gi")
+    return raw
+
+
 ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "KUBETUNE_TRAINER_IMAGE": ("trainer_image", _text),
     "KUBETUNE_TRAINER_SERVICE_ACCOUNT": ("trainer_service_account", _text),
@@ -117,5 +140,10 @@ ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "KUBETUNE_PROGRESS_CONCURRENCY": ("progress_concurrency", _positive_int),
     "KUBETUNE_RECONCILE_CONCURRENCY": ("reconcile_concurrency", _positive_int),
     "KUBETUNE_REQUEST_TIMEOUT_SECONDS": ("request_timeout_seconds", _positive_float),
+    "KUBETUNE_TRAINER_CPU_REQUEST": ("trainer_cpu_request", _quantity),
+    "KUBETUNE_TRAINER_MEMORY_REQUEST": ("trainer_memory_request", _quantity),
+    "KUBETUNE_LEADER_ELECTION_NAMESPACE": ("leader_election_namespace", _text),
+    "KUBETUNE_LEADER_ELECTION_LEASE_SECONDS": ("leader_election_lease_seconds", _positive_float),
+    "KUBETUNE_POD_NAME": ("pod_name", _text),
 }
 """Environment variable → (Settings field, parser). The chart documents each one."""

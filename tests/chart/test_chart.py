@@ -162,10 +162,14 @@ async def test_values_schema_refuses_typos_and_bad_values(helm_install, values) 
         await helm_install(values)
 
 
-async def test_operator_runs_alone_restricted_and_probed(helm_install) -> None:
-    deployment = (await helm_install()).one("Deployment")
+async def test_operator_replicas_elect_a_leader_restricted_and_probed(helm_install) -> None:
+    deployment = (await helm_install({"operator": {"replicas": 2}})).one("Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # Every replica elects through a Lease in its own namespace, named by its pod: rolling updates are safe.
+    assert spec["replicas"] == 2 and spec["strategy"] == {"type": "RollingUpdate"}
+    env = {item["name"]: item for item in spec["template"]["spec"]["containers"][0]["env"]}
+    assert env["KUBETUNE_LEADER_ELECTION_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["KUBETUNE_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     pod = spec["template"]["spec"]
     container = pod["containers"][0]
     assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
@@ -203,20 +207,25 @@ async def test_trainer_service_account_exists_where_trainers_run_and_has_no_righ
 
 async def test_namespaced_mode_binds_roles_only_in_watched_namespaces(helm_install) -> None:
     installed = await helm_install({"operator": {"watchNamespaces": ["team-a", "team-b"]}})
-    roles = installed.of_kind("Role")
+    roles = [role for role in installed.of_kind("Role") if not role["metadata"]["name"].endswith("-leader-election")]
     assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
-    assert sorted(b["metadata"]["namespace"] for b in installed.of_kind("RoleBinding")) == ["team-a", "team-b"]
+    bindings = [b for b in installed.of_kind("RoleBinding") if not b["metadata"]["name"].endswith("-leader-election")]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     # With a fixed namespace list the operator turns kopf's scanning off: nothing cluster-wide.
     operator_roles = [role for role in installed.of_kind("ClusterRole") if role["metadata"]["name"].endswith("-operator")]
     assert operator_roles == [] and installed.of_kind("ClusterRoleBinding") == []
-    role_binding = installed.of_kind("RoleBinding")[0]
+    role_binding = bindings[0]
     assert role_binding["subjects"] == [{"kind": "ServiceAccount", "name": "kt-kubetune-operator",
                                          "namespace": RELEASE_NAMESPACE}]
 
 
 async def test_cluster_mode_uses_one_cluster_role_and_never_lists_namespaces(helm_install) -> None:
     installed = await helm_install()
-    assert installed.of_kind("Role") == []
+    # Cluster-wide rules, and only the leader election's Lease rights in the release namespace.
+    (election,) = installed.of_kind("Role")
+    assert election["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert election["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                  "verbs": ["get", "create", "update"]}]
     cluster_resources = {r for rule in installed.one("ClusterRole", "-operator")["rules"] for r in rule["resources"]}
     assert "namespaces" not in cluster_resources and "secrets" not in cluster_resources
     assert {"finetunejobs", "customresourcedefinitions"} <= cluster_resources

@@ -10,6 +10,7 @@ and review the diff like code.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -398,3 +399,15 @@ def test_kubetune_render_of_all_examples_prints_one_valid_stream(capsys: pytest.
     for document in documents:
         kubernetes_validate.validate(document, K8S_VERSION, strict=True)
         assert document["metadata"]["namespace"] == "team-a"
+
+
+def test_the_operators_default_requests_keep_a_trainer_out_of_best_effort_and_the_spec_wins() -> None:
+    settings = dataclasses.replace(SETTINGS, trainer_cpu_request="2", trainer_memory_request="8Gi")
+    defaulted = build_job(make({}), 0, "ns", settings)["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert defaulted["requests"] == {"cpu": "2", "memory": "8Gi"}  # requests only: Burstable
+    assert {"cpu", "memory"}.isdisjoint(defaulted.get("limits", {}))
+    own = make({"resources": {"cpu": "6", "gpusPerWorker": 1}})
+    resources = build_job(own, 0, "ns", settings)["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "6", "memory": "8Gi"}, "limits": {"cpu": "6", "nvidia.com/gpu": "1"}}
+    plain = build_job(make({}), 0, "ns", SETTINGS)["spec"]["template"]["spec"]["containers"][0]
+    assert "requests" not in plain.get("resources", {})  # no defaults configured: nothing invented
