@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: quickstart test venv cluster crd images e2e bench-operator
+.PHONY: quickstart test venv cluster tools crd images e2e bench-operator
 
 venv: $(VENV)/.installed
 
@@ -21,7 +21,11 @@ quickstart: venv
 cluster:
 	scripts/build-cluster.sh
 
-test: venv cluster
+# Prometheus and promtool for the monitoring tests (Debian's package).
+tools:
+	scripts/install-test-tools.sh
+
+test: venv cluster tools
 	$(BIN)/python -m pytest -q
 
 crd: venv
