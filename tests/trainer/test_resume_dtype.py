@@ -2,9 +2,10 @@
 
 On a quantized base TRL casts the LoRA weights to bf16; transformers' Trainer reloads them on a
 resume with peft's `load_adapter`, which upcast them to fp32 by default, so the resumed run
-trained in another dtype and ended with other weights. Here a run on a 4-bit NF4 base is stopped
-by SIGTERM at a checkpoint, resumed through the launcher, and compared with an uninterrupted run:
-the same bf16 tensors, bit for bit, in the final adapter and in a checkpoint saved after the resume.
+trained in another dtype and ended with other weights. Here a run on a 4-bit NF4 (and an 8-bit)
+base is stopped by SIGTERM at a checkpoint, resumed through the launcher, and compared with an
+uninterrupted run: the same bf16 tensors, bit for bit, in the final adapter and in a checkpoint
+saved after the resume.
 """
 
 from __future__ import annotations
@@ -34,12 +35,18 @@ AFTER_RESUME = 15
 """A checkpoint step past the stop: it is saved by the resumed run."""
 
 
-def _spec(tiny_llama: Path, toy_data: Path) -> dict[str, Any]:
+QUANTIZED_BASES = {
+    "4-bit NF4 base": {"bits": 4, "quantType": "nf4", "computeDtype": "float32"},
+    "8-bit base": {"bits": 8},
+}
+
+
+def _spec(tiny_llama: Path, toy_data: Path, quantization: dict[str, Any]) -> dict[str, Any]:
     return sft_spec(
         tiny_llama,
         toy_data,
         dataset={"validationSplit": 0},
-        method={"quantization": {"bits": 4, "quantType": "nf4", "computeDtype": "float32"}, "lora": {"dropout": 0.1}},
+        method={"quantization": quantization, "lora": {"dropout": 0.1}},
         training={"maxSteps": STEPS, "saveSteps": 5, "saveTotalLimit": 5, "loggingSteps": 10},
     )
 
@@ -48,12 +55,13 @@ def _dtypes(tensors: dict[str, Any]) -> set[Any]:
     return {tensor.dtype for tensor in tensors.values()}
 
 
+@pytest.mark.parametrize("quantization", QUANTIZED_BASES.values(), ids=QUANTIZED_BASES.keys())
 def test_qlora_stopped_and_resumed_keeps_bf16_and_ends_bit_identical(
-    tiny_llama: Path, toy_data: Path, tmp_path: Path
+    tiny_llama: Path, toy_data: Path, tmp_path: Path, quantization: dict[str, Any]
 ) -> None:
     import torch
 
-    spec = _spec(tiny_llama, toy_data)
+    spec = _spec(tiny_llama, toy_data, quantization)
     reference = tmp_path / "reference"
     result = run_launcher(write_recipe(reference, spec), reference / "ws")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
