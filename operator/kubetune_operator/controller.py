@@ -181,12 +181,17 @@ class Controller:
         configmap = self.kube.get("ConfigMap", meta["namespace"], names.recipe_configmap_name(meta["name"]))
         if configmap is None or not _owned_by(configmap, uid):
             return None
+        return self._remember_accepted(body, configmap)
+
+    def _remember_accepted(self, body: Mapping[str, Any], configmap: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The spec in a recipe ConfigMap of this incarnation, cached by its uid."""
+        meta = body["metadata"]
         try:
             spec = json.loads((configmap.get("data") or {}).get(contract.RECIPE_FILE, "")).get("spec")
         except (ValueError, AttributeError):
             return None
-        if isinstance(spec, Mapping) and uid:
-            self._accepted[(meta["namespace"], meta["name"])] = (uid, spec)
+        if isinstance(spec, Mapping) and meta.get("uid"):
+            self._accepted[(meta["namespace"], meta["name"])] = (meta["uid"], spec)
         return spec
 
     def _with_status(self, observed: Observed, decision: Decision) -> Observed:
@@ -243,6 +248,8 @@ class Controller:
             try:
                 self.kube.create(child)
                 logger.info("created %s %s/%s", child["kind"], namespace, child["metadata"]["name"])
+                if child["kind"] == "ConfigMap":
+                    self._remember_accepted(body, child)
                 if child["kind"] == "Job":
                     self.post_event(body, Event("Normal", "AttemptCreated",
                                                 f"created Job {child['metadata']['name']} (attempt {attempt})"))

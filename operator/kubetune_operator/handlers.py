@@ -167,7 +167,7 @@ async def finetunejob_event(type: str | None, body: kopf.Body, namespace: str | 
     if type == "MODIFIED" and runtime.generations.get(key) == generation:
         return  # status or metadata only: the operator's own write (the spec did not change)
     runtime.generations[key] = generation
-    runtime.queue.add(key)
+    runtime.queue.add(key, urgent=True)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED)

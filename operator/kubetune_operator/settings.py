@@ -48,8 +48,8 @@ class Settings:
     progress_concurrency: int = 8
     """How many trainer metrics endpoints are polled at once."""
 
-    reconcile_concurrency: int = 4
-    """How many FineTuneJobs the resync loop reconciles at once."""
+    reconcile_concurrency: int = 8
+    """How many FineTuneJobs are reconciled at once (threads that mostly wait on the API server)."""
 
     request_timeout_seconds: float = 30.0
     """Time limit of one Kubernetes API request made by the handlers."""

@@ -8,6 +8,9 @@ exactly one more after it (the reconcile may have read the state before the
 event). Keys can also be scheduled later (`add(key, delay)`): a backoff, a
 deadline, the next progress poll; an earlier add wins over a later one.
 
+Two lanes: an `urgent` add (a new FineTuneJob, a spec change: a user waits for
+the first attempt) is handed out before the keys of routine pod and Job events.
+
 Written by hand because kopf runs one handler call per event (no coalescing)
 and controller-runtime's workqueue is Go; this is its delaying, de-duplicating
 part, without rate limiting (the operator's own backoffs are in the status).
@@ -26,7 +29,8 @@ class WorkQueue(Generic[K]):
     """Keys waiting for a worker, each at most once; keys being worked on are never handed out twice."""
 
     def __init__(self) -> None:
-        self._ready: asyncio.Queue[K] = asyncio.Queue()
+        self._ready: asyncio.PriorityQueue[tuple[int, int, K]] = asyncio.PriorityQueue()
+        self._order = 0  # FIFO within a lane
         self._queued: set[K] = set()  # in _ready, not yet taken
         self._active: set[K] = set()  # taken by a worker
         self._again: set[K] = set()  # added while active: queue once more when done
@@ -36,8 +40,9 @@ class WorkQueue(Generic[K]):
     def __len__(self) -> int:
         return len(self._queued)
 
-    def add(self, key: K, delay: float = 0.0) -> None:
-        """Queue a key now, or after `delay` seconds (kept if an earlier turn is already scheduled)."""
+    def add(self, key: K, delay: float = 0.0, urgent: bool = False) -> None:
+        """Queue a key now (`urgent`: ahead of routine keys), or after `delay` seconds (kept if an earlier
+        turn is already scheduled)."""
         if delay > 0:
             self._add_later(key, delay)
             return
@@ -46,7 +51,8 @@ class WorkQueue(Generic[K]):
             self._again.add(key)
         elif key not in self._queued:
             self._queued.add(key)
-            self._ready.put_nowait(key)
+            self._order += 1
+            self._ready.put_nowait((0 if urgent else 1, self._order, key))
 
     def _add_later(self, key: K, delay: float) -> None:
         loop = asyncio.get_running_loop()
@@ -78,7 +84,7 @@ class WorkQueue(Generic[K]):
 
     async def get(self) -> K:
         """The next key; it stays this worker's until `done(key)`."""
-        key = await self._ready.get()
+        _, _, key = await self._ready.get()
         self._queued.discard(key)
         self._active.add(key)
         return key

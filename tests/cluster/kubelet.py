@@ -42,8 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kubernetes.utils import parse_quantity
-
 from tests.cluster import podenv
 from tests.cluster.rest import STRATEGIC_PATCH, ApiError, RestClient, path_of
 
@@ -338,6 +336,8 @@ class Kubelet:
         folder.mkdir(parents=True, exist_ok=True)
         size = spec.get("resources", {}).get("requests", {}).get("storage", "1Gi")
         if meta["namespace"] in self.sized_namespaces and folder not in self._mounts:
+            from kubernetes.utils import parse_quantity  # here: the GPU machine's pytest has no kubernetes
+
             bytes_ = int(parse_quantity(size))
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={bytes_}", "tmpfs", str(folder)], check=True,
                            capture_output=True)

@@ -67,3 +67,11 @@ async def test_workers_handle_each_key_once_at_a_time() -> None:
     for worker in workers:
         worker.cancel()
     assert sorted(set(seen)) == [1, 2, 3] and len(seen) <= 6
+
+
+async def test_an_urgent_key_is_handed_out_before_routine_ones() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    queue.add("pod-event-1")
+    queue.add("pod-event-2")
+    queue.add("new-finetunejob", urgent=True)
+    assert [await queue.get() for _ in range(3)] == ["new-finetunejob", "pod-event-1", "pod-event-2"]
