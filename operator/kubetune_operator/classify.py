@@ -14,7 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from kubetune_operator import names
@@ -224,7 +224,7 @@ def classify_failure(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) 
 class PendingProblem:
     """A pod that waits for something that may never come."""
 
-    reason: Literal["Unschedulable", "ImagePullFailed", "ContainerConfigError"]
+    reason: Literal["Unschedulable", "ImagePullFailed", "ContainerConfigError", "PodCreationFailed"]
     message: str
     since: dt.datetime
 
@@ -248,3 +248,14 @@ def pending_problem(pod: Mapping[str, Any]) -> PendingProblem | None:
             "ContainerConfigError", shorten(f"pod {name}: {reason}: {waiting.get('message', '')}"), since
         )
     return None
+
+
+def pods_not_created(job: Mapping[str, Any], refusals: Sequence[str]) -> PendingProblem | None:
+    """An attempt Job whose pods the API server refuses to create (a ResourceQuota, Pod Security
+    admission, a webhook): the Job controller's FailedCreate events say why; None without any."""
+    if not refusals:
+        return None
+    meta = job.get("metadata") or {}
+    since = parse_time(meta.get("creationTimestamp")) or dt.datetime.now(dt.UTC)
+    return PendingProblem("PodCreationFailed",
+                          shorten(f"Job {meta.get('name', '?')} cannot create its pods: {refusals[-1]}"), since)

@@ -165,8 +165,27 @@ class Controller:
         progress, checkpoint = polled if polled is not None else (None, None)
         return Observed(
             body=body, now=self.clock(), jobs=jobs, pods=pods, leftovers=leftovers,
+            refusals=self._pod_creation_refusals(namespace, jobs, pods),
             accepted_spec=self._accepted_spec(body), progress=progress, checkpoint=checkpoint,
         )
+
+    def _pod_creation_refusals(self, namespace: str, jobs: list[dict[str, Any]], pods: list[dict[str, Any]]
+                               ) -> list[str]:
+        """Why the API server refused the pods of the newest attempt Job, when it is active without any.
+
+        The Job's own status does not say (it just stays active); the Job controller's FailedCreate
+        events do. Listed only in that state, so a healthy FineTuneJob costs no request.
+        """
+        active = [job for job in jobs if classify.job_state(job) == "active"]
+        if not active:
+            return []
+        newest = max(active, key=lambda job: names.attempt_of(job) or 0)
+        if any(_controlled_by(pod, {newest["metadata"]["uid"]}) for pod in pods):
+            return []
+        events = self.kube.list("Event", namespace, {}, fields={"involvedObject.uid": newest["metadata"]["uid"],
+                                                                "reason": "FailedCreate"})
+        events.sort(key=lambda event: event.get("lastTimestamp") or event.get("eventTime") or "")
+        return [str(event.get("message", "")) for event in events]
 
     def _accepted_spec(self, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """The spec in this FineTuneJob's recipe ConfigMap (what its pods run), if it is this incarnation's.

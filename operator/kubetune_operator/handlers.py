@@ -31,7 +31,7 @@ ClusterRole, or a Role per watched namespace):
     ""                    configmaps                  get, create
     ""                    persistentvolumeclaims      get, create
     ""                    services                    get, create
-    ""                    events                      create
+    ""                    events                      create, list
     coordination.k8s.io   leases                      get, create, update   (leader election: the release namespace only)
     apiextensions.k8s.io  customresourcedefinitions   list, watch   (kopf's scanning: only when watching all namespaces)
     ""                    namespaces                  list, watch   (kopf's scanning: only when watching all namespaces)

@@ -99,10 +99,13 @@ class KubeApi:
                 return None
             raise
 
-    def list(self, kind: str, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
-        """Objects of a kind in a namespace whose labels match (server-side selector)."""
-        selector = ",".join(f"{key}={value}" for key, value in labels.items())
-        answer = self.request("GET", self._path(kind, namespace), query=[("labelSelector", selector)])
+    def list(self, kind: str, namespace: str, labels: Mapping[str, str],
+             fields: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """Objects of a kind in a namespace whose labels (and fields) match (server-side selectors)."""
+        query = [("labelSelector", ",".join(f"{key}={value}" for key, value in labels.items()))]
+        if fields:
+            query.append(("fieldSelector", ",".join(f"{key}={value}" for key, value in fields.items())))
+        answer = self.request("GET", self._path(kind, namespace), query=query)
         return list(answer.get("items") or [])
 
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -76,6 +76,7 @@ WARNING_REASONS = frozenset(
     {
         INVALID_RECIPE, PREEMPTED, ATTEMPT_FAILED, BACKOFF_LIMIT_EXCEEDED, PREEMPTION_LIMIT_EXCEEDED,
         DEADLINE_EXCEEDED, IMMUTABLE_FIELD_CHANGED, "Unschedulable", "ImagePullFailed", "ContainerConfigError",
+        "PodCreationFailed",
         *contract.RETRYABLE_TRAINER_REASONS,
     }
 )
@@ -146,6 +147,8 @@ class Observed:
     # Objects with this FineTuneJob's name label that another incarnation owns (a FineTuneJob of the
     # same name, deleted, whose children the garbage collector has not removed yet): "Kind name" each.
     leftovers: Sequence[str] = ()
+    # The Job controller's FailedCreate messages for the current attempt Job when it has no pods.
+    refusals: Sequence[str] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -460,8 +463,10 @@ def _follow(
         return NO_ACTION
     if draft.is_true(QUEUED):
         draft.set(QUEUED, False, ADMITTED, f"attempt {attempt} was admitted by Kueue")
-    for pod in pods:
-        problem = classify.pending_problem(pod)
+    problems = [classify.pending_problem(pod) for pod in pods]
+    if not pods:
+        problems.append(classify.pods_not_created(job, observed.refusals))
+    for problem in problems:
         if problem is None:
             continue
         waited = (draft.now - problem.since).total_seconds()

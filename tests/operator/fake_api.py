@@ -32,6 +32,14 @@ def apply_merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+def _field(obj: Mapping[str, Any], path: str) -> Any:
+    """A dotted field of an object, as a field selector reads it."""
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
 class FakeKube:
     """Objects by (kind, namespace, name), and the calls made."""
 
@@ -52,12 +60,14 @@ class FakeKube:
         found = self.objects.get((kind, namespace, name))
         return copy.deepcopy(found) if found else None
 
-    def list(self, kind: str, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    def list(self, kind: str, namespace: str, labels: Mapping[str, str],
+             fields: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         self.calls.append(("list", kind, ""))
         return [
             copy.deepcopy(obj) for (k, ns, _), obj in self.objects.items()
             if k == kind and ns == namespace
             and all((obj["metadata"].get("labels") or {}).get(key) == value for key, value in labels.items())
+            and all(_field(obj, path) == value for path, value in (fields or {}).items())
         ]
 
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:

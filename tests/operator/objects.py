@@ -71,7 +71,8 @@ def condition(kind: str, status: str = "True", reason: str = "", message: str = 
     return {"type": kind, "status": status, "reason": reason, "message": message, "lastTransitionTime": ago(60)}
 
 
-def attempt_job(attempt: int, state: str = "active", message: str = "", queue: str | None = None) -> dict[str, Any]:
+def attempt_job(attempt: int, state: str = "active", message: str = "", queue: str | None = None,
+                created_ago: float = 30) -> dict[str, Any]:
     """An attempt Job in `state`: active, suspended (by Kueue), complete, failed or deleting."""
     labels = names.attempt_labels(NAME, attempt)
     if queue:
@@ -80,7 +81,7 @@ def attempt_job(attempt: int, state: str = "active", message: str = "", queue: s
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": names.job_name(NAME, attempt), "namespace": NAMESPACE, "labels": labels,
-                     "uid": uid_of("Job", names.job_name(NAME, attempt)),
+                     "uid": uid_of("Job", names.job_name(NAME, attempt)), "creationTimestamp": ago(created_ago),
                      "ownerReferences": controller_reference("FineTuneJob", NAME, FINETUNEJOB_UID)},
         "spec": {"suspend": state == "suspended", "completions": 1, "parallelism": 1},
         "status": {"conditions": []},

@@ -56,6 +56,7 @@ class Case:
     jobs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     pods: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     accepted: dict[str, Any] | None = None
+    refusals: list[str] = dataclasses.field(default_factory=list)  # FailedCreate messages of the current Job
     phase: str = "Pending"
     action: ActionType = NONE
     action_attempt: int | None = None
@@ -95,6 +96,14 @@ CASES = [
              "message": "training completed; damaged checkpoint removed: checkpoint-10 (optimizer.pt is missing)"})],
          phase="Succeeded", conditions={"Succeeded": ("True", "Completed")},
          message="demo-data; damaged checkpoint removed: checkpoint-10 (optimizer.pt is missing)"),
+    Case("a Job whose pods the API refuses waits, naming the refusal", status=running() | {"conditions": []},
+         jobs=[attempt_job(0)], refusals=['pods "demo-0-0-x" is forbidden: exceeded quota: q, requested: pods=1'],
+         conditions={"Running": ("False", "PodCreationFailed")}, message="exceeded quota"),
+    Case("a Job whose pods the API refuses fails after the pending deadline", spec={"pendingDeadlineSeconds": 60},
+         status=running() | {"conditions": []}, jobs=[attempt_job(0, created_ago=120)],
+         refusals=['pods "demo-0-0-x" is forbidden: violates PodSecurity "restricted:latest"'], phase="Failed",
+         action=DELETE, action_attempt=0,
+         conditions={"Failed": ("True", "PodCreationFailed")}, message="violates PodSecurity"),
     Case("exit 2 fails InvalidRecipe with the trainer's reason", status=running(),
          jobs=[attempt_job(0, "failed", failed_by(INVALID, 2))], pods=[INVALID], phase="Failed",
          conditions={"Failed": ("True", "InvalidRecipe")}, message="dataset.path /x: no such file"),
@@ -206,7 +215,7 @@ CASES = [
 def test_reconcile_table(case: Case) -> None:
     observed = Observed(
         body=finetunejob(case.spec, case.status), now=NOW, jobs=case.jobs, pods=case.pods,
-        accepted_spec=case.accepted,
+        accepted_spec=case.accepted, refusals=case.refusals,
     )
     decision = reconcile(observed)
     status = decision.status.to_api()

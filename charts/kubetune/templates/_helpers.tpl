@@ -221,8 +221,9 @@ these rules, and that the rules grant nothing else).
   verbs: [get, create]
 - apiGroups: [""]
   resources: [events]
-  # One Event on the FineTuneJob per transition, posted by kopf (core v1 Events).
-  verbs: [create]
+  # create: one Event on the FineTuneJob per transition (core v1 Events); list: the Job
+  # controller's FailedCreate events tell why an attempt's pods are never created.
+  verbs: [create, list]
 {{- end -}}
 
 {{/*
