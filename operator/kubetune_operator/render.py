@@ -30,6 +30,9 @@ SHM_VOLUME = "dshm"
 DATASET_VOLUME = "dataset"
 MODEL_CACHE_VOLUME = "model-cache"
 SHM_PATH = "/dev/shm"
+# The root file system is read-only: the stack's scratch (tempfiles, torch/triton caches under HOME)
+# gets writable emptyDirs; everything kept goes to the workspace PVC.
+SCRATCH_MOUNTS = {"tmp": "/tmp", "home": contract.TRAINER_HOME}
 METRICS_PORT_NAME = "metrics"
 
 
@@ -188,6 +191,7 @@ def container_security_context() -> dict[str, Any]:
     return {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
         "runAsNonRoot": True,
         "runAsUser": contract.TRAINER_UID,
         "runAsGroup": contract.TRAINER_UID,
@@ -238,6 +242,7 @@ def build_volume_mounts(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
         {"name": RECIPE_VOLUME, "mountPath": contract.RECIPE_DIR, "readOnly": True},
         {"name": WORKSPACE_VOLUME, "mountPath": contract.WORKSPACE},
         {"name": SHM_VOLUME, "mountPath": SHM_PATH},
+        *({"name": volume, "mountPath": path} for volume, path in SCRATCH_MOUNTS.items()),
     ]
     if spec.dataset.config_map is not None:
         mounts.append({"name": DATASET_VOLUME, "mountPath": contract.DATASET_CONFIGMAP_DIR, "readOnly": True})
@@ -258,6 +263,7 @@ def build_volumes(job: FineTuneJob) -> list[dict[str, Any]]:
             "persistentVolumeClaim": {"claimName": spec.storage.existing_claim or names.pvc_name(name)},
         },
         {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}},
+        *({"name": volume, "emptyDir": {}} for volume in SCRATCH_MOUNTS),
     ]
     dataset = spec.dataset.config_map
     if dataset is not None:

@@ -51,11 +51,18 @@ class Mounts:
         self.paths.sort(key=lambda item: -len(item[0]))
 
     def to_host(self, text: str) -> str:
-        """Rewrite every in-pod path under a mount point inside `text` to its host path."""
-        for mount_path, host in self.paths:
-            pattern = r"(?<![\w/.-])" + re.escape(mount_path) + r"(?=/|$|[\s:,;\"'])"
-            text = re.sub(pattern, lambda _m, h=str(host): h, text)
-        return text
+        """Rewrite every in-pod path under a mount point inside `text` to its host path.
+
+        One pass over all mount points (longest first): a host path written in may itself start with
+        another mount point (a pod's /tmp while its volumes live under the host's /tmp) and must not
+        be rewritten again.
+        """
+        if not self.paths:
+            return text
+        hosts = dict(self.paths)
+        alternatives = "|".join(re.escape(mount_path) for mount_path, _ in self.paths)
+        pattern = r"(?<![\w/.-])(" + alternatives + r")(?=/|$|[\s:,;\"'])"
+        return re.sub(pattern, lambda match: str(hosts[match.group(1)]), text)
 
     def to_pod(self, text: str) -> str:
         """Rewrite host paths back to in-pod paths (for termination messages and logs)."""

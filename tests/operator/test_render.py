@@ -296,6 +296,12 @@ def test_restricted_security_context_as_the_trainer_uid() -> None:
     own = pod["containers"][0]["securityContext"]
     assert own["allowPrivilegeEscalation"] is False and own["capabilities"] == {"drop": ["ALL"]}
     assert own["runAsNonRoot"] is True and own["seccompProfile"] == {"type": "RuntimeDefault"}
+    # A read-only root; what the stack writes besides the PVC goes to emptyDirs at /tmp and HOME.
+    assert own["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for path in ("/tmp", contract.TRAINER_HOME, "/dev/shm"):
+        assert "emptyDir" in volumes[mounts[path]], path
 
 
 def test_scheduling_and_identity_pass_through() -> None:

@@ -22,6 +22,8 @@ MODEL_CACHE = "/kubetune-model-cache"
 
 TRAINER_UID = 1000
 """The trainer image's fixed non-root user and group id; pods run as it and own the PVC through fsGroup."""
+TRAINER_HOME = "/home/kubetune"
+"""The trainer image's HOME (trainer-image/Dockerfile): writable scratch in a pod whose root is read-only."""
 
 
 def output_dir(workspace: str) -> str:
