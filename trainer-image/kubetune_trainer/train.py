@@ -335,7 +335,8 @@ def train(job: Job, workspace: Workspace, stop: StopRequest) -> Outcome:
         _ckpt(newest_complete(workspace.checkpoints)), outputs,
     )
     if distributed.is_global_zero():
-        write_finished(workspace.output, {"step": state.global_step, "shape": checkpoint_shape(spec), **outcome.__dict__})
+        write_finished(workspace.output, {"step": state.global_step, "shape": checkpoint_shape(spec),
+                                          "outputSpec": _output_settings(spec), **outcome.__dict__})
     if metrics is not None:
         metrics.phase("done")
     return outcome
@@ -343,6 +344,11 @@ def train(job: Job, workspace: Workspace, stop: StopRequest) -> Outcome:
 
 def _also(note: str) -> str:
     return f" ({note})" if note else ""
+
+
+def _output_settings(spec: FineTuneJobSpec) -> dict[str, Any]:
+    """What a finished run's outputs depend on beyond training: the recipe's `output` section."""
+    return spec.output.model_dump(mode="json", by_alias=True)
 
 
 def _finished_or_refused(job: Job, workspace: Workspace) -> Outcome | None:
@@ -361,7 +367,9 @@ def _finished_or_refused(job: Job, workspace: Workspace) -> Outcome | None:
             "train into a new output (kubetune run --output DIR, or a new PVC) or start over (kubetune run --fresh)"
         )
     finished = read_finished(workspace.output)
-    if finished is None:
+    if finished is None or finished.get("outputSpec") != _output_settings(job.spec):
+        # Not finished, or finished into other outputs (another output.uri, a merge now asked for):
+        # resume from the final checkpoint, which trains nothing and exports and publishes anew.
         return None
     message = f"already finished at step {finished.get('step')}: nothing changed (kubetune run --fresh starts over)"
     return Outcome("succeeded", message, finished.get("progress") or {}, finished.get("checkpoint"), finished.get("output") or {})
