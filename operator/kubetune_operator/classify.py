@@ -191,7 +191,21 @@ def classify_pod(pod: Mapping[str, Any]) -> Failure | None:
 # "Container trainer for pod ns/x-0-0-abcde failed with exit code 1 matching FailJob rule at index 1"
 # "Pod ns/x-0-0-abcde has condition DisruptionTarget matching FailJob rule at index 0"
 _TRIGGER = re.compile(r"[Pp]od (?P<namespace>[a-z0-9.-]+)/(?P<name>[a-z0-9.-]+)")
+_EXIT_CODE = re.compile(r"failed with exit code (?P<code>[0-9]+)")
 _SEVERITY: dict[FailureKind, int] = {"invalid": 0, "failed": 1, "preempted": 2}
+
+
+def _gone_pod_failure(name: str, job_message: str) -> Failure | None:
+    """The triggering pod is gone (deleted by hand, collected): its exit code as the Job controller quoted it."""
+    match = _EXIT_CODE.search(job_message)
+    if match is None:
+        return None
+    code = int(match.group("code"))
+    if code == ExitCode.STOPPED:  # it saved a checkpoint on SIGTERM: someone stopped it, not a failure
+        return Failure("preempted", "Stopped", shorten(f"pod {name} was stopped and saved a checkpoint (exit 75)"))
+    if code == ExitCode.INVALID:
+        return Failure("invalid", "InvalidRecipe", shorten(f"pod {name} exited 2 (its message is gone with it)"))
+    return Failure("failed", f"ExitCode{code}", shorten(f"pod {name}: Error (exit {code})"))
 
 
 def classify_failure(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> Failure:
@@ -211,6 +225,9 @@ def classify_failure(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) 
                 failure = classify_pod(pod)
                 if failure is not None:
                     return failure
+        gone = _gone_pod_failure(trigger.group("name"), job_message)
+        if gone is not None:
+            return gone
     failures = [failure for failure in (classify_pod(pod) for pod in pods) if failure is not None]
     if failures:
         return min(failures, key=lambda failure: _SEVERITY[failure.kind])

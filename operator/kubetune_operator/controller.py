@@ -86,6 +86,7 @@ class Controller:
         self.metrics_urls: dict[Key, str] = {}  # rank 0's metrics endpoint of running attempts
         self.settled: set[Key] = set()  # finished with nothing left to do: no periodic turn
         self._accepted: dict[Key, tuple[str, Mapping[str, Any]]] = {}  # key -> (uid, its recipe ConfigMap's spec)
+        self._job_uids: dict[Key, tuple[str, set[str]]] = {}  # key -> (uid, every attempt Job uid seen owned)
         self._locks: dict[Key, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -99,6 +100,7 @@ class Controller:
         self.metrics_urls.pop(key, None)
         self.settled.discard(key)
         self._accepted.pop(key, None)
+        self._job_uids.pop(key, None)
         with self._guard:
             self._locks.pop(key, None)
         self.metrics.forget(namespace, name)
@@ -158,10 +160,18 @@ class Controller:
         labelled_jobs, labelled_pods = children
         jobs = [job for job in labelled_jobs if _controlled_by(job, {uid})]
         job_uids = {job["metadata"]["uid"] for job in jobs}
-        pods = [pod for pod in labelled_pods if _controlled_by(pod, job_uids)]
+        # A pod whose Job is gone (deleted by hand) is still this incarnation's if its Job was seen owned
+        # by it, or if it was created after this FineTuneJob: ours to wait for and classify, no leftover.
+        known = self._job_uids.setdefault((namespace, name), (uid, set()))
+        if known[0] != uid:
+            known = self._job_uids[(namespace, name)] = (uid, set())
+        known[1].update(job_uids)
+        born = body["metadata"].get("creationTimestamp") or ""
+        pods = [pod for pod in labelled_pods if _controlled_by(pod, known[1])
+                or (pod["metadata"].get("creationTimestamp") or "") > born]
         leftovers = [f"Job {job['metadata']['name']}" for job in labelled_jobs if job["metadata"]["uid"] not in job_uids]
         leftovers += [f"Pod {pod['metadata']['name']}" for pod in labelled_pods
-                      if not _controlled_by(pod, job_uids) and classify.pod_alive(pod)]
+                      if pod not in pods and classify.pod_alive(pod)]
         progress, checkpoint = polled if polled is not None else (None, None)
         return Observed(
             body=body, now=self.clock(), jobs=jobs, pods=pods, leftovers=leftovers,

@@ -69,6 +69,7 @@ COMPLETED = "Completed"
 IMMUTABLE_FIELD_CHANGED = "ImmutableFieldChanged"
 # Running=False while a deleted FineTuneJob of the same name still has children (see `Observed.leftovers`).
 WAITING_FOR_PREVIOUS = "WaitingForGarbageCollection"
+ATTEMPT_JOB_DELETED = "AttemptJobDeleted"  # Running=False: the running attempt's Job was deleted from outside
 LEFTOVER_RETRY_SECONDS = 2.0
 TRAINER_COMPLETED = "training completed"  # the launcher's plain success message: nothing to add
 
@@ -364,6 +365,11 @@ def _track(draft: _Draft, job: FineTuneJob, observed: Observed) -> Action:
         return NO_ACTION if draft.finished else _next_attempt(draft, observed)
     if state in ("active", "suspended"):
         return _follow(draft, spec, current, state, pods, observed)  # type: ignore[arg-type]
+    if current is None and pods:
+        # Pods of this attempt without its Job: the Job was deleted under them (by hand, by a tool).
+        # The same attempt starts again and resumes from the newest checkpoint; not a failure.
+        draft.set(RUNNING, False, ATTEMPT_JOB_DELETED, f"Job {names.job_name(_name(observed), attempt)} of attempt "
+                  f"{attempt} was deleted; it is created again and resumes from the newest checkpoint")
     return _next_attempt(draft, observed)
 
 

@@ -20,10 +20,12 @@ from typing import Any
 from tests.cluster.client import RealCluster
 from tests.cluster.kubelet import now_iso
 from tests.cluster.rest import path_of
+from tests.e2e_cluster.scenarios import LONG_RUN as INTERRUPTED_RUN
 from tests.e2e_cluster.scenarios import (
     RESUMED,
     MakeJob,
     attempt_pods,
+    checkpoint_on_disk,
     checkpointed,
     condition,
     phase,
@@ -141,8 +143,8 @@ def operator_killed_after_status_writes(client: RealCluster, make: MakeJob, kill
 def deleted_job_recovers_from_its_checkpoint(client: RealCluster, make: MakeJob) -> dict[str, Any]:
     """The running attempt's Job deleted by hand (background propagation, as `kubectl delete job`):
     its pod stops after a checkpoint, a Job takes over and resumes from it; the status says so."""
-    client.apply(make("nojob"))
-    before = client.wait_for("nojob", checkpointed, 300, "a checkpoint while running")
+    client.apply(make("nojob", training=INTERRUPTED_RUN))
+    before = checkpoint_on_disk(client, "nojob")
     old = client.children("nojob", "jobs")[0]["metadata"]
     client.rest.delete(path_of("batch/v1", "jobs", client.namespace, old["name"]), propagationPolicy="Background")
     client.wait_until(lambda: any(j["metadata"]["uid"] != old["uid"] for j in client.children("nojob", "jobs")),
@@ -151,7 +153,7 @@ def deleted_job_recovers_from_its_checkpoint(client: RealCluster, make: MakeJob)
     jobs = assert_one_set_of_children(client, "nojob")
     assert old["uid"] not in [j["metadata"]["uid"] for j in jobs]
     last = attempt_pods(client, "nojob", done["status"]["attempt"])
-    assert last and resumed_from(client, last[-1]["metadata"]["name"]) >= checkpoint_step(before)
+    assert last and resumed_from(client, last[-1]["metadata"]["name"]) >= before
     if done["status"]["restarts"] != 0:
         raise StatusGap(f"a deleted Job counted as a failure: {story(client, 'nojob')}")
     assert_said(client, "nojob", f"Job {old['name']}", "deleted")
@@ -161,15 +163,15 @@ def deleted_job_recovers_from_its_checkpoint(client: RealCluster, make: MakeJob)
 def deleted_pod_recovers_from_its_checkpoint(client: RealCluster, make: MakeJob) -> dict[str, Any]:
     """A trainer pod deleted by hand (graceful, as `kubectl delete pod`): it checkpoints on SIGTERM,
     the next pod resumes from it, no failure is counted, and the status names the pod."""
-    client.apply(make("nopod"))
-    before = client.wait_for("nopod", checkpointed, 300, "a checkpoint while running")
+    client.apply(make("nopod", training=INTERRUPTED_RUN))
+    before = checkpoint_on_disk(client, "nopod")
     pod = attempt_pods(client, "nopod", 0)[0]["metadata"]["name"]
     client.rest.delete(path_of("v1", "pods", client.namespace, pod))
     done = client.wait_for("nopod", phase("Succeeded"), 600, "Succeeded after the pod was deleted")
     assert_one_set_of_children(client, "nopod")
     pods = [p["metadata"]["name"] for p in client.children("nopod", "pods") if p["metadata"]["name"] != pod]
     assert pods, "no pod replaced the deleted one"
-    assert resumed_from(client, pods[-1]) >= checkpoint_step(before)
+    assert resumed_from(client, pods[-1]) >= before
     if done["status"]["restarts"] != 0:
         raise StatusGap(f"a pod that checkpointed and stopped (exit 75) counted as a failure: {story(client, 'nopod')}")
     assert_said(client, "nopod", pod)

@@ -8,12 +8,6 @@ import pytest
 from tests.e2e_cluster import faults
 
 
-def status_gap(reason: str) -> pytest.MarkDecorator:
-    """xfail for an operator bug that leaves recovery intact but the status wrong: only `faults.StatusGap`
-    (raised after every recovery check passed) counts as the expected failure; strict, so the fix shows."""
-    return pytest.mark.xfail(strict=True, raises=faults.StatusGap, reason=reason)
-
-
 @pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])
 def test_a_restarted_control_plane_component_is_survived_by_the_running_job(cluster, make, component):
     faults.control_plane_restart_is_survived(cluster, make, component)
@@ -23,21 +17,10 @@ def test_the_operator_killed_after_each_of_several_status_writes_keeps_one_job_a
     faults.operator_killed_after_status_writes(cluster, make)
 
 
-@status_gap(
-    "operator bug: the replaced Job's recovery works (same attempt, resumed, nothing orphaned), but no "
-    "condition or event says Job <name>-0 was deleted; the only hint is a wrong WaitingForGarbageCollection "
-    "event 'waiting for the objects of a deleted FineTuneJob of the same name to be garbage collected: Pod "
-    "<name>-0-0-xxxxx' (the FineTuneJob was never deleted), and AttemptCreated/Started are posted twice for "
-    "attempt 0")
 def test_an_attempt_job_deleted_by_hand_is_replaced_and_resumes_from_its_checkpoint(cluster, make):
     faults.deleted_job_recovers_from_its_checkpoint(cluster, make)
 
 
-@status_gap(
-    "operator bug: a pod deleted by hand checkpoints and exits 75, but is counted as a failure (restarts 1, "
-    "10 s backoff: 'attempt 0 failed (attempt Job failed: PodFailurePolicy: Container trainer for pod "
-    "<pod> failed with exit code 75 matching FailJob rule at index 1)'): the pod is gone by the time the "
-    "Job fails, so classify.classify_failure cannot read its exit code and falls back to a failure")
 def test_a_trainer_pod_deleted_by_hand_is_replaced_and_resumes_from_its_checkpoint(cluster, make):
     faults.deleted_pod_recovers_from_its_checkpoint(cluster, make)
 
