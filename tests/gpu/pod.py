@@ -10,8 +10,8 @@ recipe ConfigMap to `<root>/etc/recipe.json`, the PVC to a shared workspace, the
 log to `<root>/termination-log`), the downward-API pod IP and the rendezvous host (pod 0
 behind the headless Service) as 127.0.0.1, `JOB_COMPLETION_INDEX` as Kubernetes sets it for
 Indexed Jobs, and the GPUs the device plugin would hand the pod in `CUDA_VISIBLE_DEVICES`.
-Written by hand (the emulator's kubelet in tests/harness is asynchronous and runs against the
-emulated API; here one synchronous process per pod is all that is needed).
+Written by hand (the test kubelet in tests/cluster needs a control plane; here one synchronous
+process per pod is all that is needed).
 """
 
 from __future__ import annotations
