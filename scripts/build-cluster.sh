@@ -98,52 +98,42 @@ build_kube() {
   say "kube: done ($(du -h "$BIN/kube" | cut -f1))"
 }
 
-build_etcd() {
-  up_to_date etcd "$ETCD_VERSION" && { say "etcd $ETCD_VERSION: already built"; return; }
-  say "etcd $ETCD_VERSION: downloading"
-  local dir; dir=$(new_module etcd)
-  fetch "$dir" "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
-  # The main package is the server module's root (server/main.go).
-  printf 'package main\n\nimport _ "go.etcd.io/etcd/server/v3"\n' >"$dir/tools.go"
-  (cd "$dir" && go mod tidy >"$dir/tidy.log" 2>&1) || { tail -20 "$dir/tidy.log" >&2; fail "go mod tidy for etcd"; }
+# build_main NAME VERSION MODULE PACKAGE [LDFLAGS] [optional]: the main package PACKAGE of MODULE@VERSION
+# as build/cluster/bin/NAME, from a module of its own. "optional": a module the proxy lacks is skipped.
+build_main() {
+  local name=$1 version=$2 module=$3 package=$4 ldflags=${5:-} optional=${6:-}
+  up_to_date "$name" "$version" && { say "$name $version: already built"; return; }
+  say "$name $version: downloading"
+  local dir; dir=$(new_module "$name")
+  if [[ $optional == optional ]] && ! (cd "$dir" && go get "$module@$version" >/dev/null 2>&1); then
+    say "$name: SKIPPED, the Go module proxy does not serve $module@$version"
+    return
+  fi
+  fetch "$dir" "$module@$version"
+  # A blank import makes `go mod tidy` keep what the main package needs.
+  printf 'package main\n\nimport _ "%s"\n' "$package" >"$dir/tools.go"
+  (cd "$dir" && go mod tidy >"$dir/tidy.log" 2>&1) || { tail -20 "$dir/tidy.log" >&2; fail "go mod tidy for $name"; }
   rm "$dir/tools.go"
-  say "etcd: compiling"
-  go_build "$dir" "$BIN/etcd" go.etcd.io/etcd/server/v3 \
+  say "$name: compiling"
+  go_build "$dir" "$BIN/$name" "$package" "$ldflags"
+  echo "$version" >"$BIN/.$name.version"
+  say "$name: done"
+}
+
+# The etcd main package is the server module's root (server/main.go).
+build_etcd() {
+  build_main etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 \
     "-X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION"
-  echo "$ETCD_VERSION" >"$BIN/.etcd.version"
-  say "etcd: done"
 }
 
 build_helm() {
-  up_to_date helm "$HELM_VERSION" && { say "helm $HELM_VERSION: already built"; return; }
-  say "helm $HELM_VERSION: downloading"
-  local dir; dir=$(new_module helm)
-  fetch "$dir" "helm.sh/helm/v3@$HELM_VERSION"
-  printf 'package main\n\nimport _ "helm.sh/helm/v3/cmd/helm"\n' >"$dir/tools.go"
-  (cd "$dir" && go mod tidy >"$dir/tidy.log" 2>&1) || { tail -20 "$dir/tidy.log" >&2; fail "go mod tidy for helm"; }
-  rm "$dir/tools.go"
-  say "helm: compiling"
-  go_build "$dir" "$BIN/helm" helm.sh/helm/v3/cmd/helm \
+  build_main helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm \
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
-  echo "$HELM_VERSION" >"$BIN/.helm.version"
-  say "helm: done"
 }
 
+# Only the operator scale benchmark could use kwok: skipped, with a line, if the proxy lacks it.
 build_kwok() {
-  up_to_date kwok "$KWOK_VERSION" && { say "kwok $KWOK_VERSION: already built"; return; }
-  say "kwok $KWOK_VERSION: downloading"
-  local dir; dir=$(new_module kwok)
-  if ! (cd "$dir" && go get "sigs.k8s.io/kwok@$KWOK_VERSION" >/dev/null 2>&1); then
-    say "kwok: SKIPPED, the Go module proxy does not serve sigs.k8s.io/kwok@$KWOK_VERSION (only the scale benchmark needs it)"
-    return
-  fi
-  printf 'package main\n\nimport _ "sigs.k8s.io/kwok/cmd/kwok"\n' >"$dir/tools.go"
-  (cd "$dir" && go mod tidy >"$dir/tidy.log" 2>&1) || { tail -20 "$dir/tidy.log" >&2; fail "go mod tidy for kwok"; }
-  rm "$dir/tools.go"
-  say "kwok: compiling"
-  go_build "$dir" "$BIN/kwok" sigs.k8s.io/kwok/cmd/kwok
-  echo "$KWOK_VERSION" >"$BIN/.kwok.version"
-  say "kwok: done"
+  build_main kwok "$KWOK_VERSION" sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok "" optional
 }
 
 targets=("$@")
