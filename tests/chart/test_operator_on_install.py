@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ import yaml
 
 from tests.chart.conftest import CHART, RELEASE, RELEASE_NAMESPACE
 from tests.cluster.controlplane import ControlPlane, free_port
-from tests.cluster.fixtures import helm, service_account_token
+from tests.cluster.fixtures import healthy, helm, service_account_token
 from tests.cluster.rest import RestClient, path_of
 
 T = TypeVar("T")
@@ -65,13 +64,6 @@ def container_env(deployment: dict[str, Any]) -> dict[str, str]:
     """The operator container's environment as Helm rendered it."""
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     return {item["name"]: item["value"] for item in container["env"] if "value" in item}
-
-
-def healthy(port: int) -> bool:
-    """Whether the operator's liveness endpoint answers 200."""
-    with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as answer:
-        return answer.status == 200
-    return False
 
 
 @dataclass

@@ -13,11 +13,13 @@ Test: a fresh namespace labelled for the restricted Pod Security Standard
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,15 @@ def kubectl(control_plane: ControlPlane, *args: str, kubeconfig: Path | None = N
     if check and done.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed ({done.returncode}):\n{done.stderr}{done.stdout}")
     return done
+
+
+def healthy(port: int) -> bool:
+    """Whether an operator's liveness endpoint on this port answers 200."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
 
 
 def service_account_token(rest: RestClient, namespace: str, name: str, seconds: int = 86400) -> str:
@@ -149,20 +160,8 @@ def operator_process(control_plane: ControlPlane, kubeconfig: Path, namespace: s
            "KUBETUNE_RESYNC_SECONDS": str(OPERATOR_RESYNC_SECONDS), "KUBETUNE_PROGRESS_TIMEOUT_SECONDS": "0.5",
            "KUBETUNE_TRAINER_IMAGE": "kubetune/trainer:e2e", **settings}
 
-    def make_probe() -> callable:
-        import urllib.request
-
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1) as answer:
-                    return answer.status == 200
-            except OSError:
-                return False
-
-        return ready
-
     return ProcessOperator([str(Path(sys.executable).parent / "kubetune-operator")], env, log_file,
-                           make_probe=make_probe)
+                           make_probe=lambda: functools.partial(healthy, health))
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import random
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.client import RealCluster
+from tests.cluster.controlplane import free_port
 from tests.e2e_cluster.scenarios import MakeJob
 
 WORDS = ["red", "blue", "green", "black", "white", "one", "two", "three", "four", "five", "six", "seven"]
@@ -59,12 +59,6 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     return Inputs(model=save_tiny_model(root / "tiny-llama"), data=data)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def finetunejob(name: str, *, cluster: Any, inputs: Inputs, **spec: Any) -> dict[str, Any]:
     """A FineTuneJob of the tiny model on the CPU: LoRA on a 16-bit base, 60 steps, a checkpoint every 5.
 
@@ -84,9 +78,9 @@ def finetunejob(name: str, *, cluster: Any, inputs: Inputs, **spec: Any) -> dict
         "image": "kubetune/trainer:e2e",
         # A distinct metrics port per test: pods bind their own 127.0.0.N, but a stray listener on
         # 0.0.0.0 of a parallel job of the CI would still collide.
-        "metricsPort": _free_port(),
+        "metricsPort": free_port(),
         # Our own rendezvous port for gangs: the contract's 29500 may be taken on a shared CI host.
-        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "KUBETUNE_MASTER_PORT", "value": str(_free_port())}],
+        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "KUBETUNE_MASTER_PORT", "value": str(free_port())}],
         **spec,
     }
     return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": body}
