@@ -18,7 +18,7 @@ There is no `on.delete` handler and no kopf timer, so kopf puts no finalizer on
 FineTuneJobs (kopf's timers and daemons always add one, which would block
 deleting a namespace once the operator is uninstalled); children go by owner
 references. Handlers return nothing, so kopf stores nothing in status; its own
-bookkeeping goes to annotations under `kubetune.io/` (see main.tune_kopf).
+bookkeeping goes to annotations under `kubetune.io/` (see tuning.py).
 
 RBAC: every API verb and resource the operator uses (the Helm chart's
 ClusterRole, or a Role per watched namespace):
@@ -55,7 +55,7 @@ from typing import Any
 
 import kopf
 
-from kubetune_operator import names
+from kubetune_operator import names, tuning
 from kubetune_operator.controller import Children, Controller, Key
 from kubetune_operator.kube import KubeApi
 from kubetune_operator.metrics import OperatorMetrics
@@ -115,10 +115,8 @@ def _runtime(memo: Any) -> Runtime:
 @kopf.on.startup()
 async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Tune kopf, build the shared runtime, serve metrics, start the reconcile workers."""
-    from kubetune_operator.main import tune_kopf  # main imports this module: import at call time
-
     config = memo.get(MEMO_SETTINGS) or Settings.from_env()
-    tune_kopf(settings, config)
+    tuning.tune_kopf(settings, config)  # the one place kopf is tuned, for main.py and `kopf run` alike
     runtime = Runtime(config, memo.get(MEMO_METRICS))
     runtime.metrics.serve(config.metrics_port)
     runtime.workers = [asyncio.create_task(runtime.queue.work(lambda key: reconcile_turn(runtime, key)),

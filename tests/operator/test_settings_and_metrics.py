@@ -7,10 +7,10 @@ import pytest
 from prometheus_client import generate_latest
 
 from kubetune_operator import names
-from kubetune_operator.main import tune_kopf
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.reconcile import Observed, reconcile
 from kubetune_operator.settings import Settings, SettingsError
+from kubetune_operator.tuning import tune_kopf
 from kubetune_trainer.metric_specs import OPERATOR_METRICS
 from kubetune_trainer.recipe import FineTuneJobStatus
 from tests.operator.objects import NOW, attempt_job, finetunejob, pod
