@@ -1035,6 +1035,24 @@ class TrainingSpec(KubeModel):
         "applies (4-bit or 16-bit base, no ZeRO-3). true insists and is refused with an 8-bit base or ZeRO-3; "
         "false keeps peft's forward.",
     )
+    selective_checkpointing: bool = Field(
+        default=False,
+        description="selectiveCheckpointing, with gradientCheckpointing on GPUs, keeps each layer's attention output "
+        "and its down projection's base output from the forward instead of recomputing them (about 2 hidden-state "
+        "tensors more per layer); default false.",
+    )
+    offload_activations: bool = Field(
+        default=False,
+        description="offloadActivations moves the activations saved for the backward (with gradientCheckpointing: "
+        "each layer's input) to pinned host memory while the forward runs (TRL's activation offloading), for a "
+        "larger micro-batch in the same GPU memory; default false.",
+    )
+    compile_layers: bool = Field(
+        default=False,
+        description="compileLayers compiles each decoder layer with torch.compile on GPUs (regional: one compile "
+        "serves every layer), fusing the elementwise work between the matmuls; the first step takes longer. "
+        "Default false.",
+    )
 
     @model_validator(mode="after")
     def _one_warmup(self) -> TrainingSpec:
