@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import urllib.request
+from pathlib import Path
 
+import pytest
 from kubetune_trainer.metric_specs import TRAINER_METRICS, TRAINER_PHASES
 from kubetune_trainer.metrics import Progress, TrainerMetrics
 from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.trainer.sft_runs import free_port
 
@@ -65,3 +68,27 @@ def test_serves_over_http_and_refuses_a_taken_port_quietly() -> None:
 def test_progress_uses_the_termination_message_names() -> None:
     progress = Progress(step=3, total_steps=10, loss=1.5, tokens_per_second=99.0)
     assert progress.as_dict() == {"step": 3, "totalSteps": 10, "loss": 1.5, "tokensPerSecond": 99.0}
+
+
+def test_a_resumed_run_exports_the_checkpoint_it_resumed_from(tmp_path: Path) -> None:
+    from kubetune_trainer.checkpoints import write_marker
+    from kubetune_trainer.metrics import ProgressCallback
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    folder = tmp_path / "checkpoint-40"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    written = write_marker(folder, 40)
+    metrics = TrainerMetrics("quiz", "team-a")
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[])
+    ProgressCallback(metrics).on_train_begin(args, TrainerState(global_step=40, max_steps=100), TrainerControl())
+    samples = {sample.name: sample for family in text_string_to_metric_families(_exposition(metrics))
+               for sample in family.samples}
+    step = samples["kubetune_trainer_last_checkpoint_step"]
+    assert step.value == 40 and step.labels == {"finetunejob": "quiz", "namespace": "team-a"}
+    assert samples["kubetune_trainer_last_checkpoint_timestamp_seconds"].value == pytest.approx(written)
+    assert samples["kubetune_trainer_checkpoint_save_seconds_count"].value == 0  # a resume is no save
+
+    fresh = TrainerMetrics("quiz", "team-a")  # a first run has no checkpoint: the gauges stay unexported
+    ProgressCallback(fresh).on_train_begin(args, TrainerState(global_step=0, max_steps=100), TrainerControl())
+    assert "last_checkpoint" not in "".join(l for l in _exposition(fresh).splitlines() if not l.startswith("#"))

@@ -15,11 +15,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, start_http_server
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from kubetune_trainer.checkpoints import Checkpoint
+from kubetune_trainer.contract import CHECKPOINT_PREFIX
 from kubetune_trainer.metric_specs import TRAINER_METRICS, MetricSpec
 
 log = logging.getLogger(__name__)
@@ -159,7 +162,21 @@ class ProgressCallback(TrainerCallback):
         self._window_tokens = self._tokens_counted = state.num_input_tokens_seen
         self._update("kubetune_trainer_total_steps", state.max_steps)
         self._update("kubetune_trainer_step", state.global_step)
+        if state.global_step > 0:
+            self._resumed_checkpoint(Path(args.output_dir), state.global_step)
         self._phase("training")
+
+    def _resumed_checkpoint(self, directory: Path, step: int) -> None:
+        """A resumed run's newest checkpoint is the one it resumed from (step `step`): export it now.
+
+        Without this the last-checkpoint gauges stay unset until the next save, and an alert on the
+        checkpoint's age sees no checkpoint at all for up to `saveSteps` steps after every resume.
+        """
+        record = Checkpoint(step, directory / f"{CHECKPOINT_PREFIX}{step}").record()
+        if record is None or not isinstance(record.get("time"), (int, float)):
+            return  # resumed from a folder without our marker (not ours to vouch for)
+        self._update("kubetune_trainer_last_checkpoint_step", step)
+        self._update("kubetune_trainer_last_checkpoint_timestamp_seconds", float(record["time"]))
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
