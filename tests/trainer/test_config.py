@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 import torch
-from kubetune_trainer.config import RunContext, build_sft_config, deepspeed_config
-from kubetune_trainer.model import ModelError, lora_config, quantization_config
+from kubetune_trainer.config import RunContext, build_sft_config, deepspeed_config, lora_config
+from kubetune_trainer.model import ModelError, quantization_config
 from kubetune_trainer.recipe import DeepSpeedSpec, parse_spec
 
 

@@ -201,6 +201,7 @@ def test_distill_perplexity_is_that_of_the_cross_entropy_part(distill_run: dict)
 def test_teacher_loads_frozen_in_4_bits(tmp_path) -> None:
     from bitsandbytes.nn import Linear4bit
     from kubetune_trainer.distill import load_teacher
+    from kubetune_trainer.model import ModelLoader
     from kubetune_trainer.recipe import parse_spec
 
     from tests.fixtures.models import save_tiny_model
@@ -210,7 +211,7 @@ def test_teacher_loads_frozen_in_4_bits(tmp_path) -> None:
         "model": {"name": str(tmp_path / "student")}, "dataset": {"path": "x.jsonl"},
         "method": {"type": "distill", "distill": {"teacher": {"name": str(teacher_path), "quantizationBits": 4}}},
     })
-    teacher, tokenizer = load_teacher(spec, base_dir=None, cache_dir=None, dtype=torch.float32)
+    teacher, tokenizer = load_teacher(spec, ModelLoader(cache_dir=None, dtype=torch.float32))
     assert isinstance(teacher.model.layers[0].self_attn.q_proj, Linear4bit)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     assert len(tokenizer) == 1002

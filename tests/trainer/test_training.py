@@ -184,9 +184,9 @@ def test_qlora_nf4_with_8bit_adam_trains_only_the_adapter(tiny_qwen2: Path, toy_
     import torch
     from kubetune_trainer.config import RunContext, build_sft_config
     from kubetune_trainer.data import load_training_data
-    from kubetune_trainer.model import load_model, load_tokenizer, resolve_model_source
+    from kubetune_trainer.assembly import TrainerInputs, build_trainer
+    from kubetune_trainer.model import ModelLoader, resolve_model_source
     from kubetune_trainer.recipe import parse_spec
-    from kubetune_trainer.train import build_trainer
 
     spec = parse_spec(sft_spec(
         tiny_qwen2, toy_data,
@@ -196,14 +196,15 @@ def test_qlora_nf4_with_8bit_adam_trains_only_the_adapter(tiny_qwen2: Path, toy_
         training={"optimizer": "adamw_8bit", "maxSteps": 12, "saveSteps": 1000, "learningRate": 1e-2},
         dataset={"validationSplit": 0},
     ))
+    models = ModelLoader(cache_dir=None, dtype=torch.float32)
     source = resolve_model_source(spec.model)
-    tokenizer = load_tokenizer(source, spec.model, None)
+    tokenizer = models.tokenizer(source, spec)
     data = load_training_data(spec.dataset, tokenizer)
-    model = load_model(source, spec, None, dtype=torch.float32)
+    model = models.model(source, spec)
     assert isinstance(model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
     assert isinstance(model.model.layers[1].mlp.down_proj, bnb.nn.Linear4bit)
     context = RunContext(checkpoints_dir=str(tmp_path / "ckpt"), dtype=torch.float32, has_validation=False, on_cpu=True)
-    trainer = build_trainer(spec, model, tokenizer, data, build_sft_config(spec, context), callbacks=[])
+    trainer = build_trainer(TrainerInputs(spec, models, model, tokenizer, data, build_sft_config(spec, context), []))
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     trainer.train()
     after = dict(trainer.model.named_parameters())

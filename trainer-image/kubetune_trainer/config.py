@@ -1,4 +1,5 @@
-"""The one translator from the recipe's `training` section to TRL's `SFTConfig`.
+"""The one translator from the recipe to the libraries' configs: `training` to TRL's `SFTConfig`,
+`method.lora` to peft's `LoraConfig`.
 
 Every value is set here on purpose: SFTConfig's own defaults differ from
 TrainingArguments' (bf16 on, gradient checkpointing on, learning rate 2e-5), and a
@@ -19,6 +20,7 @@ from kubetune_trainer.recipe import DeepSpeedSpec, FineTuneJobSpec
 
 if TYPE_CHECKING:
     import torch
+    from peft import LoraConfig
     from trl import SFTConfig
 
 
@@ -66,6 +68,23 @@ def _warmup(spec: FineTuneJobSpec) -> float:
 def collective_timeout_seconds() -> int:
     """Seconds a rank waits in a collective for its peers (`KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS`)."""
     return int(os.environ.get(contract.Env.COLLECTIVE_TIMEOUT, contract.COLLECTIVE_TIMEOUT_SECONDS))
+
+
+def lora_config(spec: FineTuneJobSpec) -> LoraConfig:
+    """peft's LoraConfig for `method.lora`: the adapter every method's trainer gets (see `assembly`)."""
+    from peft import LoraConfig
+
+    lora = spec.method.lora
+    targets = lora.target_modules
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        bias=lora.bias.value,
+        # peft takes "all-linear" as a plain string, not inside a list.
+        target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+        task_type="CAUSAL_LM",
+    )
 
 
 def build_sft_config(spec: FineTuneJobSpec, context: RunContext) -> SFTConfig:

@@ -8,6 +8,7 @@ No torch here.
 from __future__ import annotations
 
 from enum import IntEnum
+from pathlib import Path
 
 # Mount points inside the trainer pod.
 RECIPE_DIR = "/etc/kubetune"
@@ -91,3 +92,24 @@ CHECKPOINT_COMPLETE_MARKER = "kubetune-complete"
 
 TERMINATION_MESSAGE_LIMIT = 2048
 """The kubelet keeps 4096 bytes of a termination message; we stay under half."""
+
+
+class InvalidInput(Exception):
+    """The recipe or its data cannot be used as given (exit 2, never retried); the message names the field."""
+
+
+def local_path(name: str, base_dir: Path | None = None, *, or_hub_id: bool) -> Path | None:
+    """The file or folder a recipe's `name` means on this machine, or None when it means a hub id.
+
+    An absolute name is itself. A relative one lies under `base_dir` (the manifest's folder for
+    `kubetune run`; the working directory when None). A name that may also be a hub id
+    (`or_hub_id`: `model.name`, a distillation teacher's) is a path only when it starts with "."
+    (no hub id does) or exists under `base_dir`; `dataset.path` is always a path.
+    URI schemes (`pkg://`, `s3://`, ...) are the caller's to tell apart first.
+    """
+    path = Path(name)
+    if path.is_absolute():
+        return path
+    if or_hub_id and not (name.startswith(".") or (base_dir is not None and (base_dir / name).exists())):
+        return None
+    return (base_dir or Path.cwd()) / path

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kubetune_trainer.contract import local_path
 from kubetune_trainer.formats import FormatError, make_renderer
 from kubetune_trainer.recipe import DatasetFormat, DatasetSpec
 
@@ -124,9 +125,8 @@ def _load_hub(spec: DatasetSpec, cache_dir: str | None) -> tuple[datasets.Datase
 
 
 def _resolve(path: str, base_dir: Path | None) -> Path:
-    resolved = Path(path)
-    if not resolved.is_absolute() and base_dir is not None:
-        resolved = base_dir / resolved
+    resolved = local_path(path, base_dir, or_hub_id=False)
+    assert resolved is not None  # a dataset.path is never a hub id
     if not resolved.exists():
         raise DataError(f"dataset.path {resolved}: no such file or folder")
     return resolved

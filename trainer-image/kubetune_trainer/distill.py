@@ -25,19 +25,20 @@ import contextlib
 import functools
 import inspect
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubetune_trainer.model import ModelError, load_model, load_tokenizer, resolve_model_source
+from kubetune_trainer.model import ModelError, resolve_model_source
 from kubetune_trainer.recipe import DistillSpec, FineTuneJobSpec
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from trl import SFTTrainer
+
+    from kubetune_trainer.assembly import TrainerInputs
+    from kubetune_trainer.model import ModelLoader
 
 log = logging.getLogger(__name__)
 
@@ -165,22 +166,23 @@ def _distill(spec: FineTuneJobSpec) -> DistillSpec:
     return spec.method.distill
 
 
-def load_teacher(
-    spec: FineTuneJobSpec,
-    *,
-    base_dir: Path | None,
-    cache_dir: str | None,
-    dtype: torch.dtype,
-    device_index: int | None = None,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The teacher model (frozen, eval mode) and its tokenizer, loaded like the student."""
+TEACHER_FIELD = "method.distill.teacher"
+"""The teacher's place in the recipe, for the model loader's messages."""
+
+
+def load_teacher(spec: FineTuneJobSpec, models: ModelLoader) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The teacher model (frozen, eval mode) and its tokenizer, through the student's loader.
+
+    So it comes from the same cache (the shared `model.cacheClaim` mount when there is one), in
+    the same dtype, onto the same GPU, quantized per its own `quantizationBits` by the same rules.
+    """
     tspec = teacher_spec(spec)
-    source = resolve_model_source(tspec.model, base_dir)
-    tokenizer = load_tokenizer(source, tspec.model, cache_dir)
-    teacher = load_model(source, tspec, cache_dir, dtype=dtype, device_index=device_index)
+    source = resolve_model_source(tspec.model)
+    tokenizer = models.tokenizer(source, tspec, TEACHER_FIELD)
+    teacher = models.model(source, tspec, TEACHER_FIELD)
     teacher.eval()
     teacher.requires_grad_(False)
-    log.info("teacher %s loaded (%s bits)", spec.method.distill.teacher.name, tspec.method.quantization.bits)
+    log.info("teacher %s loaded (%s bits)", tspec.model.name, tspec.method.quantization.bits)
     return teacher, tokenizer
 
 
@@ -330,47 +332,15 @@ def _few_logits(model: PreTrainedModel) -> dict[str, int]:
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
-def build_distill_trainer(
-    spec: FineTuneJobSpec,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    data: Any,
-    config: SFTConfig,
-    callbacks: list[TrainerCallback],
-) -> SFTTrainer:
+def build_distill_trainer(inputs: TrainerInputs) -> SFTTrainer:
     """The distillation trainer: loads the teacher, checks its vocabulary, then builds like SFT.
 
-    A teacher that cannot be used (wrong tokenizer, missing folder) raises the trainer's
-    invalid-input error: exit code 2, never retried.
+    A teacher that cannot be used (wrong tokenizer, missing folder) raises ModelError, which
+    the assembly step turns into the trainer's invalid-input error: exit code 2, never retried.
     """
-    import torch
-
-    from kubetune_trainer import distributed
-    from kubetune_trainer.model import lora_config, training_dtype
-    from kubetune_trainer.train import InvalidInput
-
-    distill = _distill(spec)
-    try:
-        teacher, teacher_tokenizer = load_teacher(
-            spec,
-            base_dir=None,
-            # The launcher points HF_HOME at the workspace's cache, where the student comes from too.
-            cache_dir=os.environ.get("HF_HOME"),
-            dtype=training_dtype(spec.training.precision),
-            device_index=distributed.local_rank() if torch.cuda.is_available() else None,
-        )
-        vocab_size = check_same_vocabulary(tokenizer, teacher_tokenizer, model, teacher, distill.teacher.name)
-    except ModelError as error:
-        raise InvalidInput(str(error)) from error
+    distill = _distill(inputs.spec)
+    teacher, teacher_tokenizer = load_teacher(inputs.spec, inputs.models)
+    vocab_size = check_same_vocabulary(inputs.tokenizer, teacher_tokenizer, inputs.model, teacher, distill.teacher.name)
     return make_distillation_trainer_class()(
-        model=model,
-        args=config,
-        train_dataset=data.train,
-        eval_dataset=data.validation,
-        processing_class=tokenizer,
-        peft_config=lora_config(spec),
-        callbacks=callbacks,
-        teacher=teacher,
-        distill=distill,
-        vocab_size=vocab_size,
+        **inputs.arguments(teacher=teacher, distill=distill, vocab_size=vocab_size)
     )

@@ -8,20 +8,22 @@ is loaded. TRL logs `rewards/margins` and `rewards/accuracies`, which the metric
 callback exports as `kubetune_trainer_dpo_reward_margin` / `_accuracy`.
 
 Every shared training setting (steps, optimizer, precision, checkpoints, the settings
-exact resume needs) comes from the one translator, `config.build_sft_config`; this
-module only carries them over into a `DPOConfig` and adds `beta` and `lossType`.
+exact resume needs) comes from the one translator, `config.build_sft_config`, and every
+shared trainer argument (LoRA included) from the assembly step, `assembly.TrainerInputs`;
+this module only carries the settings over into a `DPOConfig` and adds `beta` and `lossType`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kubetune_trainer.recipe import FineTuneJobSpec
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
     from trl import DPOConfig, DPOTrainer, SFTConfig
+
+    from kubetune_trainer.assembly import TrainerInputs
 
 REWARD_MARGIN_KEY = "rewards/margins"
 REWARD_ACCURACY_KEY = "rewards/accuracies"
@@ -44,26 +46,8 @@ def build_dpo_config(sft_config: SFTConfig, spec: FineTuneJobSpec) -> DPOConfig:
     )
 
 
-def build_dpo_trainer(
-    spec: FineTuneJobSpec,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    data: Any,
-    sft_config: SFTConfig,
-    callbacks: list[TrainerCallback],
-) -> DPOTrainer:
-    """TRL's DPOTrainer on `data`'s preference pairs, a LoRA adapter on `model`, the bare base as reference."""
+def build_dpo_trainer(inputs: TrainerInputs) -> DPOTrainer:
+    """TRL's DPOTrainer on the preference pairs, the shared arguments, the bare base as reference."""
     from trl import DPOTrainer
 
-    from kubetune_trainer.model import lora_config
-
-    return DPOTrainer(
-        model=model,
-        ref_model=None,
-        args=build_dpo_config(sft_config, spec),
-        train_dataset=data.train,
-        eval_dataset=data.validation,
-        processing_class=tokenizer,
-        peft_config=lora_config(spec),
-        callbacks=callbacks,
-    )
+    return DPOTrainer(**inputs.arguments(args=build_dpo_config(inputs.config, inputs.spec), ref_model=None))

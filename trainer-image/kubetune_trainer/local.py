@@ -27,29 +27,32 @@ import shutil
 import sys
 from pathlib import Path
 
-from kubetune_trainer.contract import Env, ExitCode
+from kubetune_trainer.contract import Env, ExitCode, local_path
 from kubetune_trainer.launcher import LaunchSettings, launch
 from kubetune_trainer.manifest import load_finetunejob
+from kubetune_trainer.model import PKG_SCHEME
 from kubetune_trainer.recipe import FineTuneJob, FineTuneJobSpec
 from kubetune_trainer.remote import is_uri
 from kubetune_trainer.train import PROGRESS_ENV
 
 
-def _is_local_path(name: str, base_dir: Path) -> bool:
-    """A relative name that exists next to the manifest, or that starts with "." (never a hub id)."""
-    return not os.path.isabs(name) and (name.startswith(".") or (base_dir / name).exists())
+def _absolute(name: str, base_dir: Path, *, or_hub_id: bool) -> str:
+    """`name` made absolute against `base_dir` when it is a relative path; hub ids, URIs and absolute paths as given."""
+    if is_uri(name) or name.startswith(PKG_SCHEME) or os.path.isabs(name):
+        return name
+    path = local_path(name, base_dir, or_hub_id=or_hub_id)
+    return name if path is None else str(path.resolve())
 
 
 def resolve_paths(spec: FineTuneJobSpec, base_dir: Path) -> FineTuneJobSpec:
-    """`spec` with relative model and dataset paths made absolute against `base_dir`."""
+    """`spec` with relative model, teacher and dataset paths made absolute against `base_dir`."""
     spec = spec.model_copy(deep=True)
-    if not spec.model.name.startswith("pkg://") and _is_local_path(spec.model.name, base_dir):
-        spec.model.name = str((base_dir / spec.model.name).resolve())
-    if spec.dataset.path is not None and not os.path.isabs(spec.dataset.path) and not is_uri(spec.dataset.path):
-        spec.dataset.path = str((base_dir / spec.dataset.path).resolve())
-    teacher = spec.method.distill.teacher if spec.method.distill else None
-    if teacher is not None and _is_local_path(teacher.name, base_dir):  # method.type distill
-        teacher.name = str((base_dir / teacher.name).resolve())
+    spec.model.name = _absolute(spec.model.name, base_dir, or_hub_id=True)
+    if spec.dataset.path is not None:
+        spec.dataset.path = _absolute(spec.dataset.path, base_dir, or_hub_id=False)
+    if spec.method.distill is not None:  # method.type distill
+        teacher = spec.method.distill.teacher
+        teacher.name = _absolute(teacher.name, base_dir, or_hub_id=True)
     return spec
 
 

@@ -1,4 +1,4 @@
-"""Load the base model and its tokenizer the way the recipe says, and describe its LoRA adapter.
+"""Load the base model and its tokenizer the way the recipe says.
 
 `model.name` is one of:
 - a hub id (`meta-llama/Llama-3.2-1B`), downloaded into the workspace's HF cache,
@@ -9,23 +9,26 @@
   imports may pull dependencies that are not installed;
 - locally, a path relative to the manifest's folder (`kubetune run` makes it absolute).
 
-Problems the user must fix (a missing folder, no config.json, an unreadable path) raise
-`ModelError`, which the trainer turns into exit code 2. Heavy imports stay inside functions.
+`ModelLoader` loads every model of a run, the student and a distillation teacher alike, from
+one cache, in one dtype, onto one GPU. Problems the user must fix (a missing folder, no
+config.json, an unreadable path, no such hub repository) raise `ModelError`, which the trainer
+turns into exit code 2. Heavy imports stay inside functions.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from kubetune_trainer.contract import local_path
 from kubetune_trainer.recipe import FineTuneJobSpec, ModelSpec
 
 if TYPE_CHECKING:
     import torch
-    from peft import LoraConfig
     from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 PKG_SCHEME = "pkg://"
@@ -89,14 +92,10 @@ def _check_local_folder(folder: Path, spec: ModelSpec) -> None:
 def resolve_model_source(spec: ModelSpec, base_dir: Path | None = None) -> ModelSource:
     """Turn `model.name` into a ModelSource; local folders are checked here, hub ids at download."""
     name = spec.name
-    if name.startswith(PKG_SCHEME):
-        folder = _package_dir(name.removeprefix(PKG_SCHEME))
-    elif os.path.isabs(name):
-        folder = Path(name)
-    elif name.startswith(".") or (base_dir is not None and (base_dir / name).exists()):
-        # A hub id never starts with "."; anything that does is a path relative to the manifest.
-        folder = (base_dir or Path.cwd()) / name
-    else:
+    folder = _package_dir(name.removeprefix(PKG_SCHEME)) if name.startswith(PKG_SCHEME) else local_path(
+        name, base_dir, or_hub_id=True
+    )
+    if folder is None:
         return ModelSource(location=name, is_local=False, gguf_file=spec.gguf_file, revision=spec.revision)
     _check_local_folder(folder, spec)
     return ModelSource(location=str(folder), is_local=True, gguf_file=spec.gguf_file, revision=None)
@@ -140,23 +139,6 @@ def quantization_config(spec: FineTuneJobSpec) -> BitsAndBytesConfig | None:
 
 def _zero3(spec: FineTuneJobSpec) -> bool:
     return spec.deepspeed is not None and spec.deepspeed.zero_stage == 3
-
-
-def lora_config(spec: FineTuneJobSpec) -> LoraConfig:
-    """peft's LoraConfig for `method.lora`."""
-    from peft import LoraConfig
-
-    lora = spec.method.lora
-    targets = lora.target_modules
-    return LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        bias=lora.bias.value,
-        # peft takes "all-linear" as a plain string, not inside a list.
-        target_modules="all-linear" if targets == ["all-linear"] else list(targets),
-        task_type="CAUSAL_LM",
-    )
 
 
 def load_tokenizer(source: ModelSource, spec: ModelSpec, cache_dir: str | None) -> PreTrainedTokenizerBase:
@@ -208,3 +190,66 @@ def load_model(
         attn_implementation=speed.attn_implementation(spec),  # varlen attention with packing (training.varlenAttention)
         **kwargs,
     )
+
+
+_Loaded = TypeVar("_Loaded")
+
+
+@dataclass(frozen=True)
+class ModelLoader:
+    """How one run loads its models: the student and a distillation teacher by the same rules.
+
+    One cache (the shared `model.cacheClaim` mount when the operator set one, else the workspace's),
+    one dtype (`training.precision` on this machine), this rank's GPU; each model is quantized
+    per its spec's `method.quantization`. The hub's "no such repository / revision / access"
+    errors become a ModelError naming the recipe field (`field`: "model", or a teacher's path).
+    """
+
+    cache_dir: str | None
+    dtype: torch.dtype
+    device_index: int | None = None
+
+    @classmethod
+    def for_training(cls, spec: FineTuneJobSpec, cache_dir: str | None) -> ModelLoader:
+        """The loader of a training run: `training.precision`'s dtype, this rank's GPU when there is one."""
+        import torch
+
+        from kubetune_trainer import distributed
+
+        device = distributed.local_rank() if torch.cuda.is_available() else None
+        return cls(cache_dir=cache_dir, dtype=training_dtype(spec.training.precision), device_index=device)
+
+    def tokenizer(self, source: ModelSource, spec: FineTuneJobSpec, field: str = "model") -> PreTrainedTokenizerBase:
+        """The tokenizer of `spec.model` (see `load_tokenizer`)."""
+        return _from_hub(lambda: load_tokenizer(source, spec.model, self.cache_dir), spec.model, field)
+
+    def model(
+        self, source: ModelSource, spec: FineTuneJobSpec, field: str = "model", *, quantize: bool = True
+    ) -> PreTrainedModel:
+        """`spec.model` in this loader's dtype, quantized per `spec.method.quantization` unless `quantize` is off."""
+        return _from_hub(
+            lambda: load_model(
+                source, spec, self.cache_dir, dtype=self.dtype, device_index=self.device_index, quantize=quantize
+            ),
+            spec.model,
+            field,
+        )
+
+
+def _from_hub(load: Callable[[], _Loaded], model: ModelSpec, field: str) -> _Loaded:
+    """Run a from_pretrained call, turning 'no such repo/revision/access' into a ModelError on `field`."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return load()
+    except GatedRepoError:
+        raise ModelError(
+            f"{field}.name {model.name}: a gated model; set model.tokenSecretRef to a Secret holding a hub "
+            "token with access"
+        ) from None
+    except RevisionNotFoundError:
+        raise ModelError(f"{field}.revision {model.revision}: no such revision of {model.name}") from None
+    except RepositoryNotFoundError:
+        raise ModelError(
+            f"{field}.name {model.name}: no such hub repository (or it is private: set model.tokenSecretRef)"
+        ) from None

@@ -10,9 +10,9 @@ Each rank writes its outcome (`rank-<n>.json`) to the outcome folder, because to
 reports exit code 1 for every kind of failure; the launcher turns outcomes into the
 documented exit code and the termination message.
 
-`build_trainer` is the seam for other objectives (distillation, DPO): it gets
-everything loaded and returns a Trainer; a subclass with its own `compute_loss`
-can be returned instead of the SFTTrainer.
+`build_trainer` (the assembly step, `kubetune_trainer.assembly`) is the seam for the
+objectives (SFT, distillation, DPO): it gets everything loaded and returns a Trainer; a
+subclass with its own `compute_loss` can be returned instead of the SFTTrainer.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubetune_trainer import contract, distributed, tracking
-from kubetune_trainer.contract import Env, ExitCode
+from kubetune_trainer.assembly import TrainerInputs, build_trainer
+from kubetune_trainer.contract import Env, ExitCode, InvalidInput
 from kubetune_trainer.fetch import local_inputs
 from kubetune_trainer.publish import publish_outputs
 from kubetune_trainer.recipe import FineTuneJobSpec, RecipeError, parse_finetunejob, parse_spec
@@ -37,9 +38,8 @@ from kubetune_trainer.remote import StorageError
 from kubetune_trainer.signals import StopRequest, stop_callback
 
 if TYPE_CHECKING:
-    from transformers import Trainer
-
     from kubetune_trainer.checkpoints import ResumePoint
+    from kubetune_trainer.model import ModelLoader, ModelSource
 
 log = logging.getLogger("kubetune_trainer")
 
@@ -112,10 +112,6 @@ class Workspace:
         return str(model_cache(self.root))
 
 
-class InvalidInput(Exception):
-    """Wraps the errors that mean 'fix the recipe or data' (exit 2)."""
-
-
 def load_job(path: Path) -> Job:
     """Read recipe.json (a whole FineTuneJob, or just its spec); RecipeError names the field."""
     try:
@@ -136,63 +132,6 @@ def load_job(path: Path) -> Job:
     )
 
 
-def build_trainer(
-    spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Any, config: Any, callbacks: list[Any]
-) -> Trainer:
-    """The Trainer for `spec.method`: TRL's SFTTrainer with a LoRA adapter on `model`.
-
-    The seam for other objectives: return a subclass (its own `compute_loss`) built from the
-    same arguments, and checkpoints, stop handling, metrics and export keep working.
-    """
-    from trl import SFTTrainer
-
-    from kubetune_trainer import fused_lora, speed
-    from kubetune_trainer.model import lora_config
-    from kubetune_trainer.recipe import MethodType
-
-    if spec.method.type is MethodType.distill:  # SFTTrainer with the KD + CE loss
-        from kubetune_trainer.distill import build_distill_trainer
-
-        trainer = build_distill_trainer(spec, model, tokenizer, data, config, callbacks)
-    elif spec.method.type is MethodType.dpo:  # DPOTrainer on preference pairs, the same shared settings
-        from kubetune_trainer.dpo import build_dpo_trainer
-
-        trainer = build_dpo_trainer(spec, model, tokenizer, data, config, callbacks)
-    else:
-        trainer = SFTTrainer(
-            model=model,
-            args=config,
-            train_dataset=data.train,
-            eval_dataset=data.validation,
-            processing_class=tokenizer,
-            peft_config=lora_config(spec),
-            callbacks=callbacks,
-        )
-    speed.cast_adapter(trainer.model, spec, bf16=bool(config.bf16))  # training.adapterInComputeDtype
-    keep_adapter_dtype_on_reload(trainer.model)  # a resume goes on in the dtype the adapter trained in
-    fused_lora.apply_from_recipe(trainer.model, spec)  # training.fusedLora, after the cast it checks dtypes against
-    return trainer
-
-
-def keep_adapter_dtype_on_reload(model: Any) -> None:
-    """Make the Trainer's adapter reloads (resume, best model at end) keep the adapter's training dtype.
-
-    transformers' Trainer reloads a checkpoint's adapter with peft's `load_adapter`, which copies
-    the weights into the existing parameters and then, by its default `autocast_adapter_dtype=True`,
-    upcasts bf16/fp16 adapter weights to fp32. An adapter that trains in bf16 (TRL casts it so on a
-    4- or 8-bit base; `training.adapterInComputeDtype` on a 16-bit one) would go on in fp32 after a
-    resume and end with other weights than an uninterrupted run. The Trainer passes no such option,
-    so the model's own `load_adapter` gets it.
-    """
-    import functools
-
-    from peft import PeftModel
-
-    # Not a PeftModel (a full fine-tune): the Trainer reloads it with load_state_dict, which keeps dtypes.
-    if isinstance(model, PeftModel):
-        model.load_adapter = functools.partial(model.load_adapter, autocast_adapter_dtype=False)
-
-
 def _quiet_libraries() -> None:
     """Library progress bars would interleave across ranks and drown the trainer's own log lines."""
     import datasets
@@ -205,54 +144,30 @@ def _quiet_libraries() -> None:
 
 @dataclass(frozen=True)
 class Loaded:
-    """Everything `_load` read: where the model came from, its tokenizer, the data and the model."""
+    """Everything `_load` read: where the model came from, its tokenizer, the data, the model and its loader."""
 
-    source: Any
+    source: ModelSource
     tokenizer: Any
     data: Any
     model: Any
-    dtype: Any
+    models: ModelLoader
 
 
 def _load(job: Job, workspace: Workspace) -> Loaded:
     """Tokenizer, data and model in the training dtype; bad input raises InvalidInput."""
-    import torch
-
     from kubetune_trainer.data import DataError, load_training_data
-    from kubetune_trainer.model import ModelError, load_model, load_tokenizer, resolve_model_source, training_dtype
+    from kubetune_trainer.model import ModelError, ModelLoader, resolve_model_source
 
     spec = local_inputs(job.spec, workspace.root)  # URIs downloaded (once, cached), a ConfigMap key found
+    models = ModelLoader.for_training(spec, workspace.models)
     try:
         source = resolve_model_source(spec.model)
-        tokenizer = _hub_call(lambda: load_tokenizer(source, spec.model, workspace.models), spec)
+        tokenizer = models.tokenizer(source, spec)
         data = load_training_data(spec.dataset, tokenizer, cache_dir=f"{workspace.cache}/datasets")
-        dtype = training_dtype(spec.training.precision)
-        device = distributed.local_rank() if torch.cuda.is_available() else None
-        model = _hub_call(lambda: load_model(source, spec, workspace.models, dtype=dtype, device_index=device), spec)
+        model = models.model(source, spec)
     except (DataError, ModelError) as error:
         raise InvalidInput(str(error)) from error
-    return Loaded(source, tokenizer, data, model, dtype)
-
-
-def _hub_call(load: Any, spec: FineTuneJobSpec) -> Any:
-    """Run a from_pretrained call, turning 'no such repo/revision/access' into a ModelError."""
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
-
-    from kubetune_trainer.model import ModelError
-
-    try:
-        return load()
-    except GatedRepoError:
-        raise ModelError(
-            f"model.name {spec.model.name}: a gated model; set model.tokenSecretRef to a Secret holding a hub "
-            "token with access"
-        ) from None
-    except RevisionNotFoundError:
-        raise ModelError(f"model.revision {spec.model.revision}: no such revision of {spec.model.name}") from None
-    except RepositoryNotFoundError:
-        raise ModelError(
-            f"model.name {spec.model.name}: no such hub repository (or it is private: set model.tokenSecretRef)"
-        ) from None
+    return Loaded(source, tokenizer, data, model, models)
 
 
 def _callbacks(job: Job, stop: StopRequest) -> tuple[list[Any], Any, Any]:
@@ -300,12 +215,14 @@ def train(job: Job, workspace: Workspace, stop: StopRequest) -> Outcome:
     validation = loaded.data.validation
     context = RunContext(
         checkpoints_dir=str(workspace.checkpoints),
-        dtype=loaded.dtype,
+        dtype=loaded.models.dtype,
         has_validation=validation is not None and len(validation) > 0,
         on_cpu=not torch.cuda.is_available(),
     )
     config = build_sft_config(spec, context)  # initializes torch.distributed under torchrun
-    trainer = build_trainer(spec, loaded.model, loaded.tokenizer, loaded.data, config, callbacks)
+    trainer = build_trainer(
+        TrainerInputs(spec, loaded.models, loaded.model, loaded.tokenizer, loaded.data, config, callbacks)
+    )
     if os.environ.get(PROGRESS_ENV) == "1":
         from transformers.trainer_callback import PrinterCallback
 
@@ -397,7 +314,6 @@ def _ckpt(checkpoint: Any) -> dict[str, Any] | None:
 def _export(job: Job, workspace: Workspace, trainer: Any, loaded: Loaded) -> dict[str, str]:
     """Adapter on every rank (save_model gathers sharded weights), the rest on global rank 0."""
     from kubetune_trainer import evaluation, export
-    from kubetune_trainer.model import load_model
 
     spec, output, tokenizer = job.spec, workspace.output, loaded.tokenizer
     adapter = export.save_adapter(trainer, tokenizer, output, spec.dataset)  # with the prompts' chat template
@@ -409,7 +325,7 @@ def _export(job: Job, workspace: Workspace, trainer: Any, loaded: Loaded) -> dic
     report = evaluation.write_report(trainer, tokenizer, spec, output, scores, loaded.data.validation)
     members.extend(report.files.values())
     outputs.update(report.pointers())  # samples.md and evaluation.json: the message only points at them
-    load_base = lambda: load_model(loaded.source, spec, workspace.models, dtype=loaded.dtype, quantize=False)
+    load_base = lambda: loaded.models.model(loaded.source, spec, quantize=False)
     if loaded.source.gguf_file:  # a folder holding a GGUF file is no base that peft loads: export one
         members.append(export.save_base(load_base, adapter, tokenizer, output, spec.dataset))
     if spec.output.merge_adapter:
