@@ -2,12 +2,15 @@
 
     recipe = write_job(tmp_path, "dpo")
     outcome = run_in_process(recipe, tmp_path / "ws")
-    resumed = kill_and_resume(recipe, tmp_path / "ws2", step=10)
+    message, reference, resumed = uninterrupted_and_resumed(tmp_path / "resume", "dpo", step=10)
 
 The task is sft_runs' letter reversal (64 rows). DPO pairs prefer its answer over a
 refusal. The teacher of distillation is a second tiny model (another seed) with the
-student's tokenizer. One uninterrupted run per method happens in this process (no
-interpreter start, no imports again); kills and resumes go through real processes.
+student's tokenizer. The runs whose metrics and losses the tests read happen in this
+process (no interpreter start, no imports again). Runs compared bit for bit all go
+through real processes with the launcher's environment (sft_runs.launcher_env: one
+BLAS thread), as test_resume.py's do: a reference trained in this process uses every
+core's threads, may sum in another order, and then differs from a one-thread resumed run.
 """
 
 from __future__ import annotations
@@ -75,6 +78,13 @@ def run_in_process(recipe: Path, workspace: Path) -> Any:
     return run(recipe, workspace, StopRequest())
 
 
+def _finish(recipe: Path, workspace: Path) -> dict[str, Any]:
+    """Run the launcher to the end; the adapter it wrote."""
+    result = run_launcher(recipe, workspace)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return adapter_tensors(workspace / "output" / "adapter")
+
+
 def kill_and_resume(recipe: Path, workspace: Path, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """SIGKILL a trainer once checkpoint-`step` is complete, rerun the launcher; (termination message, adapter)."""
     trainer = start_trainer(recipe, workspace)
@@ -83,9 +93,20 @@ def kill_and_resume(recipe: Path, workspace: Path, step: int) -> tuple[dict[str,
     finally:
         trainer.send_signal(signal.SIGKILL)
         trainer.wait()
-    result = run_launcher(recipe, workspace)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return termination_message(workspace), adapter_tensors(workspace / "output" / "adapter")
+    adapter = _finish(recipe, workspace)
+    return termination_message(workspace), adapter
+
+
+def uninterrupted_and_resumed(
+    root: Path, method: str, step: int
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """One job run twice with the same process settings: uninterrupted through the launcher, and SIGKILLed
+    once checkpoint-`step` is complete, then rerun; (the rerun's termination message, the uninterrupted
+    run's adapter, the resumed run's adapter)."""
+    recipe = write_job(root, method)
+    reference = _finish(recipe, root / "uninterrupted")
+    message, resumed = kill_and_resume(recipe, root / "resumed", step)
+    return message, reference, resumed
 
 
 def metrics_port(recipe: Path) -> int:

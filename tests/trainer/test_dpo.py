@@ -10,19 +10,19 @@ import pytest
 pytest.importorskip("trl")
 
 from tests.trainer.method_runs import (
-    kill_and_resume,
     log_history,
     metrics_port,
     run_in_process,
     scrape,
+    uninterrupted_and_resumed,
     write_job,
 )
-from tests.trainer.sft_runs import adapter_tensors, assert_identical
+from tests.trainer.sft_runs import assert_identical
 
 
 @pytest.fixture(scope="module")
 def dpo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One uninterrupted 20-step DPO run, shared by the tests below (it is the resume test's reference)."""
+    """One uninterrupted 20-step DPO run in this process, shared by the tests of its metrics and margins."""
     root = tmp_path_factory.mktemp("dpo")
     recipe = write_job(root, "dpo")
     outcome = run_in_process(recipe, root / "ws")
@@ -67,8 +67,9 @@ def test_dpo_uses_the_recipe_beta_and_loss_type(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_dpo_resumes_after_sigkill_to_the_same_weights(dpo_run: dict[str, Any], tmp_path: Path) -> None:
-    message, resumed = kill_and_resume(dpo_run["recipe"], tmp_path / "ws", step=10)
+def test_dpo_resumes_after_sigkill_to_the_same_weights(tmp_path: Path) -> None:
+    # The reference is a launcher run too (not dpo_run, trained in this process with other threads).
+    message, reference, resumed = uninterrupted_and_resumed(tmp_path, "dpo", step=10)
 
     assert message["step"] == 20
-    assert_identical(resumed, adapter_tensors(dpo_run["root"] / "ws" / "output" / "adapter"))
+    assert_identical(resumed, reference)
