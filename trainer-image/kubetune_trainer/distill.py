@@ -177,7 +177,7 @@ def load_teacher(spec: FineTuneJobSpec, models: ModelLoader) -> tuple[PreTrained
     the same dtype, onto the same GPU, quantized per its own `quantizationBits` by the same rules.
     """
     tspec = teacher_spec(spec)
-    source = resolve_model_source(tspec.model)
+    source = resolve_model_source(tspec.model, field=TEACHER_FIELD)
     tokenizer = models.tokenizer(source, tspec, TEACHER_FIELD)
     teacher = models.model(source, tspec, TEACHER_FIELD)
     teacher.eval()

