@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pwd
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubetune_trainer.model import ModelError, resolve_model_source
@@ -64,14 +70,82 @@ def test_a_file_instead_of_a_folder_is_refused(tmp_path: Path) -> None:
         resolve_model_source(ModelSpec(name=str(tmp_path / "model.safetensors")))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file whatever its mode")
-def test_an_unreadable_folder_is_refused(tmp_path: Path) -> None:
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
-    folder.chmod(0)
+# ---------------------------------------------------------------- readability, as a user without privileges
+# Root reads any file whatever its mode, and CI runs as root: the checks below run in a forked child that
+# drops to `nobody` first (no exec: the interpreter under /root is out of nobody's reach), so they run in CI.
+
+
+def resolve_unprivileged(spec: ModelSpec) -> tuple[int, str | None]:
+    """resolve_model_source(spec) as a user without privileges: (that user's uid, the ModelError's text or None).
+
+    As root: in a forked child that switched to `nobody`; otherwise in this process, already unprivileged.
+    """
+    if os.geteuid() != 0:
+        try:
+            resolve_model_source(spec)
+        except ModelError as error:
+            return os.getuid(), str(error)
+        return os.getuid(), None
+    nobody = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: drop privileges, answer through the pipe, never return into pytest
+        code = 0
+        try:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            try:
+                resolve_model_source(spec)
+                answer: dict[str, Any] = {"uid": os.getuid(), "error": None}
+            except ModelError as error:
+                answer = {"uid": os.getuid(), "error": str(error)}
+            os.write(write_end, json.dumps(answer).encode())
+        except BaseException:  # noqa: BLE001 - anything else: a non-zero exit the parent reports
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        output = pipe.read()
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and output, f"the unprivileged child failed (status {status})"
+    answer = json.loads(output)
+    return answer["uid"], answer["error"]
+
+
+@pytest.fixture
+def model_folder() -> Iterator[Path]:
+    """A model folder with a config.json that any user can reach: under /tmp, not under pytest's
+    basetemp (mode 0700: nobody could not even reach it, and every check would fail for that reason)."""
+    top = Path(tempfile.mkdtemp(prefix="kubetune-model-source-"))
     try:
-        with pytest.raises(ModelError, match="is not readable"):
-            resolve_model_source(ModelSpec(name=str(folder)))
+        top.chmod(0o755)
+        folder = top / "model"
+        folder.mkdir(mode=0o755)
+        (folder / "config.json").write_text("{}")
+        (folder / "config.json").chmod(0o644)
+        yield folder
     finally:
-        folder.chmod(0o755)
+        for path in (top, top / "model", top / "model" / "config.json"):
+            if path.exists():
+                path.chmod(0o755)
+        shutil.rmtree(top)
+
+
+def test_a_readable_folder_resolves_for_an_unprivileged_user(model_folder: Path) -> None:
+    uid, error = resolve_unprivileged(ModelSpec(name=str(model_folder)))
+    assert error is None and uid != 0
+
+
+def test_an_unreadable_folder_is_refused(model_folder: Path) -> None:
+    model_folder.chmod(0)
+    uid, error = resolve_unprivileged(ModelSpec(name=str(model_folder)))
+    assert error == f"model.name {model_folder}: {model_folder} is not readable by this user (uid {uid})"
+
+
+def test_an_unreadable_config_is_refused(model_folder: Path) -> None:
+    (model_folder / "config.json").chmod(0)
+    uid, error = resolve_unprivileged(ModelSpec(name=str(model_folder)))
+    target = model_folder / "config.json"
+    assert error == f"model.name {model_folder}: {target} is not readable by this user (uid {uid})"
