@@ -18,10 +18,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from kubetune_operator import names
-from kubetune_trainer.contract import RETRYABLE_TRAINER_REASONS, ExitCode
+from kubetune_trainer.contract import (
+    INPUT_NOT_FOUND,
+    RETRYABLE_TRAINER_REASONS,
+    VOLUME_FULL,
+    ExitCode,
+    says_volume_full,
+)
 
 JobState = Literal["active", "suspended", "complete", "failed", "deleting"]
-FailureKind = Literal["invalid", "preempted", "failed"]
+# invalid: the recipe is wrong, never retried; missing: an input is not there (yet), waited for; full: the
+# volume is full, a retry would fill it again; preempted: resumed without counting; failed: retried with backoff.
+FailureKind = Literal["invalid", "missing", "full", "preempted", "failed"]
 
 # Pod-level reasons of a lost or shut-down node, set without a DisruptionTarget condition by older kubelets.
 NODE_LOSS_REASONS = frozenset({"NodeLost", "Evicted", "Shutdown", "NodeShutdown", "Terminated", "Preempting"})
@@ -174,16 +182,20 @@ def classify_pod(pod: Mapping[str, Any]) -> Failure | None:
     if code == 0:
         return None
     trainer_says = message_field(termination_message(pod), "message", "reason", "error") or ""
+    said = message_field(termination_message(pod), "reason")  # the trainer's own: UploadFailed, InputNotFound
     if code == ExitCode.INVALID:
+        if said == INPUT_NOT_FOUND:
+            return Failure("missing", INPUT_NOT_FOUND, shorten(str(trainer_says) or f"pod {name}: an input is missing"))
         return Failure("invalid", "InvalidRecipe", shorten(str(trainer_says) or f"pod {name} exited 2"))
     if code == ExitCode.STOPPED:
         return Failure("preempted", "Stopped", shorten(f"pod {name} stopped after a checkpoint (exit 75)"))
     reason = terminated.get("reason") or ""
-    said = message_field(termination_message(pod), "reason")  # the trainer's own: UploadFailed, DownloadFailed
-    detail = "OOMKilled" if reason == "OOMKilled" else said if said in RETRYABLE_TRAINER_REASONS else f"ExitCode{code}"
     text = f"pod {name}: {reason or 'Error'} (exit {code})"
     if trainer_says:
         text += f": {trainer_says}"
+    if reason != "OOMKilled" and (said == VOLUME_FULL or says_volume_full(str(trainer_says))):
+        return Failure("full", VOLUME_FULL, shorten(text))
+    detail = "OOMKilled" if reason == "OOMKilled" else said if said in RETRYABLE_TRAINER_REASONS else f"ExitCode{code}"
     return Failure("failed", detail, shorten(text))
 
 
@@ -192,7 +204,7 @@ def classify_pod(pod: Mapping[str, Any]) -> Failure | None:
 # "Pod ns/x-0-0-abcde has condition DisruptionTarget matching FailJob rule at index 0"
 _TRIGGER = re.compile(r"[Pp]od (?P<namespace>[a-z0-9.-]+)/(?P<name>[a-z0-9.-]+)")
 _EXIT_CODE = re.compile(r"failed with exit code (?P<code>[0-9]+)")
-_SEVERITY: dict[FailureKind, int] = {"invalid": 0, "failed": 1, "preempted": 2}
+_SEVERITY: dict[FailureKind, int] = {"invalid": 0, "full": 1, "missing": 1, "failed": 2, "preempted": 3}
 
 
 def _gone_pod_failure(name: str, job_message: str) -> Failure | None:
@@ -212,8 +224,9 @@ def classify_failure(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) 
     """Why a failed attempt Job failed.
 
     The pod that triggered the Job's pod failure policy decides. Without one (the message lost, the pod
-    gone), the most severe pod failure decides: an invalid recipe, then a real failure, then a preemption,
-    because the pods the Job controller stops after a real failure exit 75 and look preempted.
+    gone), the most severe pod failure decides: an invalid recipe, then a full volume or a missing input,
+    then another failure, then a preemption, because the pods the Job controller stops after a real failure
+    exit 75 and look preempted.
     """
     pods = list(pods)
     condition = find_condition(job, "Failed") or find_condition(job, "FailureTarget") or {}

@@ -26,8 +26,10 @@ CRD_NAME = f"{recipe.PLURAL}.{recipe.API_GROUP}"
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Summary of the conditions."},
+    {"name": "Stage", "type": "string", "jsonPath": ".status.progress.stage", "description": "What the trainer does."},
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percent", "description": "Steps done."},
-    {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss", "description": "Last training loss."},
+    # Text with 3 decimals: a number column prints 2 next to 1.7342195510864258.
+    {"name": "Loss", "type": "string", "jsonPath": ".status.progress.lossText", "description": "Last training loss."},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "description": "Failures retried."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

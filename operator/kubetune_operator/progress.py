@@ -4,7 +4,7 @@ The trainer exports `kubetune_trainer_*` gauges (names in
 `kubetune_trainer.metric_specs`); the operator polls rank 0 at
 `http://<pod IP>:<metricsPort>/metrics` with a short timeout and a bounded
 number of polls in flight, parses the text with prometheus-client's own
-parser, and hands a `Progress` (percent precomputed for the printer column)
+parser, and hands a `Progress` (percent, loss text and the trainer's stage for the printer columns)
 and the newest checkpoint to the reconcile. A poll that fails returns None and
 the last known progress stays in status.
 """
@@ -41,10 +41,11 @@ PROGRESS_FIELDS: dict[str, str] = {
 }
 CHECKPOINT_STEP = "kubetune_trainer_last_checkpoint_step"
 CHECKPOINT_TIME = "kubetune_trainer_last_checkpoint_timestamp_seconds"
+STAGE = "kubetune_trainer_phase"  # an enum: one sample per state, 1 for the current one
 INTEGER_FIELDS = frozenset({"step", "total_steps"})
 
 _KNOWN = {spec.name for spec in TRAINER_METRICS}
-_MISSING = (set(PROGRESS_FIELDS.values()) | {CHECKPOINT_STEP, CHECKPOINT_TIME}) - _KNOWN
+_MISSING = (set(PROGRESS_FIELDS.values()) | {CHECKPOINT_STEP, CHECKPOINT_TIME, STAGE}) - _KNOWN
 if _MISSING:  # pragma: no cover - a programming error caught by any import
     raise ImportError(f"progress.py reads metrics that metric_specs.TRAINER_METRICS lacks: {sorted(_MISSING)}")
 
@@ -56,24 +57,34 @@ def percent(step: int | None, total: int | None) -> str | None:
     return f"{min(math.floor(100 * step / total), 100)}%"
 
 
-def _values(text: str) -> dict[str, float]:
-    """The first sample of every gauge in an exposition text (one FineTuneJob per endpoint)."""
+def shown_loss(loss: float | None) -> str | None:
+    """A loss as the printer column shows it: 3 decimals, always (`2.000`, not `2` beside `1.7342195510864258`)."""
+    return None if loss is None or not math.isfinite(loss) else f"{loss:.3f}"
+
+
+def _values(text: str) -> tuple[dict[str, float], str | None]:
+    """The first sample of every gauge in an exposition text (one FineTuneJob per endpoint), and the
+    state the trainer's phase enum is in (None before the trainer sets one)."""
     values: dict[str, float] = {}
+    stage = None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name in _KNOWN and sample.name not in values and math.isfinite(sample.value):
+            if sample.name == STAGE and sample.value == 1:
+                stage = sample.labels.get(STAGE)
+            elif sample.name in _KNOWN and sample.name not in values and math.isfinite(sample.value):
                 values[sample.name] = sample.value
-    return values
+    return values, stage
 
 
 def parse_metrics(text: str, now: dt.datetime) -> tuple[Progress, CheckpointStatus | None]:
     """Progress and the newest complete checkpoint from rank 0's metrics text; raises ValueError if unparsable."""
-    values = _values(text)
-    fields: dict[str, Any] = {}
+    values, stage = _values(text)
+    fields: dict[str, Any] = {"stage": stage}
     for field, metric in PROGRESS_FIELDS.items():
         if metric in values:
             fields[field] = int(values[metric]) if field in INTEGER_FIELDS else values[metric]
     fields["percent"] = percent(fields.get("step"), fields.get("total_steps"))
+    fields["loss_text"] = shown_loss(fields.get("loss"))
     progress = Progress(**fields, updated_at=classify.format_time(now))
     checkpoint = None
     if values.get(CHECKPOINT_STEP, 0) > 0:

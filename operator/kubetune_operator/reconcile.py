@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from kubetune_operator import classify, names
 from kubetune_operator.classify import format_time, parse_time
+from kubetune_operator.progress import shown_loss
 from kubetune_trainer import contract
 from kubetune_trainer.recipe import (
     CheckpointStatus,
@@ -70,6 +71,9 @@ IMMUTABLE_FIELD_CHANGED = "ImmutableFieldChanged"
 # Running=False while a deleted FineTuneJob of the same name still has children (see `Observed.leftovers`).
 WAITING_FOR_PREVIOUS = "WaitingForGarbageCollection"
 ATTEMPT_JOB_DELETED = "AttemptJobDeleted"  # Running=False: the running attempt's Job was deleted from outside
+INPUT_NOT_FOUND = contract.INPUT_NOT_FOUND  # Running=False while waiting for a missing input; Failed after the wait
+VOLUME_FULL = contract.VOLUME_FULL  # Failed: the trainer ran out of space; a retry would fill it again
+INPUT_RETRY_MIN_SECONDS = 10.0
 LEFTOVER_RETRY_SECONDS = 2.0
 TRAINER_COMPLETED = "training completed"  # the launcher's plain success message: nothing to add
 
@@ -77,10 +81,21 @@ WARNING_REASONS = frozenset(
     {
         INVALID_RECIPE, PREEMPTED, ATTEMPT_FAILED, BACKOFF_LIMIT_EXCEEDED, PREEMPTION_LIMIT_EXCEEDED,
         DEADLINE_EXCEEDED, IMMUTABLE_FIELD_CHANGED, "Unschedulable", "ImagePullFailed", "ContainerConfigError",
-        "PodCreationFailed",
+        "PodCreationFailed", INPUT_NOT_FOUND, VOLUME_FULL,
         *contract.RETRYABLE_TRAINER_REASONS,
     }
 )
+
+# What the Running condition says the trainer does, by the stage its metrics report.
+STAGE_WORDS = {
+    "loading": "loading the model and data",
+    "training": "training",
+    "evaluating": "evaluating",
+    "saving": "saving a checkpoint",
+    "exporting": "exporting the results",
+    "done": "finishing",
+}
+LOADING = "loading"
 
 # Which condition decides the phase, most decisive first.
 _PHASE_ORDER = (
@@ -210,6 +225,8 @@ class _Draft:
         self.set_if_present(QUEUED, False, reason, message)
         self.status.completion_time = self.status.completion_time or format_time(self.now)
         self.status.next_attempt_time = None
+        if self.status.progress is not None:
+            self.status.progress.stage = None  # no trainer runs any more: the column goes blank
 
     def decide(self, action: Action, job: FineTuneJob | None) -> Decision:
         order = (ACCEPTED, QUEUED, RUNNING, SUSPENDED, SUCCEEDED, FAILED)
@@ -361,7 +378,8 @@ def _track(draft: _Draft, job: FineTuneJob, observed: Observed) -> Action:
         draft.set(SUSPENDED, False, RESUMED, f"spec.suspend is false: attempt {attempt} resumes from the newest "
                   "checkpoint")
     if state == "failed":
-        _after_failure(draft, spec, current, pods)  # type: ignore[arg-type]
+        claim = spec.storage.existing_claim or names.pvc_name(job.metadata.name)
+        _after_failure(draft, spec, current, pods, claim)  # type: ignore[arg-type]
         return NO_ACTION if draft.finished else _next_attempt(draft, observed)
     if state in ("active", "suspended"):
         return _follow(draft, spec, current, state, pods, observed)  # type: ignore[arg-type]
@@ -395,15 +413,22 @@ def _suspend(draft: _Draft, current: Mapping[str, Any] | None, state: str | None
     return _delete(current) if state in ("active", "suspended") else NO_ACTION
 
 
-def _after_failure(draft: _Draft, spec: FineTuneJobSpec, job: Mapping[str, Any], pods: list) -> None:
+def _after_failure(draft: _Draft, spec: FineTuneJobSpec, job: Mapping[str, Any], pods: list, claim: str) -> None:
     """Classify a failed attempt and either fail the FineTuneJob or count it and move to the next attempt."""
     failure = classify.classify_failure(job, pods)
     attempt = draft.status.attempt or 0
     _checkpoint_from(classify.termination_message(classify.rank0_pod(pods)), draft)
+    if failure.kind == "missing":
+        _wait_for_input(draft, spec, failure, attempt)
+        return
+    draft.status.input_missing_since = None
     if failure.kind == "invalid":
         message = f"the trainer refused the recipe: {failure.message}"
         draft.set(ACCEPTED, False, INVALID_RECIPE, message)
         draft.finish(False, INVALID_RECIPE, message)
+        return
+    if failure.kind == "full":
+        draft.finish(False, VOLUME_FULL, _volume_full_message(draft, spec, failure, attempt, claim))
         return
     if failure.kind == "preempted":
         if draft.status.preemptions >= spec.max_preemptions:
@@ -428,6 +453,40 @@ def _after_failure(draft: _Draft, spec: FineTuneJobSpec, job: Mapping[str, Any],
     retried = failure.detail if failure.detail in contract.RETRYABLE_TRAINER_REASONS else ATTEMPT_FAILED
     draft.set(RUNNING, False, retried, f"attempt {attempt} failed ({failure.message}); attempt "
               f"{attempt + 1} starts in {delay:.0f}s (restart {draft.status.restarts} of {spec.backoff_limit})")
+
+
+def _wait_for_input(draft: _Draft, spec: FineTuneJobSpec, failure: classify.Failure, attempt: int) -> None:
+    """An input is not there (yet): on a cluster often a race with whatever copies it. Retry, waiting about
+    as long as it has been missing (10 s, then roughly doubling, at most 5 min), without counting restarts;
+    fail with InputNotFound once it has been missing for pendingDeadlineSeconds."""
+    since = parse_time(draft.status.input_missing_since) or draft.now
+    draft.status.input_missing_since = format_time(since)
+    waited = (draft.now - since).total_seconds()
+    deadline = spec.pending_deadline_seconds
+    if waited >= deadline:
+        draft.finish(False, INPUT_NOT_FOUND, f"attempt {attempt}: {failure.message}; still missing {waited:.0f}s after "
+                     f"it was first found missing (pendingDeadlineSeconds {deadline}): provide it, then delete and "
+                     "re-apply the FineTuneJob")
+        return
+    delay = min(max(waited, INPUT_RETRY_MIN_SECONDS), BACKOFF_CAP_SECONDS, deadline - waited)
+    draft.status.attempt = attempt + 1
+    draft.status.next_attempt_time = format_time(draft.now + dt.timedelta(seconds=delay))
+    draft.set(RUNNING, False, INPUT_NOT_FOUND, f"attempt {attempt}: {failure.message}; waiting for it: attempt "
+              f"{attempt + 1} starts in {delay:.0f}s (missing for {waited:.0f}s; fails after pendingDeadlineSeconds "
+              f"{deadline}s)")
+
+
+def _volume_full_message(draft: _Draft, spec: FineTuneJobSpec, failure: classify.Failure, attempt: int,
+                         claim: str) -> str:
+    """Why a full volume fails at once, and how to give the job room (a retry would fill it again)."""
+    size = "" if spec.storage.existing_claim else f", spec.storage.size {spec.storage.size}"
+    kept = draft.status.checkpoint.step if draft.status.checkpoint is not None else None
+    resume = f" from the checkpoint of step {kept}" if kept is not None else ""
+    return (f"attempt {attempt} ran out of space on PersistentVolumeClaim {claim}{size}: {failure.message}. A retry "
+            f"would fill it again. Make room: expand the claim (kubectl patch pvc {claim}, where its StorageClass "
+            f"allows volume expansion) or free space on it, then delete and re-apply the FineTuneJob to resume"
+            f"{resume}; "
+            "or start afresh with a larger spec.storage.size (or a lower training.saveTotalLimit)")
 
 
 def _next_attempt(draft: _Draft, observed: Observed) -> Action:
@@ -486,16 +545,34 @@ def _follow(
     if any(classify.pod_running(pod) for pod in pods):
         reason = STARTED if attempt == 0 else RESUMED
         workers = spec.resources.workers
-        draft.set(RUNNING, True, reason, f"attempt {attempt} is training ({workers} worker"
+        was_running = draft.is_true(RUNNING)
+        _take_progress(draft, observed)
+        stage = _stage(draft, observed, was_running)
+        draft.set(RUNNING, True, reason, f"attempt {attempt} is {STAGE_WORDS.get(stage, stage)} ({workers} worker"
                   f"{'s' if workers > 1 else ''})")
         draft.status.start_time = draft.status.start_time or format_time(draft.now)
-        _take_progress(draft, observed)
     return NO_ACTION
+
+
+def _stage(draft: _Draft, observed: Observed, was_running: bool) -> str:
+    """What the running attempt's trainer does: its metrics say so; until they answer, a pod that just
+    started is loading (imports, model, data), never "training"."""
+    progress = draft.status.progress = draft.status.progress or Progress()
+    if observed.progress is not None and (observed.progress.stage or observed.progress.step is not None):
+        stage = observed.progress.stage or "training"  # a trainer that reports steps without a stage
+    elif was_running and progress.stage:
+        stage = progress.stage
+    else:
+        stage = LOADING
+    progress.stage = stage
+    return stage
 
 
 def _take_progress(draft: _Draft, observed: Observed) -> None:
     if observed.progress is not None:
-        draft.status.progress = observed.progress
+        draft.status.progress = observed.progress.model_copy()
+        if observed.progress.step is not None:
+            draft.status.input_missing_since = None  # the trainer got past its inputs
     if observed.checkpoint is not None and observed.checkpoint.step is not None:
         draft.status.checkpoint = observed.checkpoint
 
@@ -546,6 +623,7 @@ def _succeed(draft: _Draft, pods: list, claim: str) -> None:
             setattr(progress, attribute, float(value))
     progress.total_steps = progress.total_steps or progress.step
     progress.percent, progress.eta_seconds = "100%", 0.0
+    progress.loss_text = shown_loss(progress.loss)
     draft.status.progress = progress
     loss = f" (loss {progress.loss:.4g})" if progress.loss is not None else ""
     where = output.adapter_path or contract.output_dir(contract.WORKSPACE)

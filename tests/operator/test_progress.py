@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, start_http_server
 
-from kubetune_operator.progress import ProgressPoller, metrics_url, parse_metrics, percent
+from kubetune_operator.progress import ProgressPoller, metrics_url, parse_metrics, percent, shown_loss
 from kubetune_trainer.metric_specs import TRAINER_METRICS
 from tests.operator.objects import NOW, pod
 
@@ -162,3 +162,22 @@ def test_metrics_url_is_rank_0_of_running_pods() -> None:
     assert metrics_url([rank0], 9300) == "http://[fd00::5]:9300/metrics"
     assert metrics_url([rank1], 9090) is None
     assert metrics_url([pod(2, phase="Pending")], 9090) is None
+
+
+def test_the_real_trainer_exporter_shows_loading_and_no_loss_until_the_first_logged_loss() -> None:
+    from kubetune_trainer.metrics import TrainerMetrics
+    from prometheus_client import generate_latest
+
+    metrics = TrainerMetrics("demo", "ml")
+    metrics.phase("loading")  # what the trainer exports while it loads the model and data
+    progress, _ = parse_metrics(generate_latest(metrics.registry).decode(), NOW)
+    assert (progress.stage, progress.loss, progress.loss_text, progress.percent) == ("loading", None, None, None)
+    metrics.phase("training")
+    metrics.set("kubetune_trainer_train_loss", 1.7342195510864258)
+    progress, _ = parse_metrics(generate_latest(metrics.registry).decode(), NOW)
+    assert (progress.stage, progress.loss_text) == ("training", "1.734")
+
+
+def test_the_loss_column_has_one_precision() -> None:
+    assert [shown_loss(v) for v in (2.0, 1.7342195510864258, 0.01234, None, float("nan"))] == [
+        "2.000", "1.734", "0.012", None, None]

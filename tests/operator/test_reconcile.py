@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kubetune_operator.classify import classify_failure
 from kubetune_operator.reconcile import ActionType, Observed, backoff_seconds, reconcile
 from kubetune_trainer.recipe import CheckpointStatus, Progress
 from tests.operator.objects import NOW, ago, attempt_job, failed_by, finetunejob, later, pod
@@ -70,6 +71,12 @@ OOM = pod(0, phase="Failed", exit_code=137, reason="OOMKilled")
 STOPPED_AFTER_OOM = pod(0, index=1, phase="Failed", exit_code=75)
 INVALID = pod(0, phase="Failed", exit_code=2, message={"reason": "invalid", "message": "dataset.path /x: no such file"})
 PREEMPTED_POD = pod(0, phase="Failed", exit_code=137, disruption="PreemptionByScheduler")
+MISSING_TEXT = "dataset.path /workspace/data/quiz.jsonl: no such file or folder"
+MISSING = pod(0, phase="Failed", exit_code=2, message={"reason": "InputNotFound", "message": MISSING_TEXT})
+MISSING_AGAIN = pod(1, phase="Failed", exit_code=2, message={"reason": "InputNotFound", "message": MISSING_TEXT})
+FULL = pod(0, phase="Failed", exit_code=1, message={
+    "reason": "Failed", "message": "OSError: [Errno 28] No space left on device: "
+                                   "'/workspace/output/checkpoints/checkpoint-40/adapter_model.safetensors'"})
 
 CASES = [
     Case("new job creates attempt 0", action=CREATE, action_attempt=0, fields={"attempt": 0, "restarts": 0},
@@ -107,6 +114,37 @@ CASES = [
     Case("exit 2 fails InvalidRecipe with the trainer's reason", status=running(),
          jobs=[attempt_job(0, "failed", failed_by(INVALID, 2))], pods=[INVALID], phase="Failed",
          conditions={"Failed": ("True", "InvalidRecipe")}, message="dataset.path /x: no such file"),
+    Case("a missing input is waited for: the next attempt in 10s, no restart counted, status says what is missing",
+         status=running(), jobs=[attempt_job(0, "failed", failed_by(MISSING, 2))], pods=[MISSING],
+         action=CREATE, action_attempt=1, delay=10,
+         fields={"attempt": 1, "restarts": 0, "inputMissingSince": NOW.strftime("%Y-%m-%dT%H:%M:%SZ")},
+         conditions={"Running": ("False", "InputNotFound"), "Accepted": ("True", "Created")},
+         message=f"{MISSING_TEXT}; waiting for it: attempt 1 starts in 10s"),
+    Case("an input still missing: the wait grows with the time it has been missing",
+         status=running(1, inputMissingSince=ago(100)), jobs=[attempt_job(1, "failed", failed_by(MISSING_AGAIN, 2))],
+         pods=[MISSING_AGAIN], action=CREATE, action_attempt=2, delay=100,
+         fields={"attempt": 2, "restarts": 0, "inputMissingSince": ago(100)},
+         conditions={"Running": ("False", "InputNotFound")}, message="missing for 100s"),
+    Case("the wait never passes pendingDeadlineSeconds", spec={"pendingDeadlineSeconds": 600},
+         status=running(1, inputMissingSince=ago(550)), jobs=[attempt_job(1, "failed", failed_by(MISSING_AGAIN, 2))],
+         pods=[MISSING_AGAIN], action=CREATE, action_attempt=2, delay=50, fields={"restarts": 0}),
+    Case("an input missing for pendingDeadlineSeconds fails InputNotFound, naming it", spec={"pendingDeadlineSeconds": 600},
+         status=running(1, inputMissingSince=ago(600)), jobs=[attempt_job(1, "failed", failed_by(MISSING_AGAIN, 2))],
+         pods=[MISSING_AGAIN], phase="Failed", fields={"attempt": 1, "restarts": 0},
+         conditions={"Failed": ("True", "InputNotFound")}, message=f"{MISSING_TEXT}; still missing 600s"),
+    Case("another failure after a missing input forgets the wait", status=running(1, inputMissingSince=ago(100)),
+         jobs=[attempt_job(1, "failed", "")], pods=[pod(1, phase="Failed", exit_code=1)],
+         action=CREATE, action_attempt=2, delay=10, fields={"restarts": 1, "inputMissingSince": None}),
+    Case("a full volume fails VolumeFull at once, naming the claim, its size and the fix", status=running(),
+         jobs=[attempt_job(0, "failed", failed_by(FULL, 1))], pods=[FULL], phase="Failed",
+         fields={"attempt": 0, "restarts": 0}, conditions={"Failed": ("True", "VolumeFull")},
+         message="ran out of space on PersistentVolumeClaim demo-data, spec.storage.size 50Gi: pod demo-0-0"),
+    Case("a full existing claim is named as the user's", spec={"storage": {"existingClaim": "team-volume"}},
+         status=running(), jobs=[attempt_job(0, "failed", failed_by(FULL, 1))], pods=[FULL], phase="Failed",
+         conditions={"Failed": ("True", "VolumeFull")}, message="PersistentVolumeClaim team-volume: pod"),
+    Case("a pod that just started is loading, not training", jobs=[attempt_job(0)], pods=[pod(0)], phase="Running",
+         fields={"progress": {"stage": "loading"}}, conditions={"Running": ("True", "Started")},
+         message="attempt 0 is loading the model and data"),
     Case("exit 75 is a preemption: next attempt now", status=running(),
          jobs=[attempt_job(0, "failed", "")], pods=[pod(0, phase="Failed", exit_code=75, message={
              "exitCode": 75, "reason": "Stopped", "checkpoint": {"step": 33, "path": "/w/checkpoint-33"}})],
@@ -273,7 +311,7 @@ def test_a_preemption_posts_a_warning_event() -> None:
 
 
 def test_progress_is_taken_while_running_and_kept_otherwise() -> None:
-    progress = Progress(step=45, total_steps=100, percent="45%", loss=1.25)
+    progress = Progress(step=45, total_steps=100, percent="45%", loss=1.25, loss_text="1.250", stage="training")
     checkpoint = CheckpointStatus(step=40, path="/workspace/output/checkpoints/checkpoint-40", time=ago(30))
     decision = reconcile(Observed(body=finetunejob(status=running()), now=NOW, jobs=[attempt_job(0)],
                                   pods=[pod(0)], progress=progress, checkpoint=checkpoint))
@@ -287,3 +325,42 @@ def test_phase_is_derived_from_conditions_only() -> None:
     status = running() | {"phase": "Succeeded"}  # a stale or hand-written phase
     decision = reconcile(Observed(body=finetunejob(status=status), now=NOW, jobs=[attempt_job(0)], pods=[pod(0)]))
     assert decision.status.phase.value == "Running"
+
+
+def test_the_running_message_follows_the_trainers_stage_and_a_finished_job_shows_none() -> None:
+    def follow(status: dict[str, Any], stage: str | None, step: int | None = None) -> Any:
+        return reconcile(Observed(body=finetunejob(status=status), now=NOW, jobs=[attempt_job(0)], pods=[pod(0)],
+                                  progress=Progress(stage=stage, step=step)))
+
+    loading = follow(running(), "loading")
+    assert loading.status.progress.stage == "loading" and "is loading the model and data" in loading.status.message
+    training = follow(loading.status.to_api(), "training", step=3)
+    assert training.status.progress.stage == "training" and "attempt 0 is training" in training.status.message
+    missed_poll = reconcile(Observed(body=finetunejob(status=training.status.to_api()), now=NOW,
+                                     jobs=[attempt_job(0)], pods=[pod(0)]))
+    assert missed_poll.status.progress.stage == "training"  # a missed poll keeps what was seen
+    done = reconcile(Observed(body=finetunejob(status=training.status.to_api()), now=NOW,
+                              jobs=[attempt_job(0, "complete")], pods=[pod(0, phase="Succeeded", exit_code=0, message={
+                                  "exitCode": 0, "reason": "Completed", "step": 3, "totalSteps": 3, "loss": 2.0})]))
+    assert done.status.progress.stage is None and done.status.progress.loss_text == "2.000"
+
+
+def test_an_input_found_at_last_ends_the_wait() -> None:
+    waiting = running(1, inputMissingSince=ago(100))
+    decision = reconcile(Observed(body=finetunejob(status=waiting), now=NOW, jobs=[attempt_job(1)], pods=[pod(1)],
+                                  progress=Progress(step=1, stage="training")))
+    assert decision.status.input_missing_since is None
+
+
+@pytest.mark.parametrize(("text", "full"), [
+    ("OSError: [Errno 28] No space left on device: '/workspace/output/checkpoints/checkpoint-40/optimizer.pt'", True),
+    ("SafetensorError: Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left "
+     "on device\" })", True),
+    ("OSError: [Errno 122] Disk quota exceeded", True),
+    ("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB", False),
+    ("ValueError: the tokenizer has no space token", False),
+])
+def test_a_full_volume_is_recognised_in_the_words_of_each_writer(text: str, full: bool) -> None:
+    failed = pod(0, phase="Failed", exit_code=1, message={"reason": "Failed", "message": text})
+    failure = classify_failure(attempt_job(0, "failed", failed_by(failed, 1)), [failed])
+    assert (failure.kind, failure.detail) == (("full", "VolumeFull") if full else ("failed", "ExitCode1"))

@@ -6,11 +6,12 @@ Datasets are written by the tests; the tokenizer is the local BPE of tests.fixtu
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubetune_trainer.data import DataError, TrainingData, load_training_data
+from kubetune_trainer.data import DataError, InputNotFound, TrainingData, load_training_data
 from kubetune_trainer.formats import render_inference_prompt
 from kubetune_trainer.recipe import DatasetSpec
 
@@ -445,8 +446,15 @@ def test_broken_files_of_other_types(tmp_path: Path, name: str, content: bytes, 
         assert word in message
 
 
+def test_a_missing_path_is_input_not_found_which_the_operator_waits_for(tmp_path: Path) -> None:
+    with pytest.raises(InputNotFound) as caught:
+        load(tmp_path, make_spec(path="missing.jsonl"))
+    assert (caught.value.reason, caught.value.exit_code) == ("InputNotFound", 2)
+    assert f"dataset.path {tmp_path / 'missing.jsonl'}: no such file or folder" in str(caught.value)
+    assert pickle.loads(pickle.dumps(caught.value)).reason == "InputNotFound"  # crosses process pools intact
+
+
 def test_unreadable_paths(tmp_path: Path) -> None:
-    assert "no such file or folder" in bad(tmp_path, make_spec(path="missing.jsonl"))
     (tmp_path / "empty").mkdir()
     assert "holds no .jsonl, .json, .csv, .parquet files" in bad(tmp_path, make_spec(path="empty"))
     write_jsonl(tmp_path / "mixed" / "a.jsonl", [{"text": "x"}])

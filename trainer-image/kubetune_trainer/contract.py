@@ -7,6 +7,7 @@ No torch here.
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 from pathlib import Path
 
@@ -85,6 +86,24 @@ DOWNLOAD_FAILED = "DownloadFailed"
 """Termination reason (exit 1, retried): an input URI could not be read (access, credentials, network)."""
 RETRYABLE_TRAINER_REASONS = (UPLOAD_FAILED, DOWNLOAD_FAILED)
 """Trainer reasons the operator shows as the Running condition's reason when it retries."""
+INPUT_NOT_FOUND = "InputNotFound"
+"""Termination reason (exit 2): an input the recipe names (dataset.path, a URI) is not there. Often a race on
+a cluster (the data is still being copied): the operator retries with backoff, without counting restarts, and
+fails with this reason once it has been missing for pendingDeadlineSeconds."""
+VOLUME_FULL = "VolumeFull"
+"""Failure reason (exit 1, not retried): a write failed for lack of space (ENOSPC, EDQUOT) on the job's volume."""
+_VOLUME_FULL_WORDS = re.compile(r"No space left on device|Disk quota exceeded|\bENOSPC\b|\bEDQUOT\b|StorageFull|"
+                                r"\[Errno (?:28|122)\]|code: (?:28|122), kind")
+
+
+def says_volume_full(text: str) -> bool:
+    """Whether a trainer's message reports a write that failed for lack of space.
+
+    Matched in the text because the error comes from many writers with their own wording: Python's
+    OSError (`[Errno 28] No space left on device`), safetensors' Rust error (`code: 28, kind:
+    StorageFull`), torch's serializer, a quota (`Disk quota exceeded`, errno 122).
+    """
+    return bool(_VOLUME_FULL_WORDS.search(text))
 
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_COMPLETE_MARKER = "kubetune-complete"

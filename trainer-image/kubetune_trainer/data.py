@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubetune_trainer.contract import local_path
+from kubetune_trainer.contract import INPUT_NOT_FOUND, ExitCode
 from kubetune_trainer.formats import FormatError, make_renderer
 from kubetune_trainer.recipe import DatasetFormat, DatasetSpec
+from kubetune_trainer.remote import StorageError
 
 if TYPE_CHECKING:
     import datasets
@@ -41,6 +43,17 @@ BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parqu
 
 class DataError(ValueError):
     """Bad data: a one-line reason naming file, line/row and column, listing the columns that exist."""
+
+
+class InputNotFound(StorageError):
+    """`dataset.path` names nothing (yet): exit 2 with reason InputNotFound, which the operator retries
+    for a while (the data may still be on its way to the volume) instead of failing at once."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason=INPUT_NOT_FOUND, exit_code=ExitCode.INVALID)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (InputNotFound, (str(self),))
 
 
 @dataclass
@@ -128,7 +141,10 @@ def _resolve(path: str, base_dir: Path | None) -> Path:
     resolved = local_path(path, base_dir, or_hub_id=False)
     assert resolved is not None  # a dataset.path is never a hub id
     if not resolved.exists():
-        raise DataError(f"dataset.path {resolved}: no such file or folder")
+        raise InputNotFound(
+            f"dataset.path {resolved}: no such file or folder; put the data there (a copy in progress is waited for "
+            "on a cluster), or fetch it from a URI (https://, s3://), a ConfigMap or the Hub (dataset.name)"
+        )
     return resolved
 
 

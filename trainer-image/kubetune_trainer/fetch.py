@@ -31,7 +31,14 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from kubetune_trainer.contract import DATASET_CONFIGMAP_DIR, DOWNLOAD_FAILED, Env, ExitCode, cache_dir
+from kubetune_trainer.contract import (
+    DATASET_CONFIGMAP_DIR,
+    DOWNLOAD_FAILED,
+    INPUT_NOT_FOUND,  # exit 2: the recipe names data that is not there (yet): the operator waits for it
+    Env,
+    ExitCode,
+    cache_dir,
+)
 from kubetune_trainer.remote import StorageError, explain, filesystem, is_uri, scheme
 
 if TYPE_CHECKING:
@@ -42,7 +49,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 URIS_DIR = "uris"
-INPUT_NOT_FOUND = "InputNotFound"  # exit 2: the recipe names data that is not there
 # What identifies a version of an object, per store: s3 (ETag, VersionId, LastModified),
 # https (ETag, Last-Modified, Content-MD5), local-like stores (mtime), gcs (md5Hash, generation).
 VERSION_FIELDS = ("VersionId", "ETag", "LastModified", "Last-Modified", "Content-MD5", "mtime", "md5Hash", "generation")

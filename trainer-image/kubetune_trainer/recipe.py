@@ -1550,6 +1550,14 @@ class Progress(KubeModel):
     percent: str | None = Field(default=None, max_length=8, description="percent is step/totalSteps as text, e.g. 45%.")
     epoch: float | None = Field(default=None, description="epoch is the fractional epoch.")
     loss: float | None = Field(default=None, description="loss is the last training loss.")
+    loss_text: str | None = Field(
+        default=None, max_length=32, description="lossText is loss as kubectl get shows it (3 decimals); absent until "
+        "the first logged loss."
+    )
+    stage: str | None = Field(
+        default=None, max_length=16, description="stage is what the running attempt's trainer does: loading, "
+        "training, evaluating, saving, exporting, done."
+    )
     eval_loss: float | None = Field(default=None, description="evalLoss is the last validation loss.")
     learning_rate: float | None = Field(default=None, description="learningRate is the current learning rate.")
     tokens_per_second: float | None = Field(default=None, description="tokensPerSecond is training throughput.")
@@ -1593,6 +1601,10 @@ class FineTuneJobStatus(KubeModel):
     completion_time: str | None = Field(default=None, max_length=64, description="completionTime is when it finished.")
     next_attempt_time: str | None = Field(
         default=None, max_length=64, description="nextAttemptTime is when the next attempt starts after a backoff."
+    )
+    input_missing_since: str | None = Field(
+        default=None, max_length=64, description="inputMissingSince is when an attempt first found its input missing "
+        "(InputNotFound); attempts retry until pendingDeadlineSeconds after it."
     )
     observed_generation: int | None = Field(default=None, description="observedGeneration is the generation seen.")
     message: str | None = Field(default=None, max_length=32768, description="message explains the phase.")
