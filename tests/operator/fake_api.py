@@ -16,20 +16,8 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from tests.merge_patch import apply_merge_patch
 from tests.operator.objects import uid_of
-
-
-def apply_merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: apply a JSON merge patch."""
-    if not isinstance(patch, Mapping):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, Mapping) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = apply_merge_patch(result.get(key), value)
-    return result
 
 
 def _field(obj: Mapping[str, Any], path: str) -> Any:

@@ -14,7 +14,8 @@ from kubetune_operator.controller import Controller, merge_patch
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.reconcile import Event
 from kubetune_operator.settings import Settings
-from tests.operator.fake_api import FakeKube, apply_merge_patch
+from tests.merge_patch import apply_merge_patch
+from tests.operator.fake_api import FakeKube
 from tests.operator.objects import NAME, NAMESPACE, NOW, attempt_job, failed_by, finetunejob, pod
 
 

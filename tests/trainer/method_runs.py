@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fixtures.models import save_tiny_model
+from tests.merge_patch import apply_merge_patch
 from tests.trainer.sft_runs import (
     adapter_tensors,
     run_launcher,
@@ -65,9 +66,7 @@ def write_job(root: Path, method: str, overrides: dict[str, Any] | None = None) 
         method=method_spec,
         training={"learningRate": 2e-2, "loggingSteps": 2, "reportTo": []},
     )
-    for section, values in (overrides or {}).items():
-        spec[section] = {**spec.get(section, {}), **values}
-    return write_recipe(root, spec)
+    return write_recipe(root, apply_merge_patch(spec, overrides or {}))
 
 
 def run_in_process(recipe: Path, workspace: Path) -> Any:

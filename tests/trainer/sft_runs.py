@@ -25,6 +25,8 @@ from typing import Any
 
 from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER, Env
 
+from tests.merge_patch import apply_merge_patch
+
 LETTERS = "abcdefghij"
 
 
@@ -57,15 +59,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overrides.items():
-        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return merged
-
-
 def sft_spec(model_dir: Path | str, data_path: Path | str, **overrides: Any) -> dict[str, Any]:
-    """A FineTuneJob spec (camelCase dict) for a fast LoRA run on the toy task; `overrides` merge in deeply."""
+    """A FineTuneJob spec (camelCase dict) for a fast LoRA run on the toy task; `overrides` merge in deeply
+    (a JSON merge patch: a None removes the field)."""
     spec = {
         "model": {"name": str(model_dir)},
         "dataset": {"path": str(data_path), "format": "prompt-completion", "validationSplit": 0.1},
@@ -85,7 +81,7 @@ def sft_spec(model_dir: Path | str, data_path: Path | str, **overrides: Any) -> 
         },
         "metricsPort": free_port(),
     }
-    return _merge(spec, overrides)
+    return apply_merge_patch(spec, overrides)
 
 
 def write_recipe(folder: Path, spec: dict[str, Any], name: str = "toy") -> Path:
