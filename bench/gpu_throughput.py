@@ -159,7 +159,31 @@ def plan_fused(shape_small: str, shape_large: str | None) -> list[Case]:
     return cases
 
 
-PLANS = {"all": plan, "fused": plan_fused}
+def plan_levers(shape_small: str, shape_large: str | None) -> list[Case]:
+    """Issue 15, second round: the levers after fusedLora (selective checkpointing, compile, offloading), then the peers."""
+    s = shape_small
+    cases = [
+        kt(f"kt-{s}-4bit-mb16", s, 4, "fixed", 16, "KubeTune defaults"),
+        kt(f"kt-{s}-4bit-mb16-sac", s, 4, "fixed", 16, "selectiveCheckpointing", selectiveCheckpointing=True),
+        kt(f"kt-{s}-4bit-mb16-compile", s, 4, "fixed", 16, "compileLayers", compileLayers=True),
+        kt(f"kt-{s}-4bit-mb16-offload", s, 4, "fixed", 16, "offloadActivations", offloadActivations=True),
+        kt(f"kt-{s}-4bit-mb32-offload", s, 4, "fixed", 32, "offloadActivations, micro-batch 32",
+           offloadActivations=True),
+        kt(f"kt-{s}-4bit-mb16-d0-sac", s, 4, "fixed", 16, "dropout 0, selectiveCheckpointing", 0.0,
+           selectiveCheckpointing=True),
+        kt(f"kt-{s}-4bit-mb16-compile-noliger", s, 4, "fixed", 16, "compileLayers, ligerKernels off",
+           compileLayers=True, ligerKernels=False),
+        hf(f"hf-{s}-4bit-mb16", s, 4, "fixed", 16, "TRL defaults"),
+        hf(f"hf-{s}-4bit-mb16-liger", s, 4, "fixed", 16, "TRL + use_liger_kernel", use_liger_kernel=True),
+        kt(f"kt-{s}-4bit-mb16-d0", s, 4, "fixed", 16, "dropout 0", 0.0),
+    ]
+    if shape_large:
+        b = shape_large
+        cases += [hf(f"hf-{b}-4bit-mb8", b, 4, "fixed", 8, "TRL defaults"), kt(f"kt-{b}-4bit-mb8", b, 4, "fixed", 8)]
+    return cases
+
+
+PLANS = {"all": plan, "fused": plan_fused, "levers": plan_levers}
 
 
 # ---------------------------------------------------------------- tokenizer, models, data
@@ -291,9 +315,44 @@ def timing_callback(device: str) -> Any:
     return StepTimer()
 
 
+def profile_callback(step: int, sink: Path) -> Any:
+    """A TrainerCallback that profiles optimizer step `step` (0-based; a warm-up step, so no timed step pays for it).
+
+    Writes the ops and kernels by their own GPU time to `sink`: where a step's time goes.
+    """
+    import torch
+    from transformers import TrainerCallback
+
+    class StepProfiler(TrainerCallback):
+        def __init__(self) -> None:
+            self.profiler: Any = None
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == step:
+                activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+                self.profiler = torch.profiler.profile(activities=activities)
+                self.profiler.__enter__()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.profiler is None:
+                return
+            torch.cuda.synchronize()
+            self.profiler.__exit__(None, None, None)
+            events = self.profiler.key_averages()
+            total = sum(e.self_device_time_total for e in events) / 1e3
+            sink.write_text(f"total self GPU time {total:.1f} ms\n"
+                            + events.table(sort_by="self_device_time_total", row_limit=45, max_name_column_width=70))
+            self.profiler = None
+
+    return StepProfiler()
+
+
 def _instrument(trainer: Any, device: str) -> tuple[Any, TokenCounter]:
     timer = timing_callback(device)
     trainer.add_callback(timer)
+    profile = os.environ.get("KT_BENCH_PROFILE")
+    if profile and device == "cuda":
+        trainer.add_callback(profile_callback(int(os.environ.get("KT_BENCH_PROFILE_STEP", "1")), Path(profile)))
     counter = TokenCounter(trainer.data_collator)
     trainer.data_collator = counter
     return timer, counter
@@ -458,9 +517,14 @@ def run_case_process(case: Case, args: argparse.Namespace, timeout: float) -> di
     command = [sys.executable, __file__, "--child", json.dumps(asdict(case)), "--out", args.out,
                "--device", args.device, "--seq", str(args.seq), "--steps", str(args.steps),
                "--warmup", str(args.warmup)]
+    env = dict(os.environ)
+    if args.profile and any(word in case.name for word in args.profile.split(",")):
+        env.update(KT_BENCH_PROFILE=str(Path(args.out) / "cases" / f"{case.name}.profile.txt"),
+                   KT_BENCH_PROFILE_STEP=str(max(0, args.warmup - 1)))
     try:
         with log.open("w") as out:
-            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False).returncode
+            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False,
+                                  env=env).returncode
     except subprocess.TimeoutExpired:
         return {**asdict(case), "error": f"timed out after {timeout:.0f} s"}
     if code != 0 or not result.exists():
@@ -712,6 +776,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", default="", help="comma-separated substrings of case names to run")
     parser.add_argument("--no-8b", action="store_true", help="leave out the 8B shape")
     parser.add_argument("--plan", choices=sorted(PLANS), default="all", help="which list of cases to run")
+    parser.add_argument("--profile", default="", help="comma-separated substrings of case names to profile "
+                        "(the last warm-up step; writes OUT/cases/NAME.profile.txt)")
     parser.add_argument("--layer", action="store_true", help="time one decoder layer: peft's LoRA vs fused, then exit")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return parser

@@ -38,6 +38,7 @@ it can see that it cannot apply (8-bit base, ZeRO-3).
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -48,6 +49,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _FUSED_CLASSES: dict[type, type] = {}
+
+KEEP_BASE_OUTPUT = "kubetune_keep_base_output"
+"""Module attribute: true makes the fused forward mark its base matmul for selective checkpointing (`speed`)."""
+
+
+class _Mark(threading.local):
+    """Set just before a base matmul whose output selective checkpointing keeps; its policy reads and clears it."""
+
+    pending = False
+
+
+BASE_OUTPUT_MARK = _Mark()
 # One dequantization buffer per (device, dtype): the weight lives only between its dequantize
 # and the matmul that reads it, all on one stream, so every projection can share it and the
 # allocator is not asked for a fresh weight-sized block twice per projection per pass.
@@ -113,6 +126,7 @@ def _build_function() -> Any:
             base: Any,
             scaling: float,
             p: float,
+            keep_base_output: bool,
         ) -> torch.Tensor:
             rows = x.reshape(-1, x.shape[-1])
             # The adapter's side first, so the dropped-out copy is gone before the output is allocated
@@ -123,9 +137,15 @@ def _build_function() -> Any:
                 del dropped
             else:
                 mask, xa = None, torch.mm(rows, lora_a.t())
-            weight = dense_weight(base, x.dtype)
-            out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
-            out.addmm_(xa, lora_b.t(), alpha=scaling)
+            weight_t = dense_weight(base, x.dtype).t()
+            if keep_base_output:  # selective checkpointing keeps this matmul's output: mark it, never write into it
+                BASE_OUTPUT_MARK.pending = True
+            out = torch.mm(rows, weight_t) if bias is None else torch.addmm(bias, rows, weight_t)
+            BASE_OUTPUT_MARK.pending = False  # read during the matmul's dispatch only (outside SAC nobody reads it)
+            if keep_base_output:
+                out = torch.addmm(out, xa, lora_b.t(), alpha=scaling)
+            else:
+                out.addmm_(xa, lora_b.t(), alpha=scaling)
             ctx.save_for_backward(x, lora_a, lora_b, xa, mask)
             ctx.base, ctx.scaling, ctx.p, ctx.has_bias = base, scaling, p, bias is not None
             return out.view(*x.shape[:-1], out.shape[-1])
@@ -156,7 +176,7 @@ def _build_function() -> Any:
                 grad_x = grad_x.view(x.shape)
             if need_bias and ctx.has_bias:
                 grad_bias = g.sum(dim=0)
-            return grad_x, grad_a, grad_b, grad_bias, None, None, None
+            return grad_x, grad_a, grad_b, grad_bias, None, None, None, None
 
     return _FusedLora
 
@@ -196,8 +216,26 @@ def fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torc
     if inputs is None:
         return super(type(self), self).forward(x, *args, **kwargs)
     lora_a, lora_b, bias, scaling, p = inputs
+    keep = bool(getattr(self, KEEP_BASE_OUTPUT, False))
     with torch.autocast(x.device.type, enabled=False):
-        return FusedLoraFunction.get().apply(x, lora_a, lora_b, bias, self.get_base_layer(), scaling, p)
+        return _apply_eager(x, lora_a, lora_b, bias, self.get_base_layer(), scaling, p, keep)
+
+
+def _apply_eager(*args: Any) -> torch.Tensor:
+    """Run the autograd function outside torch.compile (`training.compileLayers` compiles around it).
+
+    bitsandbytes' dequantization and the shared scratch buffer are not traceable; a clean graph
+    break here keeps dynamo from trying, and costs nothing in eager mode.
+    """
+    global _apply_eager_fn
+    if _apply_eager_fn is None:
+        import torch
+
+        _apply_eager_fn = torch.compiler.disable(FusedLoraFunction.get().apply, recursive=True)
+    return _apply_eager_fn(*args)
+
+
+_apply_eager_fn: Any = None
 
 
 def _fusable_reason(module: Any) -> str | None:
@@ -264,7 +302,18 @@ def remove(model: Any) -> None:
 
 
 def apply_from_recipe(model: Any, spec: FineTuneJobSpec) -> None:
-    """`training.fusedLora` on CUDA: fuse the model's LoRA projections (the CPU keeps peft's path, like the other levers)."""
+    """The model-level speed levers, once the trainer holds the model: `training.fusedLora`, then
+    `selectiveCheckpointing` and `compileLayers` (`speed.apply_model_levers`; SAC reads the fused modules).
+
+    CUDA only: the CPU keeps peft's path, like the other levers.
+    """
+    from kubetune_trainer import speed
+
+    _fuse_from_recipe(model, spec)
+    speed.apply_model_levers(model, spec)
+
+
+def _fuse_from_recipe(model: Any, spec: FineTuneJobSpec) -> None:
     import torch
 
     if spec.training.fused_lora is False or not torch.cuda.is_available():

@@ -10,6 +10,15 @@
   (`cu_seq_lens_*`) that TRL's collator already computes.
 - `training.adapterInComputeDtype`: LoRA weights in bf16 on a bf16 base too (TRL does this for
   quantized bases only; peft upcasts adapters to fp32, and then casts every LoRA input to fp32).
+- `training.selectiveCheckpointing`: gradient checkpointing that keeps, per layer, the two
+  outputs that are dearest to recompute per byte kept: attention (flash attention's forward) and
+  the MLP down projection's base matmul (reduction over the 4x wider intermediate: 4x the FLOPs
+  per byte of any other projection). PyTorch's selective checkpointing (SAC) policy; everything
+  else is recomputed as before.
+- `training.offloadActivations`: TRL's activation offloading (saved tensors to pinned host
+  memory on a side stream, back before their backward).
+- `training.compileLayers`: regional `torch.compile` of each decoder layer; the fused LoRA
+  projections stay eager inside it (graph breaks), the elementwise work between them is fused.
 
 Each lever applies only on CUDA: on the CPU (tests, the quickstart) the switches change nothing.
 The benchmark in `bench/gpu_throughput.py` measures each one; `docs/benchmarks.md` has the numbers.
@@ -54,9 +63,109 @@ def liger_available() -> bool:
 
 def sft_options(spec: FineTuneJobSpec, on_cpu: bool) -> dict[str, Any]:
     """Extra SFTConfig arguments of the levers that TRL/transformers apply themselves."""
-    if on_cpu or not spec.training.liger_kernels or not liger_available():
-        return {}
-    return {"use_liger_kernel": True, "liger_kernel_config": dict(LIGER_KERNELS)}
+    options: dict[str, Any] = {}
+    if on_cpu:
+        return options
+    if spec.training.offload_activations:
+        options["activation_offloading"] = True
+    if spec.training.liger_kernels and liger_available():
+        options.update(use_liger_kernel=True, liger_kernel_config=dict(LIGER_KERNELS))
+    return options
+
+
+def apply_model_levers(model: Any, spec: FineTuneJobSpec) -> None:
+    """The levers that change the trainer's model in place once it is built: SAC, then regional compile.
+
+    Called after `fused_lora.apply_from_recipe` (it marks the projections SAC keeps); CUDA only.
+    """
+    if not _cuda():
+        return
+    if spec.training.selective_checkpointing and spec.training.gradient_checkpointing:
+        count = enable_selective_checkpointing(model)
+        log.info("training.selectiveCheckpointing: attention and %d down-projection outputs kept per step", count)
+    if spec.training.compile_layers:
+        count = compile_layers(model)
+        log.info("training.compileLayers: %d decoder layers compiled (one graph, compiled at the first step)", count)
+
+
+def _sac_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
+    """Keep attention and the marked base matmuls; recompute the rest."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    from kubetune_trainer.fused_lora import BASE_OUTPUT_MARK
+
+    if op in _attention_ops():
+        return CheckpointPolicy.MUST_SAVE
+    if BASE_OUTPUT_MARK.pending and op in _matmul_ops():
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+@functools.cache
+def _attention_ops() -> frozenset[Any]:
+    """sdpa's aten attention kernels (the ones this torch build has)."""
+    import torch
+
+    names = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+             "_scaled_dot_product_cudnn_attention", "_flash_attention_forward",
+             "_scaled_dot_product_flash_attention_for_cpu")
+    return frozenset(getattr(torch.ops.aten, name).default for name in names if hasattr(torch.ops.aten, name))
+
+
+@functools.cache
+def _matmul_ops() -> frozenset[Any]:
+    import torch
+
+    return frozenset({torch.ops.aten.mm.default, torch.ops.aten.addmm.default})
+
+
+def enable_selective_checkpointing(model: Any) -> int:
+    """Make `model`'s gradient checkpointing selective (SAC); returns how many projections keep their output.
+
+    The Trainer (re-)enables checkpointing at `train()`, so the model's own
+    `activation_checkpointing_enable` is wrapped to add the policy every time (TRL does the same
+    for its attention-only SAC); the callable stays out of the TrainingArguments. The projections
+    kept are the fused LoRA ones that write the hidden size from an input at least twice as wide
+    (the MLP's down projection); on peft's own forward only attention is kept.
+    """
+    from functools import partial
+
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    from kubetune_trainer import fused_lora
+
+    hidden = model.config.get_text_config().hidden_size
+    kept = 0
+    for module in model.modules():
+        if type(module).__name__.startswith("Fused") and hasattr(module, "get_base_layer"):
+            base = module.get_base_layer()
+            # Back into the residual stream from an input at least twice as wide: Llama's down_proj.
+            wide = base.out_features == hidden and base.in_features >= 2 * hidden
+            setattr(module, fused_lora.KEEP_BASE_OUTPUT, wide)
+            kept += wide
+    original = model.activation_checkpointing_enable
+    if getattr(original, "_kubetune_sac", False):
+        return kept
+    context_fn = partial(create_selective_checkpoint_contexts, _sac_policy)
+
+    def enable(activation_checkpointing_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        options = dict(activation_checkpointing_kwargs or {})
+        options.update(use_reentrant=False, context_fn=context_fn)  # SAC works on non-reentrant checkpointing only
+        return original(activation_checkpointing_kwargs=options, **kwargs)
+
+    enable._kubetune_sac = True  # type: ignore[attr-defined]
+    model.activation_checkpointing_enable = enable
+    return kept
+
+
+def compile_layers(model: Any) -> int:
+    """`torch.compile` every decoder layer in place (regional compile); returns how many."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.compile()
+    return len(layers)
 
 
 def attn_implementation(spec: FineTuneJobSpec) -> str:
