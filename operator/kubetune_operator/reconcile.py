@@ -625,6 +625,7 @@ def _succeed(draft: _Draft, pods: list, claim: str) -> None:
     progress.percent, progress.eta_seconds = "100%", 0.0
     progress.loss_text = shown_loss(progress.loss)
     draft.status.progress = progress
+    draft.status.input_missing_since = None  # whatever was missing came
     loss = f" (loss {progress.loss:.4g})" if progress.loss is not None else ""
     where = output.adapter_path or contract.output_dir(contract.WORKSPACE)
     at = f" at step {progress.step}" if progress.step is not None else ""

@@ -364,3 +364,10 @@ def test_a_full_volume_is_recognised_in_the_words_of_each_writer(text: str, full
     failed = pod(0, phase="Failed", exit_code=1, message={"reason": "Failed", "message": text})
     failure = classify_failure(attempt_job(0, "failed", failed_by(failed, 1)), [failed])
     assert (failure.kind, failure.detail) == (("full", "VolumeFull") if full else ("failed", "ExitCode1"))
+
+
+def test_success_after_a_wait_for_input_forgets_the_wait() -> None:
+    done = pod(1, phase="Succeeded", exit_code=0, message={"exitCode": 0, "reason": "Completed", "step": 5})
+    decision = reconcile(Observed(body=finetunejob(status=running(1, inputMissingSince=ago(100))), now=NOW,
+                                  jobs=[attempt_job(1, "complete")], pods=[done]))
+    assert decision.status.phase.value == "Succeeded" and decision.status.input_missing_since is None
