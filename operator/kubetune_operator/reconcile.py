@@ -225,8 +225,7 @@ class _Draft:
         self.set_if_present(QUEUED, False, reason, message)
         self.status.completion_time = self.status.completion_time or format_time(self.now)
         self.status.next_attempt_time = None
-        if self.status.progress is not None:
-            self.status.progress.stage = None  # no trainer runs any more: the column goes blank
+        _no_trainer(self)
 
     def decide(self, action: Action, job: FineTuneJob | None) -> Decision:
         order = (ACCEPTED, QUEUED, RUNNING, SUSPENDED, SUCCEEDED, FAILED)
@@ -401,6 +400,7 @@ def _deadline_passed(draft: _Draft, spec: FineTuneJobSpec) -> bool:
 def _suspend(draft: _Draft, current: Mapping[str, Any] | None, state: str | None, attempt: int) -> Action:
     """spec.suspend: stop the attempt (its pods checkpoint on SIGTERM); resuming starts the next one."""
     message = f"spec.suspend is true: attempt {attempt} is stopped and its pods save a checkpoint"
+    _no_trainer(draft)
     draft.set(SUSPENDED, True, SUSPENDED_REASON, message)
     draft.set_if_present(RUNNING, False, SUSPENDED_REASON, message)
     draft.set_if_present(QUEUED, False, SUSPENDED_REASON, message)
@@ -418,6 +418,7 @@ def _after_failure(draft: _Draft, spec: FineTuneJobSpec, job: Mapping[str, Any],
     failure = classify.classify_failure(job, pods)
     attempt = draft.status.attempt or 0
     _checkpoint_from(classify.termination_message(classify.rank0_pod(pods)), draft)
+    _no_trainer(draft)
     if failure.kind == "missing":
         _wait_for_input(draft, spec, failure, attempt)
         return
@@ -552,6 +553,12 @@ def _follow(
                   f"{'s' if workers > 1 else ''})")
         draft.status.start_time = draft.status.start_time or format_time(draft.now)
     return NO_ACTION
+
+
+def _no_trainer(draft: _Draft) -> None:
+    """No trainer runs (the attempt ended, the job is suspended or finished): the Stage column goes blank."""
+    if draft.status.progress is not None:
+        draft.status.progress.stage = None
 
 
 def _stage(draft: _Draft, observed: Observed, was_running: bool) -> str:

@@ -371,3 +371,13 @@ def test_success_after_a_wait_for_input_forgets_the_wait() -> None:
     decision = reconcile(Observed(body=finetunejob(status=running(1, inputMissingSince=ago(100))), now=NOW,
                                   jobs=[attempt_job(1, "complete")], pods=[done]))
     assert decision.status.phase.value == "Succeeded" and decision.status.input_missing_since is None
+
+
+def test_an_ended_attempt_leaves_no_stage_while_the_next_one_waits() -> None:
+    status = running(progress={"stage": "loading"})
+    failed = reconcile(Observed(body=finetunejob(status=status), now=NOW, jobs=[attempt_job(0, "failed", "")],
+                                pods=[pod(0, phase="Failed", exit_code=1)]))
+    assert failed.action.type is CREATE and failed.status.progress.stage is None
+    suspended = reconcile(Observed(body=finetunejob({"suspend": True}, status), now=NOW, jobs=[attempt_job(0)],
+                                   pods=[pod(0)]))
+    assert suspended.status.progress.stage is None
