@@ -9,6 +9,7 @@ same things with the same field names.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -78,14 +79,15 @@ def test_explain_prints_the_field_documentation_of_the_model(control_plane: Cont
         kubectl(control_plane, "explain", "ftj.spec.method.lora.r").stdout.split())
 
 
-def test_get_ftj_shows_phase_progress_loss_and_restarts(cluster, make, control_plane: ControlPlane) -> None:
+def test_get_ftj_shows_phase_stage_progress_loss_and_restarts(cluster, make, control_plane: ControlPlane) -> None:
     kubectl(control_plane, "apply", "-n", cluster.namespace, "-f", "-",
             stdin=json.dumps(make("columns", training={"maxSteps": 6, "saveSteps": 3})))
     cluster.wait_for("columns", phase("Succeeded"), 300, "Succeeded")
     table = kubectl(control_plane, "get", "ftj", "-n", cluster.namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "RESTARTS", "AGE"], table
-    row = table[1].split()
-    assert row[:3] == ["columns", "Succeeded", "100%"] and float(row[3]) > 0 and row[4] == "0", table
+    assert table[0].split() == ["NAME", "PHASE", "STAGE", "PROGRESS", "LOSS", "RESTARTS", "AGE"], table
+    row = table[1].split()  # a finished job has no stage: that cell is empty
+    assert row[:3] == ["columns", "Succeeded", "100%"] and row[4] == "0", table
+    assert re.fullmatch(r"[0-9]+\.[0-9]{3}", row[3]) and float(row[3]) > 0, table  # the loss, 3 decimals
 
 
 def test_the_trainer_service_account_has_no_api_rights(control_plane: ControlPlane, kubetune_release: Release) -> None:
