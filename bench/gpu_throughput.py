@@ -92,13 +92,13 @@ class Case:
     data: str  # fixed | varlen
     micro_batch: int
     # kubetune: recipe training.* overrides (camelCase); baseline: SFTConfig arguments (use_liger_kernel)
-    levers: dict[str, bool] = field(default_factory=dict)
+    levers: dict[str, bool | str] = field(default_factory=dict)
     note: str = ""
     dropout: float = 0.05  # LoRA dropout, for both trainers
 
 
 def kt(name: str, shape: str, bits: int, data: str, mb: int, note: str = "", dropout: float = 0.05,
-       **levers: bool) -> Case:
+       **levers: bool | str) -> Case:
     """A KubeTune case; `levers` are training.* recipe fields (camelCase)."""
     return Case(name, "kubetune", shape, bits, data, mb, dict(levers), note, dropout)
 
@@ -183,7 +183,30 @@ def plan_levers(shape_small: str, shape_large: str | None) -> list[Case]:
     return cases
 
 
-PLANS = {"all": plan, "fused": plan_fused, "levers": plan_levers}
+def plan_final(shape_small: str, shape_large: str | None) -> list[Case]:
+    """Issue 15, the closing run: the peers, KubeTune's defaults, and the levers that measured a gain, one by one."""
+    s = shape_small
+    fused_adam = "adamw_torch_fused"
+    cases = [
+        hf(f"hf-{s}-4bit-mb16", s, 4, "fixed", 16, "TRL defaults"),
+        hf(f"hf-{s}-4bit-mb16-liger", s, 4, "fixed", 16, "TRL + use_liger_kernel", use_liger_kernel=True),
+        kt(f"kt-{s}-4bit-mb16", s, 4, "fixed", 16, "KubeTune defaults"),
+        kt(f"kt-{s}-4bit-mb16-fdrop", s, 4, "fixed", 16, "fusedDropout", fusedDropout=True),
+        kt(f"kt-{s}-4bit-mb16-adamfused", s, 4, "fixed", 16, "optimizer adamw_torch_fused", optimizer=fused_adam),
+        kt(f"kt-{s}-4bit-mb16-fdrop-sac", s, 4, "fixed", 16, "fusedDropout + selectiveCheckpointing",
+           fusedDropout=True, selectiveCheckpointing=True),
+        kt(f"kt-{s}-4bit-mb16-all", s, 4, "fixed", 16, "fusedDropout + selectiveCheckpointing + adamw_torch_fused",
+           fusedDropout=True, selectiveCheckpointing=True, optimizer=fused_adam),
+        kt(f"kt-{s}-4bit-mb16-d0-all", s, 4, "fixed", 16, "dropout 0, selectiveCheckpointing + adamw_torch_fused",
+           0.0, selectiveCheckpointing=True, optimizer=fused_adam),
+    ]
+    if shape_large:
+        b = shape_large
+        cases += [hf(f"hf-{b}-4bit-mb8", b, 4, "fixed", 8, "TRL defaults"), kt(f"kt-{b}-4bit-mb8", b, 4, "fixed", 8)]
+    return cases
+
+
+PLANS = {"all": plan, "fused": plan_fused, "levers": plan_levers, "final": plan_final}
 
 
 # ---------------------------------------------------------------- tokenizer, models, data

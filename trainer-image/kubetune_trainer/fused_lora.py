@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 _FUSED_CLASSES: dict[type, type] = {}
 
+DROPOUT_KERNEL = "kubetune_dropout_kernel"
+"""Module attribute: true lets the fused forward apply LoRA dropout in `fused_dropout`'s kernels."""
+
 KEEP_BASE_OUTPUT = "kubetune_keep_base_output"
 """Module attribute: true makes the fused forward mark its base matmul for selective checkpointing (`speed`)."""
 
@@ -113,6 +116,8 @@ class FusedLoraFunction:
 def _build_function() -> Any:
     import torch
 
+    from kubetune_trainer import fused_dropout
+
     class _FusedLora(torch.autograd.Function):
         """out = x W^T + b + s · dropout(x) A^T B^T, with W re-dequantized in the backward instead of kept."""
 
@@ -127,11 +132,16 @@ def _build_function() -> Any:
             scaling: float,
             p: float,
             keep_base_output: bool,
+            dropout_kernel: bool,
         ) -> torch.Tensor:
             rows = x.reshape(-1, x.shape[-1])
             # The adapter's side first, so the dropped-out copy is gone before the output is allocated
             # (the base matmul draws no random numbers: the masks are still peft's).
-            if p > 0:
+            seed = None
+            if p > 0 and dropout_kernel and fused_dropout.applies(rows):  # training.fusedDropout: no mask kept
+                mask, seed = None, fused_dropout.draw_seed()
+                xa = fused_dropout.dropout_down(rows, lora_a, p, seed)
+            elif p > 0:
                 dropped, mask = torch.ops.aten.native_dropout(rows, p, True)
                 xa = torch.mm(dropped, lora_a.t())
                 del dropped
@@ -147,7 +157,7 @@ def _build_function() -> Any:
             else:
                 out.addmm_(xa, lora_b.t(), alpha=scaling)
             ctx.save_for_backward(x, lora_a, lora_b, xa, mask)
-            ctx.base, ctx.scaling, ctx.p, ctx.has_bias = base, scaling, p, bias is not None
+            ctx.base, ctx.scaling, ctx.p, ctx.has_bias, ctx.seed = base, scaling, p, bias is not None, seed
             return out.view(*x.shape[:-1], out.shape[-1])
 
         @staticmethod
@@ -163,20 +173,24 @@ def _build_function() -> Any:
             grad_a = grad_b = grad_x = grad_bias = None
             if need_b:
                 grad_b = torch.mm(g.t(), xa).mul_(ctx.scaling)
-            if need_a:
+            if need_a and ctx.seed is not None:
+                grad_a = fused_dropout.dropout_grad_a(gb, rows, ctx.p, ctx.seed)
+            elif need_a:
                 dropped = rows if mask is None else torch.ops.aten.native_dropout_backward(rows, mask, keep)
                 grad_a = torch.mm(gb.t(), dropped)
                 del dropped  # input-sized: freed before the input gradient's two input-sized tensors exist
             if need_x:
                 grad_x = torch.mm(g, dense_weight(ctx.base, x.dtype))
-                if mask is None:
+                if ctx.seed is not None:
+                    fused_dropout.dropout_up_add_(grad_x, gb, lora_a, ctx.p, ctx.seed)
+                elif mask is None:
                     grad_x.addmm_(gb, lora_a)
                 else:  # mask, 1/(1-p) and the sum in one pass
                     grad_x.addcmul_(torch.mm(gb, lora_a), mask, value=keep)
                 grad_x = grad_x.view(x.shape)
             if need_bias and ctx.has_bias:
                 grad_bias = g.sum(dim=0)
-            return grad_x, grad_a, grad_b, grad_bias, None, None, None, None
+            return grad_x, grad_a, grad_b, grad_bias, None, None, None, None, None
 
     return _FusedLora
 
@@ -217,8 +231,9 @@ def fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torc
         return super(type(self), self).forward(x, *args, **kwargs)
     lora_a, lora_b, bias, scaling, p = inputs
     keep = bool(getattr(self, KEEP_BASE_OUTPUT, False))
+    kernel = bool(getattr(self, DROPOUT_KERNEL, False))
     with torch.autocast(x.device.type, enabled=False):
-        return _apply_eager(x, lora_a, lora_b, bias, self.get_base_layer(), scaling, p, keep)
+        return _apply_eager(x, lora_a, lora_b, bias, self.get_base_layer(), scaling, p, keep, kernel)
 
 
 def _apply_eager(*args: Any) -> torch.Tensor:
@@ -324,3 +339,13 @@ def _fuse_from_recipe(model: Any, spec: FineTuneJobSpec) -> None:
         return
     count = apply(model)
     log.info("training.fusedLora: %d LoRA projections fused with their base matmul", count)
+    if spec.training.fused_dropout and spec.method.lora.dropout > 0:
+        set_dropout_kernel(model, True)
+        log.info("training.fusedDropout: LoRA dropout drawn inside the fused projections' Triton kernels")
+
+
+def set_dropout_kernel(model: Any, on: bool) -> None:
+    """Let (or stop) every fused projection of `model` apply its dropout in `fused_dropout`'s kernels."""
+    for module in model.modules():
+        if type(module) in _FUSED_CLASSES.values():
+            setattr(module, DROPOUT_KERNEL, on)

@@ -1035,6 +1035,12 @@ class TrainingSpec(KubeModel):
         "applies (4-bit or 16-bit base, no ZeRO-3). true insists and is refused with an 8-bit base or ZeRO-3; "
         "false keeps peft's forward.",
     )
+    fused_dropout: bool = Field(
+        default=False,
+        description="fusedDropout, with fusedLora and method.lora.dropout > 0 on GPUs, applies LoRA dropout inside "
+        "Triton kernels that draw the mask from a seed instead of storing it (same distribution as peft's dropout, "
+        "other random numbers); default false.",
+    )
     selective_checkpointing: bool = Field(
         default=False,
         description="selectiveCheckpointing, with gradientCheckpointing on GPUs, keeps each layer's attention output "
