@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER, Env
 
 from tests.merge_patch import apply_merge_patch
@@ -84,13 +85,30 @@ def sft_spec(model_dir: Path | str, data_path: Path | str, **overrides: Any) -> 
     return apply_merge_patch(spec, overrides)
 
 
+def finetunejob(spec: dict[str, Any], name: str = "toy") -> dict[str, Any]:
+    """A whole FineTuneJob around a spec."""
+    return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
+
+
 def write_recipe(folder: Path, spec: dict[str, Any], name: str = "toy") -> Path:
     """recipe.json as the operator's ConfigMap holds it (a whole FineTuneJob)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "recipe.json"
-    job = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
-    path.write_text(json.dumps(job), encoding="utf-8")
+    path.write_text(json.dumps(finetunejob(spec, name)), encoding="utf-8")
     return path
+
+
+def write_manifest(folder: Path, spec: dict[str, Any], name: str = "toy") -> Path:
+    """job.yaml as a user writes it for `kubetune run`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(finetunejob(spec, name)), encoding="utf-8")
+    return path
+
+
+def kubetune_run(manifest: Path, output: Path) -> list[str]:
+    """The command line of `kubetune run MANIFEST --output OUTPUT`, as a user types it."""
+    return [sys.executable, "-m", "kubetune_operator.cli", "run", str(manifest), "--output", str(output)]
 
 
 def launcher_env(recipe: Path, workspace: Path, **extra: str) -> dict[str, str]:

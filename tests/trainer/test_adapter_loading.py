@@ -14,19 +14,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from kubetune_trainer import export
 from kubetune_trainer.formats import make_renderer, render_inference_prompt
 from kubetune_trainer.recipe import DatasetSpec
 from tests.fixtures.tokenizers import BOS, build_tokenizer
-from tests.trainer.sft_runs import free_port, sft_spec, write_jsonl
+from tests.trainer.sft_runs import free_port, kubetune_run, sft_spec, write_manifest
 
 QUIZ_ROW = {"category": "Science", "difficulty": "easy", "question": "What is H2O?", "answer": "Water"}
 QUIZ_TEMPLATE = {
@@ -116,12 +114,9 @@ class Run:
 
 def _run(folder: Path, spec: dict[str, Any]) -> Run:
     """`kubetune run` of `spec` as a user types it."""
-    manifest = folder / "job.yaml"
-    manifest.write_text(yaml.safe_dump({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                                        "metadata": {"name": "adapter"}, "spec": spec}))
     workspace = folder / "ws"
     result = subprocess.run(
-        [sys.executable, "-m", "kubetune_operator.cli", "run", str(manifest), "--output", str(workspace)],
+        kubetune_run(write_manifest(folder, spec, "adapter"), workspace),
         capture_output=True, text=True, timeout=900, check=False,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     )

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER, TERMINATION_MESSAGE_LIMIT, Env, ExitCode
 from kubetune_trainer.launcher import (
     PEER_LOST,
@@ -30,7 +29,15 @@ from kubetune_trainer.local import WorkspaceBusy, lock_workspace
 from kubetune_trainer.peers import TIMEOUT_ENV, PeerView, PeerWatch, lost_peer
 from kubetune_trainer.train import Outcome
 
-from tests.trainer.sft_runs import free_port, launcher_env, sft_spec, wait_for, wait_for_checkpoint
+from tests.trainer.sft_runs import (
+    free_port,
+    kubetune_run,
+    launcher_env,
+    sft_spec,
+    wait_for,
+    wait_for_checkpoint,
+    write_manifest,
+)
 
 
 def _settings(**kwargs: object) -> LaunchSettings:
@@ -269,12 +276,10 @@ def test_the_trainer_dies_with_its_launcher_though_in_a_session_of_its_own() -> 
 
 
 def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    manifest = tmp_path / "job.yaml"
-    manifest.write_text(yaml.safe_dump({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                                        "metadata": {"name": "toy"}, "spec": sft_spec("m", "d.jsonl")}))
+    manifest = write_manifest(tmp_path, sft_spec("m", "d.jsonl"))
     (tmp_path / "file").write_text("not a folder")
-    result = subprocess.run([sys.executable, "-m", "kubetune_operator.cli", "run", str(manifest),
-                             "--output", str(tmp_path / "file" / "out")], capture_output=True, text=True, check=False)
+    result = subprocess.run(kubetune_run(manifest, tmp_path / "file" / "out"), capture_output=True, text=True,
+                            check=False)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "cannot write the output folder" in result.stderr, result.stderr
     assert "--output DIR" in result.stderr
@@ -288,10 +293,8 @@ def _kubetune_run_past_checkpoint_5(
     The process (its output in tmp_path/run.log), its command and environment, its workspace.
     """
     spec = sft_spec(tiny_llama, toy_data, training={"maxSteps": 100000, "saveSteps": 5, "reportTo": []})
-    manifest, workspace = tmp_path / "job.yaml", tmp_path / "ws"
-    manifest.write_text(yaml.safe_dump({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                                        "metadata": {"name": "toy"}, "spec": spec}))
-    command = [sys.executable, "-m", "kubetune_operator.cli", "run", str(manifest), "--output", str(workspace)]
+    manifest, workspace = write_manifest(tmp_path, spec), tmp_path / "ws"
+    command = kubetune_run(manifest, workspace)
     env = launcher_env(manifest, workspace)
     with open(tmp_path / "run.log", "w", encoding="utf-8") as log:
         run = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)

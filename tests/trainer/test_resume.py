@@ -11,7 +11,6 @@ another checkpoint shape (lora.r 8 -> 4) is refused with one line, before anythi
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 from pathlib import Path
@@ -35,6 +34,7 @@ from tests.trainer.sft_runs import (
     termination_message,
     wait_for,
     wait_for_checkpoint,
+    write_manifest,
     write_recipe,
 )
 
@@ -175,9 +175,7 @@ def test_kubetune_run_fresh_starts_over_in_the_same_output(
     spec = _spec(tiny_llama, toy_data)
     spec["method"]["lora"]["r"] = 4
     spec["training"]["maxSteps"] = 5
-    manifest = tmp_path / "job.yaml"
-    manifest.write_text(json.dumps({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                                    "metadata": {"name": "toy"}, "spec": spec}))
+    manifest = write_manifest(tmp_path, spec)
     for name, value in launcher_env(manifest, workspace).items():
         monkeypatch.setenv(name, value)
 
