@@ -18,6 +18,7 @@ thread pool, and the resync loop runs beside them):
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import json
@@ -67,6 +68,16 @@ class ChildPending(Exception):
     """A child's name is still held by a deleted incarnation's object; creation waits for the collector."""
 
 
+class StaleBody(Exception):
+    """The FineTuneJob changed since the copy the cycle decided from (a 409 on the status write, or a newer
+    resourceVersion before an action): the cycle is run again on a fresh read."""
+
+
+EVENT_POSTERS = 2  # threads posting Events
+REFUSALS_AFTER_SECONDS = 2.0  # a podless attempt Job younger than this is not asked about refusals yet
+STALE_RETRIES = 3  # a cycle decided on a stale copy is redone from a fresh GET this many times at most
+
+
 class Controller:
     """Observe → reconcile → write status → act, for one FineTuneJob at a time."""
 
@@ -81,7 +92,10 @@ class Controller:
         self.settings = settings
         self.kube = kube
         self.metrics = metrics
-        self.post_event = post_event or self._post_event
+        self.post_event = post_event or self._post_event_later
+        # Events go out from their own threads: an Event is a report, not a step, so the Job a user waits
+        # for is never created behind it (posting order across FineTuneJobs does not matter).
+        self._event_posters = concurrent.futures.ThreadPoolExecutor(EVENT_POSTERS, "kubetune-events")
         self.clock = clock
         self.metrics_urls: dict[Key, str] = {}  # rank 0's metrics endpoint of running attempts
         self.settled: set[Key] = set()  # finished with nothing left to do: no periodic turn
@@ -89,6 +103,8 @@ class Controller:
         self._job_uids: dict[Key, tuple[str, set[str]]] = {}  # key -> (uid, every attempt Job uid seen owned)
         self._locks: dict[Key, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._nodes_forbidden = False  # Nodes cannot be read (namespaced RBAC): warned once
+        self._written: dict[Key, dict[str, Any]] = {}  # key -> the FineTuneJob as our last status write returned it
 
     def _lock(self, key: Key) -> threading.Lock:
         with self._guard:
@@ -101,6 +117,7 @@ class Controller:
         self.settled.discard(key)
         self._accepted.pop(key, None)
         self._job_uids.pop(key, None)
+        self._written.pop(key, None)
         with self._guard:
             self._locks.pop(key, None)
         self.metrics.forget(namespace, name)
@@ -108,32 +125,56 @@ class Controller:
     # ------------------------------------------------------------ the cycle
 
     def reconcile(self, namespace: str, name: str, polled: Polled | None = None,
-                  children: Children | None = None) -> Decision | None:
+                  children: Children | None = None, body: Mapping[str, Any] | None = None) -> Decision | None:
         """One full cycle for a FineTuneJob; None when it does not exist (any more).
 
         `children`: its Jobs and pods as the caller's watch caches hold them; listed from the API if None.
+        `body`: the FineTuneJob as the caller's watch last saw it; read from the API if None. A cycle on a
+        watched copy writes its status with that copy's resourceVersion as a precondition and re-reads
+        before any action without a status write, so a stale copy is never acted on (`StaleBody`).
         """
         started = time.monotonic()
         try:
             with self._lock((namespace, name)):
-                return self._cycle(namespace, name, polled, children)
+                for _ in range(STALE_RETRIES):
+                    try:
+                        return self._cycle(namespace, name, polled, children, self._newest(namespace, name, body))
+                    except StaleBody:
+                        body = None  # read it fresh
+                return self._cycle(namespace, name, polled, children, None)
         except Exception:
             self.metrics["kubetune_operator_reconcile_errors"].inc()
             raise
         finally:
             self.metrics["kubetune_operator_reconcile_seconds"].observe(time.monotonic() - started)
 
-    def _cycle(self, namespace: str, name: str, polled: Polled | None, children: Children | None
-               ) -> Decision | None:
-        observed = self.observe(namespace, name, polled, children)
+    def _newest(self, namespace: str, name: str, body: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        """The newer of a watched copy and this controller's own last status write (the watch may not have
+        delivered that write yet); None (read it) when they cannot be ordered."""
+        written = self._written.get((namespace, name))
+        if body is None or written is None:
+            return body
+        if written["metadata"].get("uid") != body["metadata"].get("uid"):
+            return body
+        try:
+            ours, theirs = int(written["metadata"]["resourceVersion"]), int(body["metadata"]["resourceVersion"])
+        except (KeyError, TypeError, ValueError):
+            return None  # resourceVersions are opaque in general; etcd's are integers
+        return written if ours > theirs else body
+
+    def _cycle(self, namespace: str, name: str, polled: Polled | None, children: Children | None,
+               body: Mapping[str, Any] | None) -> Decision | None:
+        observed = self.observe(namespace, name, polled, children, body)
         if observed is None:
             return None
-        decision = self._apply(observed)
+        decision, wrote = self._apply(observed)
+        if decision.action.due and body is not None and not wrote:
+            self._confirm(observed.body)  # no precondition checked this copy: make sure it is current
         if decision.action.due and decision.action.type is ActionType.CREATE_ATTEMPT and decision.job is not None:
             rejected = self._ensure_children(observed.body, decision.job, decision.action.attempt or 0)
             if rejected:
                 again = dataclasses.replace(observed, rejected=rejected)
-                decision = self._apply(self._with_status(again, decision))
+                decision, _ = self._apply(self._with_status(again, decision))
         elif decision.action.due:
             self._act(observed.body, decision)
         key = (namespace, name)
@@ -144,10 +185,19 @@ class Controller:
             self.settled.discard(key)
         return decision
 
+    def _confirm(self, body: Mapping[str, Any]) -> None:
+        """Raise StaleBody unless the FineTuneJob still has this copy's resourceVersion (one GET)."""
+        meta = body["metadata"]
+        fresh = self.kube.get("FineTuneJob", meta["namespace"], meta["name"])
+        if fresh is None or fresh["metadata"].get("resourceVersion") != meta.get("resourceVersion"):
+            raise StaleBody(f"FineTuneJob {meta['namespace']}/{meta['name']} changed")
+
     def observe(self, namespace: str, name: str, polled: Polled | None = None,
-                children: Children | None = None) -> Observed | None:
-        """Read everything the reconcile looks at: the FineTuneJob fresh, its children as given or listed."""
-        body = self.kube.get("FineTuneJob", namespace, name)
+                children: Children | None = None, body: Mapping[str, Any] | None = None) -> Observed | None:
+        """Read everything the reconcile looks at: the FineTuneJob as given or read fresh, its children as
+        given or listed."""
+        if body is None:
+            body = self.kube.get("FineTuneJob", namespace, name)
         if body is None:
             self.forget(namespace, name)
             return None
@@ -176,8 +226,40 @@ class Controller:
         return Observed(
             body=body, now=self.clock(), jobs=jobs, pods=pods, leftovers=leftovers,
             refusals=self._pod_creation_refusals(namespace, jobs, pods),
-            accepted_spec=self._accepted_spec(body), progress=progress, checkpoint=checkpoint,
+            accepted_spec=self._accepted_spec(body, jobs), progress=progress, checkpoint=checkpoint,
+            lost_nodes=self._lost_nodes(pods),
+            lost_node_timeout_seconds=self.settings.lost_node_timeout_seconds,
         )
+
+    def _lost_nodes(self, pods: list[dict[str, Any]]) -> dict[str, dt.datetime]:
+        """The nodes of Terminating pods that will never confirm their end → since when: NotReady or Unknown
+        (the node controller's verdict on a lease no longer renewed) since its Ready condition's last
+        transition, or gone (the epoch).
+
+        Looked up only for pods being deleted, so a healthy FineTuneJob costs no request. Reading Nodes
+        needs the ClusterRole's `nodes get`; without it (namespaced install) only taint evictions are seen.
+        """
+        terminating = {(pod.get("spec") or {}).get("nodeName") for pod in pods
+                       if classify.pod_alive(pod) and (pod.get("metadata") or {}).get("deletionTimestamp")}
+        lost: dict[str, dt.datetime] = {}
+        for node in sorted(name for name in terminating if name):
+            try:
+                body = self.kube.get("Node", "", node)
+            except ApiException as error:
+                if error.status != 403:
+                    raise
+                if not self._nodes_forbidden:
+                    logger.warning("cannot read Nodes (%s): a pod stuck Terminating on a lost node is only forced "
+                                   "after a taint eviction; grant nodes get", api_error_message(error))
+                self._nodes_forbidden = True
+                continue
+            if body is None:
+                lost[node] = dt.datetime.fromtimestamp(0, dt.timezone.utc)
+                continue
+            ready = classify.find_condition(body, "Ready")
+            if ready is not None and ready.get("status") != "True":
+                lost[node] = classify.parse_time(ready.get("lastTransitionTime")) or self.clock()
+        return lost
 
     def _pod_creation_refusals(self, namespace: str, jobs: list[dict[str, Any]], pods: list[dict[str, Any]]
                                ) -> list[str]:
@@ -192,21 +274,31 @@ class Controller:
         newest = max(active, key=lambda job: names.attempt_of(job) or 0)
         if any(_controlled_by(pod, {newest["metadata"]["uid"]}) for pod in pods):
             return []
+        # Pods the watch has not delivered yet (the Job counts them), or a Job so young that its controller
+        # has not tried yet: nothing to look for. A refusal keeps the Job podless, and the next turn sees it.
+        born = classify.parse_time(newest["metadata"].get("creationTimestamp"))
+        if (newest.get("status") or {}).get("active") or (
+                born is not None and (self.clock() - born).total_seconds() < REFUSALS_AFTER_SECONDS):
+            return []
         events = self.kube.list("Event", namespace, {}, fields={"involvedObject.uid": newest["metadata"]["uid"],
                                                                 "reason": "FailedCreate"})
         events.sort(key=lambda event: event.get("lastTimestamp") or event.get("eventTime") or "")
         return [str(event.get("message", "")) for event in events]
 
-    def _accepted_spec(self, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    def _accepted_spec(self, body: Mapping[str, Any], jobs: list[dict[str, Any]]) -> Mapping[str, Any] | None:
         """The spec in this FineTuneJob's recipe ConfigMap (what its pods run), if it is this incarnation's.
 
-        The ConfigMap never changes once this incarnation owns it, so it is read once per uid.
+        The ConfigMap never changes once this incarnation owns it, so it is read once per uid; and not at
+        all for a FineTuneJob that was never reconciled (no status, no Job): its children are created
+        only after the first status write, so it has no ConfigMap yet.
         """
         meta = body["metadata"]
         uid = meta.get("uid")
         cached = self._accepted.get((meta["namespace"], meta["name"]))
         if cached is not None and cached[0] == uid:
             return cached[1]
+        if not body.get("status") and not jobs:
+            return None
         configmap = self.kube.get("ConfigMap", meta["namespace"], names.recipe_configmap_name(meta["name"]))
         if configmap is None or not _owned_by(configmap, uid):
             return None
@@ -224,33 +316,54 @@ class Controller:
         return spec
 
     def _with_status(self, observed: Observed, decision: Decision) -> Observed:
-        return dataclasses.replace(observed, body={**observed.body, "status": decision.status.to_api()})
+        """The observation again, with the decision's status (as written, resourceVersion included)."""
+        meta = observed.body["metadata"]
+        body = {**observed.body, "status": decision.status.to_api()}
+        return dataclasses.replace(observed, body=self._newest(meta["namespace"], meta["name"], body) or body)
 
-    def _apply(self, observed: Observed) -> Decision:
-        """Decide, write the status if it changed, post the transition's events, count metrics."""
+    def _apply(self, observed: Observed) -> tuple[Decision, bool]:
+        """Decide, write the status if it changed, post the transition's events, count metrics; the
+        decision and whether the status was written.
+
+        The write is a merge patch of the status with the copy's resourceVersion as a precondition: a
+        409 means the copy was stale (StaleBody), never that a newer status is overwritten.
+        """
         decision = reconcile(observed)
         body = observed.body
         meta = body["metadata"]
         old = body.get("status") if isinstance(body.get("status"), Mapping) else {}
-        patch = merge_patch(old, decision.status.to_api())
-        if patch:
-            self.kube.patch("FineTuneJob", meta["namespace"], meta["name"], {"status": patch}, subresource="status")
+        patch: dict[str, Any] = {"status": merge_patch(old, decision.status.to_api())}
+        key = (meta["namespace"], meta["name"])
+        if patch["status"]:
+            if meta.get("resourceVersion"):
+                patch["metadata"] = {"resourceVersion": meta["resourceVersion"]}
+            try:
+                written = self.kube.patch("FineTuneJob", meta["namespace"], meta["name"], patch, subresource="status")
+            except ApiException as error:
+                if error.status == 409:
+                    raise StaleBody(api_error_message(error)) from None
+                raise
+            if written is not None:
+                self._written[key] = written
         for event in decision.events:
             self.post_event(body, event)
         self.metrics.record(body, previous_status(body), decision.status)
         url = metrics_url([p for p in observed.pods if names.attempt_of(p) == decision.status.attempt],
                           decision.job.spec.metrics_port) if decision.job else None
-        key = (meta["namespace"], meta["name"])
         if url and decision.status.phase is not None and decision.status.phase.value == "Running":
             self.metrics_urls[key] = url
         else:
             self.metrics_urls.pop(key, None)
-        return decision
+        return decision, bool(patch["status"])
 
-    def _post_event(self, body: Mapping[str, Any], event: Event) -> None:
+    def _post_event_later(self, body: Mapping[str, Any], event: Event) -> None:
+        """Post an Event on the FineTuneJob from an Event thread (stamped now, sent soon)."""
+        self._event_posters.submit(self._post_event, body, event, self.clock())
+
+    def _post_event(self, body: Mapping[str, Any], event: Event, now: dt.datetime) -> None:
         """Post an Event on the FineTuneJob; a lost event never fails the reconcile."""
         try:
-            self.kube.create(build_event(body, event, self.clock()))
+            self.kube.create(build_event(body, event, now))
         except ApiException as error:
             logger.warning("could not post event %s on %s: %s", event.reason, body["metadata"].get("name"),
                            api_error_message(error))
@@ -263,6 +376,10 @@ class Controller:
         if action.type is ActionType.DELETE_JOB and action.job_name:
             logger.info("deleting Job %s/%s", meta["namespace"], action.job_name)
             self.kube.delete("Job", meta["namespace"], action.job_name)
+        elif action.type is ActionType.FORCE_DELETE_PODS:
+            for pod in action.pods:
+                logger.warning("force-deleting pod %s/%s: Terminating on a lost node", meta["namespace"], pod)
+                self.kube.delete("Pod", meta["namespace"], pod, grace_seconds=0)
         elif action.type is ActionType.DELETE_FINETUNEJOB:
             logger.info("ttlSecondsAfterFinished passed: deleting FineTuneJob %s/%s", meta["namespace"], meta["name"])
             self.kube.delete("FineTuneJob", meta["namespace"], meta["name"])

@@ -28,6 +28,8 @@ ClusterRole, or a Role per watched namespace):
     kubetune.io           finetunejobs/finalizers     update        (checked, never called: blockOwnerDeletion under OwnerReferencesPermissionEnforcement)
     batch                 jobs                        get, list, watch, create, delete
     ""                    pods                        list, watch
+    ""                    pods                        delete   (grace 0: a pod stuck Terminating on a lost node)
+    ""                    nodes                       get      (the node of a Terminating pod: cluster-wide only)
     ""                    configmaps                  get, create
     ""                    persistentvolumeclaims      get, create
     ""                    services                    get, create
@@ -48,9 +50,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -87,6 +90,8 @@ class Runtime:
         self.polled_at: dict[Key, float] = {}
         self.jobs: kopf.Index[Key, dict[str, Any]] | None = None  # kopf's indexes, from the first handler call
         self.pods: kopf.Index[Key, dict[str, Any]] | None = None
+        self.bodies: dict[Key, dict[str, Any]] = {}  # each FineTuneJob as its watch last delivered it
+        self.seen: dict[str, str] = {}  # Job/pod uid -> digest of what the reconcile reads of it
         self.workers: list[asyncio.Task[None]] = []
 
     def attach(self, attempt_jobs: kopf.Index[Key, dict[str, Any]], trainer_pods: kopf.Index[Key, dict[str, Any]]
@@ -100,9 +105,26 @@ class Runtime:
             return None
         return list(self.jobs.get(key, [])), list(self.pods.get(key, []))
 
+    def changed(self, event_type: str | None, body: kopf.Body, digest: Callable[[Mapping[str, Any]], str]) -> bool:
+        """Whether a Job or pod event changes anything the reconcile reads (its `digest`), remembering it.
+
+        Most events of a child change nothing the reconcile looks at (a finalizer removed, the Job's ready
+        count, managedFields): those wake no turn. The indexes are updated by kopf either way.
+        """
+        uid = str(body.metadata.get("uid"))
+        if event_type == "DELETED":
+            self.seen.pop(uid, None)
+            return True
+        value = digest(body)
+        if self.seen.get(uid) == value:
+            return False
+        self.seen[uid] = value
+        return True
+
     def forget(self, key: Key) -> None:
         """The FineTuneJob is gone."""
         self.queue.forget(key)
+        self.bodies.pop(key, None)
         self.generations.pop(key, None)
         self.polled_at.pop(key, None)
         self.controller.forget(*key)
@@ -136,16 +158,49 @@ async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
             await worker
 
 
+def slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A watched object as the caches keep it: without managedFields (often half of an object's bytes;
+    nothing here reads them)."""
+    meta = {key: value for key, value in (body.get("metadata") or {}).items() if key != "managedFields"}
+    return {**body, "metadata": meta}
+
+
+def _digest(*parts: Any) -> str:
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+def job_digest(job: Mapping[str, Any]) -> str:
+    """What the reconcile reads of an attempt Job (classify.job_state, the refusals check): its conditions,
+    counts, suspend and deletion; not its ready count or terminating and uncounted pods."""
+    meta, status = job.get("metadata") or {}, job.get("status") or {}
+    kept = {key: value for key, value in status.items()
+            if key not in ("ready", "terminating", "uncountedTerminatedPods")}
+    return _digest(meta.get("deletionTimestamp"), meta.get("labels"), (job.get("spec") or {}).get("suspend"), kept)
+
+
+def pod_digest(pod: Mapping[str, Any]) -> str:
+    """What the reconcile reads of a trainer pod (classify, progress): phase, conditions, container states,
+    IP, node, owner and deletion; not its finalizers, managedFields or timestamps of unchanged states."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    return _digest(
+        meta.get("deletionTimestamp"), meta.get("labels"), meta.get("annotations"),
+        [reference.get("uid") for reference in meta.get("ownerReferences") or []],
+        (pod.get("spec") or {}).get("nodeName"), status.get("phase"), status.get("reason"), status.get("podIP"),
+        [(c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or []],
+        [(c.get("name"), c.get("state")) for c in status.get("containerStatuses") or []],
+    )
+
+
 @kopf.index("batch", "v1", "jobs", labels=OWNED)
 def attempt_jobs(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Key, Any]:
     """Attempt Jobs by their FineTuneJob's (namespace, name): the reconcile reads them here, not from the API."""
-    return {(namespace or "", labels[names.LABEL_FINETUNEJOB]): dict(body)}
+    return {(namespace or "", labels[names.LABEL_FINETUNEJOB]): slim(body)}
 
 
 @kopf.index("", "v1", "pods", labels=OWNED)
 def trainer_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Key, Any]:
     """Trainer pods by their FineTuneJob's (namespace, name)."""
-    return {(namespace or "", labels[names.LABEL_FINETUNEJOB]): dict(body)}
+    return {(namespace or "", labels[names.LABEL_FINETUNEJOB]): slim(body)}
 
 
 # Event handlers only (no kopf.on.create/update/resume): the reconcile is level-based, so an event
@@ -161,6 +216,7 @@ async def finetunejob_event(type: str | None, body: kopf.Body, namespace: str | 
     if type == "DELETED":
         runtime.forget(key)
         return
+    runtime.bodies[key] = slim(body)  # every event, the operator's own status writes included: turns read it
     generation = body.metadata.get("generation")
     if type == "MODIFIED" and runtime.generations.get(key) == generation:
         return  # status or metadata only: the operator's own write (the spec did not change)
@@ -169,15 +225,21 @@ async def finetunejob_event(type: str | None, body: kopf.Body, namespace: str | 
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED)
-async def job_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
+async def job_event(type: str | None, body: kopf.Body, labels: Mapping[str, str], namespace: str | None, memo: Any,
+                    **_: Any) -> None:
     """An attempt Job changed (admitted, completed, failed, deleted): look at its FineTuneJob again."""
-    _runtime(memo).queue.add((namespace or "", labels[names.LABEL_FINETUNEJOB]))
+    runtime = _runtime(memo)
+    if runtime.changed(type, body, job_digest):
+        runtime.queue.add((namespace or "", labels[names.LABEL_FINETUNEJOB]))
 
 
 @kopf.on.event("", "v1", "pods", labels=OWNED)
-async def pod_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
+async def pod_event(type: str | None, body: kopf.Body, labels: Mapping[str, str], namespace: str | None, memo: Any,
+                    **_: Any) -> None:
     """A trainer pod changed (scheduled, running, stuck, terminated): look at its FineTuneJob again."""
-    _runtime(memo).queue.add((namespace or "", labels[names.LABEL_FINETUNEJOB]))
+    runtime = _runtime(memo)
+    if runtime.changed(type, body, pod_digest):
+        runtime.queue.add((namespace or "", labels[names.LABEL_FINETUNEJOB]))
 
 
 async def reconcile_turn(runtime: Runtime, key: Key) -> None:
@@ -192,7 +254,8 @@ async def reconcile_turn(runtime: Runtime, key: Key) -> None:
         runtime.polled_at[key] = time.monotonic()
     children = runtime.children(key)
     try:
-        decision = await asyncio.to_thread(runtime.controller.reconcile, key[0], key[1], polled, children)
+        decision = await asyncio.to_thread(runtime.controller.reconcile, key[0], key[1], polled, children,
+                                           runtime.bodies.get(key))
     except Exception:  # the next turn tries again; raising here would stop this worker
         logger.exception("reconcile of FineTuneJob %s/%s failed", *key)
         runtime.queue.add(key, runtime.settings.resync_seconds)

@@ -29,6 +29,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Job": ("/apis/batch/v1", "jobs"),
     "Event": ("/api/v1", "events"),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
+    "Node": ("/api/v1", "nodes"),  # cluster-scoped: namespace ""
     "FineTuneJob": (f"/apis/{names.GROUP}/{names.VERSION}", names.PLURAL),
 }
 
@@ -62,7 +63,7 @@ class KubeApi:
 
     def _path(self, kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
         prefix, plural = RESOURCES[kind]
-        path = f"{prefix}/namespaces/{namespace}/{plural}"
+        path = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
         if name:
             path += f"/{name}"
         if subresource:
@@ -129,9 +130,14 @@ class KubeApi:
                 return None
             raise
 
-    def delete(self, kind: str, namespace: str, name: str) -> bool:
-        """Delete with background propagation (dependents go through the garbage collector); False if gone."""
-        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+    def delete(self, kind: str, namespace: str, name: str, grace_seconds: int | None = None) -> bool:
+        """Delete with background propagation (dependents go through the garbage collector); False if gone.
+
+        `grace_seconds=0` is a force delete: the object goes without waiting for a kubelet's confirmation.
+        """
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        if grace_seconds is not None:
+            body["gracePeriodSeconds"] = grace_seconds
         try:
             self.request("DELETE", self._path(kind, namespace, name), body=body)
         except ApiException as error:

@@ -75,13 +75,17 @@ INPUT_NOT_FOUND = contract.INPUT_NOT_FOUND  # Running=False while waiting for a 
 VOLUME_FULL = contract.VOLUME_FULL  # Failed: the trainer ran out of space; a retry would fill it again
 INPUT_RETRY_MIN_SECONDS = 10.0
 LEFTOVER_RETRY_SECONDS = 2.0
+# Running=False while a pod is stuck Terminating on a lost node, then once it is force-deleted.
+NODE_LOST = "NodeLost"
+PODS_FORCE_DELETED = "PodsForceDeleted"
+TAINT_EVICTION = "DeletionByTaintManager"  # DisruptionTarget reason: evicted for a NoExecute node taint
 TRAINER_COMPLETED = "training completed"  # the launcher's plain success message: nothing to add
 
 WARNING_REASONS = frozenset(
     {
         INVALID_RECIPE, PREEMPTED, ATTEMPT_FAILED, BACKOFF_LIMIT_EXCEEDED, PREEMPTION_LIMIT_EXCEEDED,
         DEADLINE_EXCEEDED, IMMUTABLE_FIELD_CHANGED, "Unschedulable", "ImagePullFailed", "ContainerConfigError",
-        "PodCreationFailed", INPUT_NOT_FOUND, VOLUME_FULL,
+        "PodCreationFailed", INPUT_NOT_FOUND, VOLUME_FULL, NODE_LOST, PODS_FORCE_DELETED,
         *contract.RETRYABLE_TRAINER_REASONS,
     }
 )
@@ -119,6 +123,7 @@ class ActionType(str, enum.Enum):
     CREATE_ATTEMPT = "create-attempt"  # ensure the ConfigMap/PVC/Service, then create Job <name>-<attempt>
     DELETE_JOB = "delete-job"
     DELETE_FINETUNEJOB = "delete-finetunejob"  # ttlSecondsAfterFinished ran out
+    FORCE_DELETE_PODS = "force-delete-pods"  # delete `Action.pods` with grace 0: stuck on a lost node
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +134,7 @@ class Action:
     attempt: int | None = None
     job_name: str | None = None
     delay_seconds: float = 0.0
+    pods: tuple[str, ...] = ()  # FORCE_DELETE_PODS: the pods' names
 
     @property
     def due(self) -> bool:
@@ -165,6 +171,11 @@ class Observed:
     leftovers: Sequence[str] = ()
     # The Job controller's FailedCreate messages for the current attempt Job when it has no pods.
     refusals: Sequence[str] = ()
+    # Nodes that will never confirm a pod's end (NotReady, unreachable or gone) → since when (the epoch
+    # for a deleted Node), looked up only for Terminating pods; such a pod is force-deleted this long
+    # after both its deletion and its node's loss.
+    lost_nodes: Mapping[str, dt.datetime] = dataclasses.field(default_factory=dict)
+    lost_node_timeout_seconds: float = 300.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,6 +375,10 @@ def _track(draft: _Draft, job: FineTuneJob, observed: Observed) -> Action:
     if state == "complete":
         _succeed(draft, pods, spec.storage.existing_claim or names.pvc_name(job.metadata.name))
         return NO_ACTION
+    lost = _lost_node_action(observed)
+    if lost is not None and lost[0].due:
+        draft.set(RUNNING, False, PODS_FORCE_DELETED, lost[1])
+        return lost[0]
     stale = [j for j in _active_jobs(observed.jobs) if names.attempt_of(j) != attempt]
     if stale:
         return _delete(stale[0])
@@ -498,7 +513,13 @@ def _next_attempt(draft: _Draft, observed: Observed) -> Action:
         return Action(ActionType.CREATE_ATTEMPT, attempt, names.job_name(_name(observed), attempt),
                       (due - draft.now).total_seconds())
     if any(classify.pod_alive(pod) for pod in observed.pods):
-        return NO_ACTION  # the previous gang is still stopping (saving a checkpoint); its pod events return here
+        # The previous gang is still stopping (saving a checkpoint); its pod events return here. A pod on
+        # a lost node never stops: it is forced gone after a deadline (`_lost_node_action`), said in status.
+        lost = _lost_node_action(observed)
+        if lost is None:
+            return NO_ACTION
+        draft.set(RUNNING, False, NODE_LOST, lost[1])
+        return lost[0]
     if observed.leftovers:
         # Same names, another owner: creating now would collide with (or, by name, adopt) the old
         # incarnation's objects, and its pods may still write to a retained PVC. The garbage collector
@@ -509,6 +530,46 @@ def _next_attempt(draft: _Draft, observed: Observed) -> Action:
         return Action(ActionType.CREATE_ATTEMPT, attempt, names.job_name(_name(observed), attempt),
                       LEFTOVER_RETRY_SECONDS)
     return Action(ActionType.CREATE_ATTEMPT, attempt, names.job_name(_name(observed), attempt))
+
+
+def _lost_node_action(observed: Observed) -> tuple[Action, str] | None:
+    """Pods stuck Terminating on a lost node: force-delete those past the deadline now, else wait for the
+    first one's deadline; the action and what to say. None when no pod is stuck.
+
+    Stuck: alive and being deleted on a node in `lost_nodes`, or evicted for a NoExecute node taint (the
+    taint manager says so on the pod, readable without rights on Nodes). No kubelet will honour its grace
+    period or report its end, and the Job controller waits for it, so the next attempt would wait forever.
+    The deadline runs from the later of the deletion and the node's loss: by then the node's processes
+    are presumed gone with it.
+    """
+    limit = observed.lost_node_timeout_seconds
+    stuck: dict[str, tuple[str, float]] = {}  # pod name -> (its node, seconds stuck)
+    for pod in observed.pods:
+        meta, node = pod.get("metadata") or {}, (pod.get("spec") or {}).get("nodeName") or "?"
+        deleted = parse_time(meta.get("deletionTimestamp"))
+        if deleted is None or not classify.pod_alive(pod):
+            continue
+        since = deleted - dt.timedelta(seconds=meta.get("deletionGracePeriodSeconds") or 0)  # the request
+        evicted = (classify.find_condition(pod, "DisruptionTarget") or {}).get("reason") == TAINT_EVICTION
+        if node in observed.lost_nodes:
+            since = max(since, observed.lost_nodes[node])
+        elif not evicted:
+            continue
+        stuck[str(meta.get("name"))] = (node, (observed.now - since).total_seconds())
+    if not stuck:
+        return None
+    what = ", ".join(f"pod {name} on lost node {node} (Terminating, stuck for {waited:.0f}s)"
+                     for name, (node, waited) in list(stuck.items())[:3])
+    what += f" and {len(stuck) - 3} more" if len(stuck) > 3 else ""
+    due = tuple(name for name, (_, waited) in stuck.items() if waited >= limit)
+    if due:
+        said = (f"{what}: force-deleted (grace 0) after lostNodeTimeoutSeconds ({limit:.0f}s); the next attempt "
+                "starts once no earlier pod is left")
+        return Action(ActionType.FORCE_DELETE_PODS, pods=due), said
+    wait = min(limit - waited for _, waited in stuck.values())
+    said = (f"{what}: no kubelet will confirm its end; force-deleted (grace 0) in {wait:.0f}s "
+            f"(lostNodeTimeoutSeconds {limit:.0f}s), then the next attempt starts")
+    return Action(ActionType.FORCE_DELETE_PODS, pods=tuple(stuck), delay_seconds=wait), said
 
 
 def _name(observed: Observed) -> str:

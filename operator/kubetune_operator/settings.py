@@ -70,6 +70,12 @@ class Settings:
     pod_name: str | None = None
     """This replica's identity in the Lease (the pod's name; the host name when unset)."""
 
+    lost_node_timeout_seconds: float = 300.0
+    """How long a trainer pod may stay Terminating past its grace period on a lost node (NotReady,
+    unreachable or gone: no kubelet will ever confirm its end) before the operator force-deletes it
+    (grace 0) so the next attempt can start. Long enough for a node that only blinked to come back;
+    force-deleting is only safe once the node's processes are really gone."""
+
     @property
     def clusterwide(self) -> bool:
         """Whether the operator watches every namespace."""
@@ -145,5 +151,6 @@ ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "KUBETUNE_LEADER_ELECTION_NAMESPACE": ("leader_election_namespace", _text),
     "KUBETUNE_LEADER_ELECTION_LEASE_SECONDS": ("leader_election_lease_seconds", _positive_float),
     "KUBETUNE_POD_NAME": ("pod_name", _text),
+    "KUBETUNE_LOST_NODE_TIMEOUT_SECONDS": ("lost_node_timeout_seconds", _positive_float),
 }
 """Environment variable → (Settings field, parser). The chart documents each one."""

@@ -39,6 +39,7 @@ OPERATOR_SERVICE_ACCOUNT = "kubetune-operator"
 # The node's env for every pod: one BLAS thread each, so two workers share the CI's 2 cores politely.
 NODE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 OPERATOR_RESYNC_SECONDS = 1.0  # the operator's resync (progress polls, backoffs, deadlines, TTLs)
+LOST_NODE_TIMEOUT_SECONDS = 5.0  # a pod stuck Terminating on a lost node is force-deleted after this
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}
 _namespace_numbers = itertools.count(1)
 
@@ -158,7 +159,8 @@ def operator_process(control_plane: ControlPlane, kubeconfig: Path, namespace: s
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBETUNE_WATCH_NAMESPACES": namespace,
            "KUBETUNE_METRICS_PORT": str(free_port()), "KUBETUNE_HEALTH_PORT": str(health),
            "KUBETUNE_RESYNC_SECONDS": str(OPERATOR_RESYNC_SECONDS), "KUBETUNE_PROGRESS_TIMEOUT_SECONDS": "0.5",
-           "KUBETUNE_TRAINER_IMAGE": "kubetune/trainer:e2e", **settings}
+           "KUBETUNE_TRAINER_IMAGE": "kubetune/trainer:e2e",
+           "KUBETUNE_LOST_NODE_TIMEOUT_SECONDS": str(LOST_NODE_TIMEOUT_SECONDS), **settings}
 
     return ProcessOperator([str(Path(sys.executable).parent / "kubetune-operator")], env, log_file,
                            make_probe=lambda: functools.partial(healthy, health))

@@ -23,7 +23,12 @@ It does what a kubelet does for the scenarios, on the real API:
   process group after its grace period, then the final delete (grace 0);
 - fakes on request: an image from a `*.invalid` registry stays in
   ErrImagePull; `oom()` kills as the OOM killer does (reason OOMKilled); a
-  `PodPlan(mode="exit")` rule ends a pod without a process.
+  `PodPlan(mode="exit")` rule ends a pod without a process;
+- `lose(node)` makes one node a lost one (a machine that died): its pods'
+  processes are killed, its lease and status are no longer renewed (the node
+  lifecycle controller turns it NotReady/Unknown and taints it), and nothing
+  about its pods is reported or confirmed any more (a deleted pod stays
+  Terminating); `recover(node)` brings it back.
 """
 
 from __future__ import annotations
@@ -126,6 +131,7 @@ class PodRun:
     reported: str = ""  # the last status written, so each transition is written once
     sigterm_at: float | None = None
     deleted: bool = False  # the final delete was sent
+    node: str = ""
 
 
 class Kubelet:
@@ -149,6 +155,7 @@ class Kubelet:
         self.sized_namespaces: set[str] = set()  # claims there get a tmpfs of their size (size_claims)
         self._mounts: list[Path] = []
         self.errors: list[str] = []  # what a sync pass raised (shown by diagnose)
+        self.lost: set[str] = set()  # nodes that died: no heartbeat, no pod handled (lose/recover)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -216,6 +223,22 @@ class Kubelet:
                 _signal_group(container, signal.SIGKILL)
         self.wake()
 
+    def lose(self, node: str) -> None:
+        """The node dies: its pods' processes are killed, its lease expires, its pods are never reported again."""
+        with self._lock:
+            self.lost.add(node)
+            for run in self.pods.values():
+                if run.node == node:
+                    for container in run.containers:
+                        _signal_group(container, signal.SIGKILL)
+
+    def recover(self, node: str) -> None:
+        """A lost node comes back: heartbeats at once, its pods handled again."""
+        with self._lock:
+            self.lost.discard(node)
+            self._heartbeat_at = 0.0
+        self.wake()
+
     def pv_dir(self, namespace: str, claim: str) -> Path | None:
         """The host folder behind a bound claim, None while it is not bound."""
         pvc = self.rest.get(path_of("v1", "persistentvolumeclaims", namespace, claim))
@@ -261,6 +284,8 @@ class Kubelet:
         """Node status (Ready, capacity) and Lease renewal, as a kubelet's node-status loop."""
         now, micro = now_iso(), dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         for node in self.nodes:
+            if node.name in self.lost:
+                continue
             status = {
                 "capacity": node.capacity, "allocatable": node.capacity,
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
@@ -312,10 +337,12 @@ class Kubelet:
         for pvc in self.rest.list(path_of("v1", "persistentvolumeclaims")):
             if not (pvc.get("spec") or {}).get("volumeName") and (pvc.get("status") or {}).get("phase") == "Pending":
                 self._provision(pvc)
-        mine = {node.name for node in self.nodes}
+        mine = {node.name for node in self.nodes if node.name not in self.lost}
         pods = [p for p in self.rest.list(path_of("v1", "pods")) if (p.get("spec") or {}).get("nodeName") in mine]
         with self._lock:
             for pod in pods:
+                if pod["spec"].get("nodeName") in self.lost:
+                    continue  # lost meanwhile (lose() holds the lock): never report its pods again
                 try:
                     self._sync_pod(pod)
                 except ApiError as error:
@@ -370,7 +397,8 @@ class Kubelet:
             if meta.get("deletionTimestamp"):
                 self._final_delete(pod, None)
                 return
-            run = self.pods[meta["uid"]] = PodRun(meta["uid"], meta["namespace"], meta["name"], self._plan_for(pod))
+            run = self.pods[meta["uid"]] = PodRun(meta["uid"], meta["namespace"], meta["name"], self._plan_for(pod),
+                                                  node=pod["spec"].get("nodeName") or "")
         if not run.containers and not run.deleted:
             self._start(pod, run)
         if meta.get("deletionTimestamp"):

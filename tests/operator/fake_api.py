@@ -2,7 +2,9 @@
 
 It keeps just the API-server behaviour the controller's paths depend on:
 409 when a name is taken, 404 as None, label selectors, RFC 7386 merge
-patches, uids, and a refusal (422 with the server's message) for chosen kinds.
+patches, uids, resourceVersions (a patch that names an older one gets 409,
+as optimistic concurrency on the real server), and a refusal (422 with the
+server's message) for chosen kinds.
 Every call is recorded. The real HTTP path, the real API server and
 controllers are covered by tests/e2e_cluster (tests/cluster's control plane).
 """
@@ -35,11 +37,14 @@ class FakeKube:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.calls: list[tuple[str, str, str]] = []  # (verb, kind, name)
         self.refuse: dict[str, str] = {}  # kind → the message of a 422
+        self.version = 0  # the last resourceVersion handed out
 
     def put(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Store an object as if it existed before (fills uid)."""
         obj = copy.deepcopy(obj)
         obj["metadata"].setdefault("uid", uid_of(obj["kind"], obj["metadata"]["name"]))
+        self.version += 1
+        obj["metadata"]["resourceVersion"] = str(self.version)
         self.objects[(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
         return obj
 
@@ -74,11 +79,17 @@ class FakeKube:
         key = (kind, namespace, name)
         if key not in self.objects:
             return None
+        expected = (patch.get("metadata") or {}).get("resourceVersion")
+        if expected is not None and expected != self.objects[key]["metadata"]["resourceVersion"]:
+            raise ApiException(status=409, reason="Conflict", body=json.dumps(
+                {"message": "the object has been modified; please apply your changes to the latest version"}))
+        self.version += 1
         self.objects[key] = apply_merge_patch(self.objects[key], patch)
+        self.objects[key]["metadata"]["resourceVersion"] = str(self.version)
         return copy.deepcopy(self.objects[key])
 
-    def delete(self, kind: str, namespace: str, name: str) -> bool:
-        self.calls.append(("delete", kind, name))
+    def delete(self, kind: str, namespace: str, name: str, grace_seconds: int | None = None) -> bool:
+        self.calls.append(("delete" if grace_seconds is None else f"delete/grace={grace_seconds}", kind, name))
         return self.objects.pop((kind, namespace, name), None) is not None
 
     def verbs(self, verb: str) -> list[tuple[str, str]]:

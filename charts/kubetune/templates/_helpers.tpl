@@ -211,8 +211,9 @@ these rules, and that the rules grant nothing else).
   verbs: [get, list, watch, create, delete]
 - apiGroups: [""]
   resources: [pods]
-  # Read only, through the watch: failures are classified from pod status.
-  verbs: [list, watch]
+  # Read through the watch (failures are classified from pod status); delete: only a pod stuck
+  # Terminating on a lost node, force-deleted after operator.lostNodeTimeoutSeconds.
+  verbs: [list, watch, delete]
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [get, create]
@@ -236,4 +237,7 @@ With a fixed list of namespaces the operator turns kopf's scanning off
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [get]
 {{- end -}}

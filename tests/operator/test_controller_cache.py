@@ -1,0 +1,117 @@
+"""The controller on watched copies (issue 14, item 7): a reconcile decides from the FineTuneJob its watch
+last delivered instead of a GET per turn; the status write carries that copy's resourceVersion, so a stale
+copy gets 409 and the turn is redone on a fresh read, never overwriting a newer status; an action without
+a status write re-reads first. Also: the lost-node force delete as the controller performs it."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from kubetune_operator.controller import Controller
+from kubetune_operator.metrics import OperatorMetrics
+from kubetune_operator.settings import Settings
+from tests.operator.fake_api import FakeKube
+from tests.operator.objects import NAME, NAMESPACE, NOW, ago, attempt_job, failed_by, finetunejob, pod
+
+KEY = ("FineTuneJob", NAMESPACE, NAME)
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    return FakeKube()
+
+
+@pytest.fixture
+def controller(kube: FakeKube) -> Controller:
+    return Controller(Settings(trainer_image="t:1", lost_node_timeout_seconds=60), kube, OperatorMetrics(),
+                      post_event=lambda body, event: None, clock=lambda: NOW)
+
+
+def watched(kube: FakeKube) -> dict[str, Any]:
+    """The FineTuneJob as a watch would deliver it now."""
+    return copy.deepcopy(kube.objects[KEY])
+
+
+def gets_of_the_finetunejob(kube: FakeKube) -> int:
+    return kube.verbs("get").count(("FineTuneJob", NAME))
+
+
+def test_a_new_finetunejob_is_created_from_its_watched_copy_without_any_get(kube: FakeKube,
+                                                                           controller: Controller) -> None:
+    kube.put(finetunejob())
+    controller.reconcile(NAMESPACE, NAME, children=([], []), body=watched(kube))
+    assert kube.verbs("get") == []  # neither the FineTuneJob nor a recipe ConfigMap that cannot exist yet
+    assert kube.verbs("create") == [("ConfigMap", "demo-recipe"), ("PersistentVolumeClaim", "demo-data"),
+                                    ("Job", "demo-0")]
+
+
+def test_a_routine_turn_on_a_current_copy_makes_no_request(kube: FakeKube, controller: Controller) -> None:
+    kube.put(finetunejob())
+    controller.reconcile(NAMESPACE, NAME, children=([], []), body=watched(kube))
+    jobs = [copy.deepcopy(kube.objects[("Job", NAMESPACE, "demo-0")])]
+    jobs[0]["status"] = {"active": 1}  # its pod exists; the pod watch has not delivered it yet
+    kube.calls.clear()
+    controller.reconcile(NAMESPACE, NAME, children=(jobs, []), body=watched(kube))
+    assert kube.calls == []
+
+
+def test_a_stale_copy_gets_409_and_the_turn_is_redone_on_a_fresh_read(kube: FakeKube, controller: Controller) -> None:
+    kube.put(finetunejob())
+    controller.reconcile(NAMESPACE, NAME, children=([], []), body=watched(kube))
+    stale = watched(kube)  # the watch's copy, from before the failure below was counted
+    oom = kube.put(pod(0, phase="Failed", exit_code=137, reason="OOMKilled"))
+    kube.objects[("Job", NAMESPACE, "demo-0")]["status"] = attempt_job(0, "failed", failed_by(oom, 137))["status"]
+    children = ([copy.deepcopy(kube.objects[("Job", NAMESPACE, "demo-0")])], [oom])
+    # Another replica (a leader that just lost its Lease) counted it already; our watch lags behind.
+    fresh = Controller(Settings(trainer_image="t:1"), kube, OperatorMetrics(), post_event=lambda body, event: None,
+                       clock=lambda: NOW)
+    fresh.reconcile(NAMESPACE, NAME, children=children)
+    assert (kube.objects[KEY]["status"]["restarts"], kube.objects[KEY]["status"]["attempt"]) == (1, 1)
+    kube.calls.clear()
+    controller.reconcile(NAMESPACE, NAME, children=children, body=stale)
+    assert kube.objects[KEY]["status"]["restarts"] == 1  # not counted twice: the stale write was refused
+    assert kube.verbs("patch/status") == [("FineTuneJob", NAME)]  # the refused one; the fresh turn wrote nothing
+    assert gets_of_the_finetunejob(kube) == 1
+
+
+def test_an_action_without_a_status_write_re_reads_the_copy_first(kube: FakeKube, controller: Controller) -> None:
+    kube.put(finetunejob())
+    controller.reconcile(NAMESPACE, NAME, children=([], []), body=watched(kube))
+    copy_before = watched(kube)
+    kube.objects[KEY]["spec"]["suspend"] = True  # the user suspends; the watch has not delivered it yet
+    kube.version += 1
+    kube.objects[KEY]["metadata"]["resourceVersion"] = str(kube.version)
+    job = copy.deepcopy(kube.objects[("Job", NAMESPACE, "demo-0")])
+    del kube.objects[("Job", NAMESPACE, "demo-0")]  # deleted by hand: recreating it is an action
+    decision = controller.reconcile(NAMESPACE, NAME, children=([], [pod(0)]), body=copy_before)
+    assert decision is not None and decision.status.phase.value == "Suspended"  # decided on the fresh read
+    assert ("Job", NAMESPACE, "demo-0") not in kube.objects and job
+
+
+def test_a_pod_stuck_on_a_lost_node_is_force_deleted_by_the_controller(kube: FakeKube, controller: Controller) -> None:
+    kube.put(finetunejob())
+    controller.reconcile(NAMESPACE, NAME, children=([], []), body=watched(kube))
+    kube.put({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-node", "namespace": ""},
+              "status": {"conditions": [{"type": "Ready", "status": "Unknown", "lastTransitionTime": ago(120)}]}})
+    stuck = pod(0)
+    stuck["spec"] = {"nodeName": "gpu-node"}
+    stuck["metadata"].update(deletionTimestamp=ago(100 - 300), deletionGracePeriodSeconds=300)
+    controller.reconcile(NAMESPACE, NAME, children=([], [stuck]), body=watched(kube))
+    assert kube.verbs("delete/grace=0") == [("Pod", stuck["metadata"]["name"])]
+    running = {c["type"]: c for c in kube.objects[KEY]["status"]["conditions"]}["Running"]
+    assert running["reason"] == "PodsForceDeleted" and "gpu-node" in running["message"]
+
+
+def test_a_ready_node_is_looked_up_but_its_slow_pod_left_alone(kube: FakeKube, controller: Controller) -> None:
+    kube.put(finetunejob())
+    controller.reconcile(NAMESPACE, NAME, children=([], []), body=watched(kube))
+    kube.put({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-node", "namespace": ""},
+              "status": {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": ago(9000)}]}})
+    slow = pod(0)
+    slow["spec"] = {"nodeName": "gpu-node"}
+    slow["metadata"].update(deletionTimestamp=ago(3000), deletionGracePeriodSeconds=300)
+    controller.reconcile(NAMESPACE, NAME, children=([], [slow]), body=watched(kube))
+    assert ("Node", "gpu-node") in kube.verbs("get") and not kube.verbs("delete/grace=0")
