@@ -12,7 +12,8 @@ translator, `config.lora_config`); a method builder adds only what is its own:
 - `dpo`: `dpo.build_dpo_trainer` carries `args` over into a DPOConfig and adds the reference.
 
 Then, for every method alike: the adapter's dtype (`training.adapterInComputeDtype`), its dtype
-kept on reloads, and the fused LoRA kernels (`training.fusedLora`). A model the recipe names
+kept on reloads, the fused LoRA kernels (`training.fusedLora`), then selective checkpointing and
+regional compilation (`speed.apply_model_levers`). A model the recipe names
 that cannot be used (a teacher's other tokenizer, no such hub repository) raises InvalidInput.
 Heavy imports stay inside functions: importing this module imports no torch.
 """
@@ -79,6 +80,7 @@ def build_trainer(inputs: TrainerInputs) -> Trainer:
     speed.cast_adapter(trainer.model, spec, bf16=bool(inputs.config.bf16))  # training.adapterInComputeDtype
     keep_adapter_dtype_on_reload(trainer.model)  # a resume goes on in the dtype the adapter trained in
     fused_lora.apply_from_recipe(trainer.model, spec)  # training.fusedLora, after the cast it checks dtypes against
+    speed.apply_model_levers(trainer.model, spec)  # selectiveCheckpointing, compileLayers: after the fusing they read
     return trainer
 
 

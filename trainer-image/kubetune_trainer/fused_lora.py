@@ -317,18 +317,11 @@ def remove(model: Any) -> None:
 
 
 def apply_from_recipe(model: Any, spec: FineTuneJobSpec) -> None:
-    """The model-level speed levers, once the trainer holds the model: `training.fusedLora`, then
-    `selectiveCheckpointing` and `compileLayers` (`speed.apply_model_levers`; SAC reads the fused modules).
+    """`training.fusedLora` once the trainer holds the model; the assembly step then applies
+    `speed.apply_model_levers` (selectiveCheckpointing reads the fused modules).
 
     CUDA only: the CPU keeps peft's path, like the other levers.
     """
-    from kubetune_trainer import speed
-
-    _fuse_from_recipe(model, spec)
-    speed.apply_model_levers(model, spec)
-
-
-def _fuse_from_recipe(model: Any, spec: FineTuneJobSpec) -> None:
     import torch
 
     if spec.training.fused_lora is False or not torch.cuda.is_available():
