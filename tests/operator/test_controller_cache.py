@@ -80,38 +80,42 @@ def test_a_stale_copy_gets_409_and_the_turn_is_redone_on_a_fresh_read(kube: Fake
 def test_an_action_without_a_status_write_re_reads_the_copy_first(kube: FakeKube, controller: Controller) -> None:
     kube.put(finetunejob())
     controller.reconcile(NAMESPACE, NAME, children=([], []), body=watched(kube))
+    stopped = pod(0, phase="Failed", exit_code=75)  # its Job was deleted by hand; it checkpointed and stopped
+    del kube.objects[("Job", NAMESPACE, "demo-0")]
+    controller.reconcile(NAMESPACE, NAME, children=([], [stopped]), body=watched(kube))  # says so, re-creates it
+    del kube.objects[("Job", NAMESPACE, "demo-0")]  # deleted again: re-creating it is an action, no new status
     copy_before = watched(kube)
     kube.objects[KEY]["spec"]["suspend"] = True  # the user suspends; the watch has not delivered it yet
     kube.version += 1
     kube.objects[KEY]["metadata"]["resourceVersion"] = str(kube.version)
-    job = copy.deepcopy(kube.objects[("Job", NAMESPACE, "demo-0")])
-    del kube.objects[("Job", NAMESPACE, "demo-0")]  # deleted by hand: recreating it is an action
-    decision = controller.reconcile(NAMESPACE, NAME, children=([], [pod(0)]), body=copy_before)
+    kube.calls.clear()
+    decision = controller.reconcile(NAMESPACE, NAME, children=([], [stopped]), body=copy_before)
     assert decision is not None and decision.status.phase.value == "Suspended"  # decided on the fresh read
-    assert ("Job", NAMESPACE, "demo-0") not in kube.objects and job
+    assert ("Job", NAMESPACE, "demo-0") not in kube.objects  # not re-created for a suspended job
+    assert gets_of_the_finetunejob(kube) == 2  # the check that found the copy stale, then the fresh read
 
 
-def test_a_pod_stuck_on_a_lost_node_is_force_deleted_by_the_controller(kube: FakeKube, controller: Controller) -> None:
+def terminating_on(kube: FakeKube, controller: Controller, ready: str, deleted_ago: float) -> dict[str, Any]:
+    """A started FineTuneJob whose attempt-0 pod was deleted `deleted_ago` seconds ago (300 s grace) on
+    gpu-node, whose Ready condition is `ready` since 120 s; reconciled once with it. The pod."""
     kube.put(finetunejob())
     controller.reconcile(NAMESPACE, NAME, children=([], []), body=watched(kube))
     kube.put({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-node", "namespace": ""},
-              "status": {"conditions": [{"type": "Ready", "status": "Unknown", "lastTransitionTime": ago(120)}]}})
-    stuck = pod(0)
-    stuck["spec"] = {"nodeName": "gpu-node"}
-    stuck["metadata"].update(deletionTimestamp=ago(100 - 300), deletionGracePeriodSeconds=300)
-    controller.reconcile(NAMESPACE, NAME, children=([], [stuck]), body=watched(kube))
+              "status": {"conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": ago(120)}]}})
+    body = pod(0)
+    body["spec"] = {"nodeName": "gpu-node"}
+    body["metadata"].update(deletionTimestamp=ago(deleted_ago - 300), deletionGracePeriodSeconds=300)
+    controller.reconcile(NAMESPACE, NAME, children=([], [body]), body=watched(kube))
+    return body
+
+
+def test_a_pod_stuck_on_a_lost_node_is_force_deleted_by_the_controller(kube: FakeKube, controller: Controller) -> None:
+    stuck = terminating_on(kube, controller, "Unknown", deleted_ago=100)
     assert kube.verbs("delete/grace=0") == [("Pod", stuck["metadata"]["name"])]
     running = {c["type"]: c for c in kube.objects[KEY]["status"]["conditions"]}["Running"]
     assert running["reason"] == "PodsForceDeleted" and "gpu-node" in running["message"]
 
 
 def test_a_ready_node_is_looked_up_but_its_slow_pod_left_alone(kube: FakeKube, controller: Controller) -> None:
-    kube.put(finetunejob())
-    controller.reconcile(NAMESPACE, NAME, children=([], []), body=watched(kube))
-    kube.put({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-node", "namespace": ""},
-              "status": {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": ago(9000)}]}})
-    slow = pod(0)
-    slow["spec"] = {"nodeName": "gpu-node"}
-    slow["metadata"].update(deletionTimestamp=ago(3000), deletionGracePeriodSeconds=300)
-    controller.reconcile(NAMESPACE, NAME, children=([], [slow]), body=watched(kube))
+    terminating_on(kube, controller, "True", deleted_ago=3000)
     assert ("Node", "gpu-node") in kube.verbs("get") and not kube.verbs("delete/grace=0")
