@@ -269,8 +269,11 @@ def build_volumes(job: FineTuneJob) -> list[dict[str, Any]]:
     if dataset is not None:
         volumes.append({
             "name": DATASET_VOLUME,
+            # Optional: a ConfigMap not created yet (or without the key) lets the pod start, and the trainer
+            # reports the missing input (InputNotFound), which the operator waits for and shows in status;
+            # a required one would leave the pod in ContainerCreating with the reason only in its events.
             "configMap": {"name": dataset.name, "items": [{"key": dataset.key, "path": dataset.key}],
-                          "defaultMode": 0o444},
+                          "defaultMode": 0o444, "optional": True},
         })
     if spec.model.cache_claim:
         volumes.append({"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": spec.model.cache_claim}})

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tests.cluster.rest import path_of
 from tests.e2e_cluster.scenarios import condition, phase
 
 
@@ -50,3 +51,22 @@ def test_an_input_that_never_comes_fails_input_not_found_after_the_deadline(clus
     assert f"dataset.path {never}: no such file or folder" in status["message"], status
     assert "pendingDeadlineSeconds 30" in status["message"], status
     assert status["restarts"] == 0 and status["attempt"] >= 1, status  # retried, never counted as a failure
+
+
+def test_a_configmap_created_after_the_job_is_waited_for(cluster, make, inputs):
+    """The documented `kubectl create configmap` forgotten, then run: the pod starts (the volume is optional),
+    the trainer says which ConfigMap is missing, and the attempt after it is created trains."""
+    manifest = make("cmlate", training={"maxSteps": 5, "saveSteps": 5}, pendingDeadlineSeconds=600)
+    manifest["spec"]["dataset"] = {"configMap": {"name": "late-data", "key": "train.jsonl"},
+                                   "format": "prompt-completion", "validationSplit": 0.125}
+    cluster.apply(manifest)
+
+    waiting = cluster.wait_for("cmlate", waiting_for_input, 300, "Running=False InputNotFound")
+    assert "dataset.configMap late-data/train.jsonl: no such ConfigMap or key" in waiting["status"]["message"]
+    assert "kubectl create configmap late-data --from-file=train.jsonl=" in waiting["status"]["message"]
+
+    cluster.rest.create(path_of("v1", "configmaps", cluster.namespace), {
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late-data", "namespace": cluster.namespace},
+        "data": {"train.jsonl": inputs.data.read_text(encoding="utf-8")}})
+    done = cluster.wait_for("cmlate", phase("Succeeded"), 300, "Succeeded once the ConfigMap exists")
+    assert done["status"]["restarts"] == 0 and done["status"]["attempt"] >= 1, done["status"]

@@ -222,8 +222,9 @@ def configmap_dataset_path(spec: DatasetSpec) -> Path:
     path = folder / spec.config_map.key
     if not path.is_file():
         raise DownloadError(
-            f"dataset.configMap {spec.config_map.name}/{spec.config_map.key}: not mounted at {path}; "
-            "the operator mounts it (kubetune run cannot: use dataset.path there)",
+            f"dataset.configMap {spec.config_map.name}/{spec.config_map.key}: no such ConfigMap or key (nothing at "
+            f"{path}); create it in the FineTuneJob's namespace: kubectl create configmap {spec.config_map.name} "
+            f"--from-file={spec.config_map.key}=<file> (kubetune run has no ConfigMaps: use dataset.path there)",
             reason=INPUT_NOT_FOUND,
             exit_code=ExitCode.INVALID,
         )
