@@ -43,14 +43,14 @@ _PENDING_REASONS: tuple[str, ...] = typing.get_args(typing.get_type_hints(classi
 
 FAILURE_REASONS: tuple[str, ...] = (
     reconcile.INVALID_RECIPE, reconcile.BACKOFF_LIMIT_EXCEEDED, reconcile.PREEMPTION_LIMIT_EXCEEDED,
-    reconcile.DEADLINE_EXCEEDED, *_PENDING_REASONS,
+    reconcile.DEADLINE_EXCEEDED, reconcile.INPUT_NOT_FOUND, reconcile.VOLUME_FULL, *_PENDING_REASONS,
 )
 """The reasons of a Failed condition (reconcile's `finish(False, ...)` calls): created at 0 per namespace."""
 
 TRANSITION_REASONS: dict[Phase, tuple[str, ...]] = {
     # Pending is entered when created, and again after a retried failure or preemption (Running False).
     Phase.pending: (reconcile.CREATED, reconcile.ATTEMPT_FAILED, reconcile.PREEMPTED,
-                    *contract.RETRYABLE_TRAINER_REASONS, *_PENDING_REASONS),
+                    reconcile.INPUT_NOT_FOUND, *contract.RETRYABLE_TRAINER_REASONS, *_PENDING_REASONS),
     Phase.queued: (reconcile.QUEUED_BY_KUEUE,),
     Phase.running: (reconcile.STARTED, reconcile.RESUMED),
     Phase.suspended: (reconcile.SUSPENDED_REASON,),

@@ -72,6 +72,9 @@ def test_every_operator_metric_is_exported_under_its_spec_name() -> None:
     assert '{job="' not in text and ',job="' not in text
     # Known label values start at 0, so increase() counts their first event.
     assert 'kubetune_finetunejob_failures_total{namespace="ml",reason="BackoffLimitExceeded"} 0.0' in text
+    for reason in ("InputNotFound", "VolumeFull"):  # the reasons a missing input and a full volume fail with
+        assert f'kubetune_finetunejob_failures_total{{namespace="ml",reason="{reason}"}} 0.0' in text
+    assert 'kubetune_finetunejob_transitions_total{namespace="ml",phase="Pending",reason="InputNotFound"} 0.0' in text
     assert 'kubetune_finetunejob_restarts_total{finetunejob="demo",namespace="ml"} 0.0' in text
     assert 'kubetune_finetunejob_phase{finetunejob="demo",namespace="ml",phase="Running"} 1.0' in text
     assert 'kubetune_finetunejob_train_loss{' not in text  # no loss polled yet: not exported
