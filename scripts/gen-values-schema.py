@@ -250,21 +250,19 @@ def _join(prose: list[str]) -> str:
     return "".join(parts).strip("\n")
 
 
-def _type_of(value: Any) -> str:
+# Python type of a YAML default → JSON Schema type; bool before int (a bool is an int in Python).
+JSON_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "array"), (dict, "object"),
+)
+
+
+def _type_of(value: Any, where: str) -> str:
     """The JSON Schema type of a YAML default."""
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    raise ValuesError(f"a default of type {type(value).__name__} has no JSON Schema type")
+    for python_type, json_type in JSON_TYPES:
+        if isinstance(value, python_type):
+            return json_type
+    raise ValuesError(f"{where}: the default {value!r} has no JSON Schema type; give a typed default "
+                      "or a `# @schema {type: ...}` line")
 
 
 def _keys(node: yaml.MappingNode) -> list[tuple[str, int, yaml.Node]]:
@@ -300,7 +298,7 @@ def _property(lines: list[str], node: yaml.Node, comment: Comment, path: str, wh
         schema["type"] = "object"
         schema["additionalProperties"] = annotation.pop("additionalProperties", False)
     elif not REPLACES_TYPE & annotation.keys():
-        schema["type"] = _type_of(default)
+        schema["type"] = _type_of(default, where)
     schema["description"] = comment.description
     if _documented(lines, node):
         assert isinstance(node, yaml.MappingNode)

@@ -129,6 +129,10 @@ def test_a_value_gets_its_comment_its_default_s_type_and_its_annotation() -> Non
      # @schema {$ref: duration}
      a: 1m
      """, r"the example of a fails its schema: 'soon' does not match"),
+    ("""
+     # a is nothing yet.
+     a: ~
+     """, r"values.yaml:3: a: the default None has no JSON Schema type"),
 ])
 def test_the_generator_refuses_and_names_the_line(values: str, error: str) -> None:
     with pytest.raises(generator.ValuesError, match=error):
