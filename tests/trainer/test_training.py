@@ -11,7 +11,6 @@ import json
 import math
 import re
 import subprocess
-import sys
 import tarfile
 import threading
 import urllib.request
@@ -19,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.trainer.sft_runs import free_port, sft_spec
+from tests.trainer.sft_runs import free_port, kubetune_run, sft_spec, write_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -68,14 +66,9 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, toy
         output={"mergeAdapter": True, "archive": True},
         metricsPort=port,
     )
-    manifest = folder / "job.yaml"
-    manifest.write_text(yaml.safe_dump({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                                        "metadata": {"name": "toy"}, "spec": spec}))
     workspace = folder / "ws"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kubetune_operator.cli", "run", str(manifest), "--output", str(workspace)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    process = subprocess.Popen(kubetune_run(write_manifest(folder, spec), workspace),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     scrapes: list[str] = []
     scraper = threading.Thread(target=_scrape_while, args=(process, port, scrapes), daemon=True)
     scraper.start()
