@@ -172,9 +172,10 @@ def test_a_configmap_dataset_is_read_where_the_operator_mounts_it(
 ) -> None:
     spec = DatasetSpec(configMap={"name": "quiz-data", "key": "train.jsonl"}, format="prompt-completion")
     monkeypatch.setenv(Env.DATASET_DIR, str(tmp_path))
-    with pytest.raises(DownloadError, match="not mounted") as failed:
+    with pytest.raises(DownloadError, match="no such ConfigMap or key") as failed:
         localize_dataset(spec, tmp_path)
-    assert failed.value.exit_code == ExitCode.INVALID
+    assert (failed.value.exit_code, failed.value.reason) == (ExitCode.INVALID, "InputNotFound")  # waited for
+    assert "kubectl create configmap quiz-data --from-file=train.jsonl=" in str(failed.value)
 
     (tmp_path / "train.jsonl").write_bytes(JSONL)
     assert localize_dataset(spec, tmp_path) == str(tmp_path / "train.jsonl")
