@@ -663,7 +663,8 @@ def orchestrate(args: argparse.Namespace) -> int:
     make_model(small, out / "models" / small, vocab, args.device)
     results: list[dict[str, Any]] = []
     for case in PLANS[args.plan](small, large):
-        if args.only and not any(word in case.name for word in args.only.split(",")):
+        if args.only and not any(word[1:] == case.name if word.startswith("=") else word in case.name
+                                 for word in args.only.split(",")):
             continue
         left = args.budget_s - (time.monotonic() - started)
         if case.shape == large and not (out / "models" / large / "config.json").exists():
@@ -796,7 +797,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the timing")
     parser.add_argument("--steps", type=int, default=4, help="timed steps")
     parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting cases after this long")
-    parser.add_argument("--only", default="", help="comma-separated substrings of case names to run")
+    parser.add_argument("--only", default="", help="comma-separated substrings of case names to run "
+                        "(=NAME: that case alone)")
     parser.add_argument("--no-8b", action="store_true", help="leave out the 8B shape")
     parser.add_argument("--plan", choices=sorted(PLANS), default="all", help="which list of cases to run")
     parser.add_argument("--profile", default="", help="comma-separated substrings of case names to profile "

@@ -8,7 +8,8 @@ into `gb @ A` in another pass): on the Llama-3.2-1B shape at 32k tokens those pa
 ~100 ms of a 680 ms step (H200 profile, docs/benchmarks.md).
 
 Here three Triton kernels read `x` (or update `dx`) exactly once each and regenerate the keep
-mask from Philox (`tl.rand(seed, row * K + col)`) where they need it:
+mask where they need it from a 32-bit hash of (seed, row * K + col) (`lowbias32`; Philox through
+`tl.rand` made the kernels compute-bound, slower than PyTorch's dropout):
 
     down     xa[M, r]   = ((x ⊙ m) @ A^T) / (1 - p)
     grad_a   dA[r, K]   = (gb^T @ (x ⊙ m)) / (1 - p)     (split over M, partial sums added in fp32)
@@ -29,7 +30,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-OFFSET_LIMIT = 2**31 - 1  # Philox offsets are int32: M * K must stay below this
+OFFSET_LIMIT = 2**31 - 1  # element offsets are int32: M * K must stay below this
 
 
 @functools.cache
@@ -61,7 +62,7 @@ def applies(x: Any) -> bool:
 
 
 def draw_seed() -> int:
-    """A Philox seed from PyTorch's CPU generator (gradient checkpointing restores it for the recompute)."""
+    """A mask seed from PyTorch's CPU generator (gradient checkpointing restores it for the recompute)."""
     import torch
 
     return int(torch.randint(0, 2**31 - 1, (1,)).item())
