@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # Build the test cluster's binaries from Go modules into build/cluster/bin:
 # kube (kube-apiserver, kube-controller-manager, kube-scheduler and kubectl in
-# one multi-call binary, tests/cluster/kube/main.go), etcd, helm and kwok.
+# one multi-call binary, tests/cluster/kube/main.go), etcd, helm, kwok and the
+# Kueue manager (tests/cluster/kueue.py runs it for tests/e2e_cluster/test_kueue.py).
 #
 # Each program gets its own Go module under build/cluster/src/<name> so their
 # dependency graphs (etcd's grpc, helm's client-go) never fight. A binary is
 # skipped when a stamp says it was built for the pinned version. Nothing is
 # downloaded except through the Go module proxy.
 #
-# Usage: scripts/build-cluster.sh [kube|etcd|helm|kwok ...]   (default: all)
+# Usage: scripts/build-cluster.sh [kube|etcd|helm|kwok|kueue ...]   (default: all but kwok)
 set -euo pipefail
 
 KUBERNETES_VERSION=${KUBERNETES_VERSION:-v1.37.2}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
+KUEUE_VERSION=${KUEUE_VERSION:-v0.17.0}
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${KUBETUNE_CLUSTER_CACHE:-$ROOT/build/cluster}
@@ -136,12 +138,31 @@ build_kwok() {
   build_main kwok "$KWOK_VERSION" sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok "" optional
 }
 
+# The Kueue manager (cmd/kueue). Its go.mod has no replace lines, so it builds as a module of its own
+# at the k8s.io versions it requires (older than the control plane's; the API is compatible). Its CRDs
+# and webhook configurations, from the same module version, go to build/cluster/kueue/<version> for
+# tests/cluster/kueue.py.
+build_kueue() {
+  build_main kueue "$KUEUE_VERSION" sigs.k8s.io/kueue sigs.k8s.io/kueue/cmd/kueue \
+    "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION -X sigs.k8s.io/kueue/pkg/version.GitCommit=$KUEUE_VERSION"
+  local dest=$CACHE/kueue/$KUEUE_VERSION
+  [[ -f $dest/crd/kustomization.yaml && -f $dest/webhook/manifests.yaml ]] && return
+  local module
+  module=$(cd "$SRC" && go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [[ -d $module/config/components/crd ]] || fail "no config/components/crd in sigs.k8s.io/kueue@$KUEUE_VERSION"
+  rm -rf "$dest" && mkdir -p "$dest/webhook"
+  cp -r "$module/config/components/crd" "$dest/crd"
+  cp "$module/config/components/webhook/manifests.yaml" "$dest/webhook/"
+  chmod -R u+w "$dest"  # the module cache is read-only; a later rebuild must be able to replace the copy
+  say "kueue: manifests in $dest"
+}
+
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(etcd helm kube)
+[[ ${#targets[@]} -gt 0 ]] || targets=(etcd helm kube kueue)
 for t in "${targets[@]}"; do
   case $t in
-    kube|etcd|helm|kwok) "build_$t" ;;
-    *) fail "unknown target $t (kube, etcd, helm, kwok)" ;;
+    kube|etcd|helm|kwok|kueue) "build_$t" ;;
+    *) fail "unknown target $t (kube, etcd, helm, kwok, kueue)" ;;
   esac
 done
 say "binaries in $BIN"

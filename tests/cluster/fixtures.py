@@ -9,6 +9,9 @@ missing from the chart's rules fails a test instead of passing as an admin.
 
 Test: a fresh namespace labelled for the restricted Pod Security Standard
 (`namespace`), and `cluster`: a `RealCluster` in it with the operator running.
+
+On request only: `kueue`, Kueue's real manager (`tests.cluster.kueue`) for
+the test module that asks for it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pytest
 from tests.cluster.client import RealCluster
 from tests.cluster.controlplane import ROOT, ControlPlane, binary, free_port
 from tests.cluster.kubelet import Kubelet
+from tests.cluster.kueue import Kueue
 from tests.cluster.operator_runner import ProcessOperator
 from tests.cluster.rest import ApiError, RestClient, path_of
 
@@ -127,6 +131,22 @@ def kubetune_release(control_plane: ControlPlane) -> Release:
          )
     kubectl(control_plane, "wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s")
     return Release(RELEASE, RELEASE_NAMESPACE, OPERATOR_SERVICE_ACCOUNT)
+
+
+@pytest.fixture(scope="module")
+def kueue(control_plane: ControlPlane, kube: RestClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kueue]:
+    """Kueue's manager (built by `scripts/build-cluster.sh kueue`) for one test module.
+
+    Not for the session: Kueue manages every Job with a queue-name label, in any namespace (its
+    managedJobsNamespaceSelector does not exempt batch Jobs), so it would re-suspend the Jobs that
+    test_suspend_and_queue.py admits by hand ("Not admitted by cluster queue").
+    """
+    manager = Kueue(control_plane, kube, tmp_path_factory.mktemp("kueue")).start()
+    sys.stderr.write(f"\n[kueue ready, webhooks on 127.0.0.1:{manager.webhook_port}; log {manager.log}]\n")
+    try:
+        yield manager
+    finally:
+        manager.stop()
 
 
 @pytest.fixture(scope="session")
