@@ -188,5 +188,10 @@ def admitted_preempted_resumed(cluster: RealCluster, make: MakeJob, kube: RestCl
     assert not jobs[0]["status"].get("failed"), jobs[0]["status"]  # the Job controller ignored the exit 75
     second = [p for p in attempt_pods(cluster, "queued", 0) if p["metadata"]["uid"] != first["metadata"]["uid"]]
     assert second, "the re-admitted Job made a new pod"
+    # Kueue hands the quota on once the Job has no *active* pods, while ours may still be writing its
+    # checkpoint; the Job controller starts the resumed pod only after the stopped one ended (its
+    # podReplacementPolicy, Failed with a podFailurePolicy), so two trainers never share the volume.
+    assert jobs[0]["spec"]["podReplacementPolicy"] == "Failed", jobs[0]["spec"]
+    assert second[-1]["metadata"]["creationTimestamp"] >= stopped["finishedAt"], (second[-1]["metadata"], stopped)
     assert resumed_from(cluster, second[-1]["metadata"]["name"]) >= step
     assert is_true(workload_of(kube, namespace, job), "Finished")
