@@ -2,6 +2,8 @@
 
     python bench/gpu_throughput.py --out /tmp/bench --doc docs/benchmarks.md          # on a GPU machine
     python bench/gpu_throughput.py --plan fused --no-8b --out /tmp/bench              # issue 15: peers + fusedLora
+    python bench/gpu_throughput.py --plan levers --no-8b --out /tmp/bench --profile kt-1b-4bit-mb16   # round 2 levers
+    python bench/gpu_throughput.py --plan final --no-8b --out /tmp/bench              # peers + the levers that gained
     python bench/gpu_throughput.py --layer --out /tmp/bench                           # one layer: peft vs fused LoRA
     python bench/gpu_throughput.py --device cpu --out /tmp/bench --budget-s 300       # rehearsal, tiny shapes
 
@@ -31,6 +33,9 @@ tokenization, trainer assembly) to the end of the first optimizer step.
 Unsloth is not a case here: it pins its own transformers/TRL and, with its dependencies, does
 not fit beside this stack in what one device call may carry (64 MiB). The issue's recorded
 Unsloth numbers are context only, not measured in the same run.
+
+`--profile NAMES` records one warm-up step of the named cases with torch.profiler (ops and
+kernels by their own GPU time, OUT/cases/NAME.profile.txt); the timed steps are not profiled.
 
 Each case runs in its own process (clean peak memory, no kernel patches leaking between cases);
 results are appended to OUT/results.jsonl as they come, and the table is printed at the end.
@@ -141,8 +146,7 @@ def plan_fused(shape_small: str, shape_large: str | None) -> list[Case]:
     """Issue 15: the peers and KubeTune before/after `training.fusedLora`, fixed-length rows, in priority order."""
     s = shape_small
     cases = [
-        hf(f"hf-{s}-4bit-mb16", s, 4, "fixed", 16, "TRL defaults"),
-        hf(f"hf-{s}-4bit-mb16-liger", s, 4, "fixed", 16, "TRL + use_liger_kernel", use_liger_kernel=True),
+        *peers(s),
         kt(f"kt-{s}-4bit-mb16-unfused", s, 4, "fixed", 16, "KubeTune before: fusedLora false", fusedLora=False),
         kt(f"kt-{s}-4bit-mb16", s, 4, "fixed", 16, "KubeTune defaults (fusedLora on)"),
         kt(f"kt-{s}-4bit-mb16-d0-unfused", s, 4, "fixed", 16, "dropout 0, fusedLora false", 0.0, fusedLora=False),
@@ -159,6 +163,12 @@ def plan_fused(shape_small: str, shape_large: str | None) -> list[Case]:
     return cases
 
 
+def peers(s: str) -> list[Case]:
+    """The two TRL peers of issue 15 on shape `s`: SFTTrainer defaults, and with Liger switched on."""
+    return [hf(f"hf-{s}-4bit-mb16", s, 4, "fixed", 16, "TRL defaults"),
+            hf(f"hf-{s}-4bit-mb16-liger", s, 4, "fixed", 16, "TRL + use_liger_kernel", use_liger_kernel=True)]
+
+
 def plan_levers(shape_small: str, shape_large: str | None) -> list[Case]:
     """Issue 15, second round: the levers after fusedLora (selective checkpointing, compile, offloading), then the peers."""
     s = shape_small
@@ -173,8 +183,7 @@ def plan_levers(shape_small: str, shape_large: str | None) -> list[Case]:
            selectiveCheckpointing=True),
         kt(f"kt-{s}-4bit-mb16-compile-noliger", s, 4, "fixed", 16, "compileLayers, ligerKernels off",
            compileLayers=True, ligerKernels=False),
-        hf(f"hf-{s}-4bit-mb16", s, 4, "fixed", 16, "TRL defaults"),
-        hf(f"hf-{s}-4bit-mb16-liger", s, 4, "fixed", 16, "TRL + use_liger_kernel", use_liger_kernel=True),
+        *peers(s),
         kt(f"kt-{s}-4bit-mb16-d0", s, 4, "fixed", 16, "dropout 0", 0.0),
     ]
     if shape_large:
@@ -188,8 +197,7 @@ def plan_final(shape_small: str, shape_large: str | None) -> list[Case]:
     s = shape_small
     fused_adam = "adamw_torch_fused"
     cases = [
-        hf(f"hf-{s}-4bit-mb16", s, 4, "fixed", 16, "TRL defaults"),
-        hf(f"hf-{s}-4bit-mb16-liger", s, 4, "fixed", 16, "TRL + use_liger_kernel", use_liger_kernel=True),
+        *peers(s),
         kt(f"kt-{s}-4bit-mb16", s, 4, "fixed", 16, "KubeTune defaults"),
         kt(f"kt-{s}-4bit-mb16-fdrop", s, 4, "fixed", 16, "fusedDropout", fusedDropout=True),
         kt(f"kt-{s}-4bit-mb16-adamfused", s, 4, "fixed", 16, "optimizer adamw_torch_fused", optimizer=fused_adam),

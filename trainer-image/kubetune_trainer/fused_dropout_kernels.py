@@ -42,6 +42,7 @@ def down(
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
+    """xa[M, r] = ((x ⊙ keep) @ A^T) · scale; one program per BLOCK_M rows, looping over K."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     ranks = tl.arange(0, RP)
     acc = tl.zeros((BLOCK_M, RP), dtype=tl.float32)
@@ -79,6 +80,7 @@ def grad_a(
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
+    """Partial dA sums: out[split, r, K] = gb^T @ (x ⊙ keep) over this split's rows (summed by the caller)."""
     cols = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     split = tl.program_id(1)
     ranks = tl.arange(0, RP)
@@ -117,6 +119,7 @@ def up_add(
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
+    """dx[M, K] += ((gb @ A) ⊙ keep) · scale, in place; one program per (BLOCK_M, BLOCK_K) tile."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     ranks = tl.arange(0, RP)
@@ -140,6 +143,7 @@ def up_add(
 
 @triton.jit
 def mask_only(out_ptr, M, K, seed, p, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The keep mask as int8 (tests and debugging)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     inside = (rows[:, None] < M) & (cols[None, :] < K)

@@ -24,6 +24,11 @@ mask; peft keeps a dropped-out copy of the input per projection instead.
 Dropout draws its mask with `aten.native_dropout`, the op `nn.Dropout` itself runs, in the same
 order as peft, so with one seed the fused and the plain model draw the same masks.
 
+`training.fusedDropout` moves that dropout into `fused_dropout`'s Triton kernels (a mask
+regenerated from a seed, no mask or dropped copy kept; other random numbers than peft's), and
+`training.selectiveCheckpointing` makes the down projection keep its base matmul's output for
+the backward (`KEEP_BASE_OUTPUT`, `BASE_OUTPUT_MARK`, read by the policy in `speed`).
+
 Unsloth's `fast_lora.py` does the same algebra for dropout 0 only (it leaves the LoRA matrices
 unpatched otherwise); this path also covers the recipe default, dropout 0.05. PyTorch ops are
 enough: the gain is removing whole passes over activations, which cuBLAS' `addmm` epilogue
