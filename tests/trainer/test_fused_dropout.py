@@ -1,34 +1,45 @@
 """`training.fusedDropout`: the Triton dropout kernels compute what PyTorch computes with the same mask.
 
-The kernels run here on the CPU through Triton's interpreter (`TRITON_INTERPRET=1`), first one
+The kernels run here on the CPU through Triton's interpreter (`TRITON_INTERPRET=1`, in a
+process of its own), first one
 by one against PyTorch ops with the mask the kernels draw, then inside a fused LoRA projection
 (forward and backward) against the LoRA formula written out in PyTorch with that mask.
 """
 
 from __future__ import annotations
 
-import importlib
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
 
-@pytest.fixture
-def kernels(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """`fused_dropout` with its kernels (re)built for Triton's interpreter."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    from kubetune_trainer import fused_dropout, fused_dropout_kernels
+def interpreted(check: str, *args: Any) -> None:
+    """Run `check(*args)` of this module in a fresh Python with `TRITON_INTERPRET=1` set from the start.
 
-    importlib.reload(fused_dropout_kernels)
-    fused_dropout.kernels.cache_clear()
-    yield fused_dropout
-    fused_dropout.kernels.cache_clear()
+    Triton decides at decoration time whether a kernel is interpreted; a process of its own keeps
+    the rest of the suite's Triton (and this check) independent of test order.
+    """
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    code = f"import {__name__} as t; t.{check}(*{args!r})"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize(("rows", "width", "rank"), [(130, 200, 8), (64, 256, 16)])
-def test_kernels_equal_pytorch_with_their_mask(kernels: Any, rows: int, width: int, rank: int) -> None:
+def test_kernels_equal_pytorch_with_their_mask(rows: int, width: int, rank: int) -> None:
     """down, grad_a and up_add against (x ⊙ m) A^T, gb^T (x ⊙ m), dx + (gb A) ⊙ m, all / (1 - p)."""
+    interpreted("check_kernels", rows, width, rank)
+
+
+def check_kernels(rows: int, width: int, rank: int) -> None:
+    """The kernel-by-kernel comparison (in the interpreter's process)."""
     import torch
+
+    from kubetune_trainer import fused_dropout as kernels
 
     generator = torch.Generator().manual_seed(0)
     x, dx = (torch.randn(rows, width, generator=generator) for _ in range(2))
@@ -44,15 +55,22 @@ def test_kernels_equal_pytorch_with_their_mask(kernels: Any, rows: int, width: i
     torch.testing.assert_close(kernels.dropout_up_add_(dx.clone(), gb, a, p, seed), expected, rtol=1e-5, atol=1e-4)
 
 
-def test_fused_projection_with_kernel_dropout_matches_the_formula(kernels: Any) -> None:
+def test_fused_projection_with_kernel_dropout_matches_the_formula() -> None:
     """A 16-bit fused LoRA projection with fusedDropout: output and gradients of x W^T + s · dropout(x) A^T B^T.
 
     fp16, not bf16: Triton's interpreter computes in numpy, which has no bfloat16 (on GPUs the
     kernels run in bf16, tests/gpu/test_fused_dropout_gpu.py).
     """
+    interpreted("check_projection_on_cpu")
+
+
+def check_projection_on_cpu() -> None:
+    """The fp16 projection check (in the interpreter's process)."""
     import torch
 
-    assert_projection_matches_formula(kernels, torch.float16, "cpu", rows=80, tolerance=5e-3)
+    from kubetune_trainer import fused_dropout
+
+    assert_projection_matches_formula(fused_dropout, torch.float16, "cpu", rows=80, tolerance=5e-3)
 
 
 def assert_projection_matches_formula(kernels: Any, dtype: Any, device: str, rows: int, tolerance: float) -> None:

@@ -247,15 +247,20 @@ def _apply_eager(*args: Any) -> torch.Tensor:
     bitsandbytes' dequantization and the shared scratch buffer are not traceable; a clean graph
     break here keeps dynamo from trying, and costs nothing in eager mode.
     """
-    global _apply_eager_fn
-    if _apply_eager_fn is None:
-        import torch
-
-        _apply_eager_fn = torch.compiler.disable(FusedLoraFunction.get().apply, recursive=True)
-    return _apply_eager_fn(*args)
+    return _EAGER_APPLY[0](*args)
 
 
-_apply_eager_fn: Any = None
+# The autograd function's `apply` behind `torch.compiler.disable`, made by `apply` before anything
+# is compiled: built lazily inside a compiled region, its class statement broke dynamo's graph
+# (`Invalid call to __build_class__`), and dynamo traced into the builder.
+_EAGER_APPLY: list[Any] = []
+
+
+def _prepare_eager_apply() -> None:
+    import torch
+
+    if not _EAGER_APPLY:
+        _EAGER_APPLY.append(torch.compiler.disable(FusedLoraFunction.get().apply, recursive=True))
 
 
 def _fusable_reason(module: Any) -> str | None:
@@ -292,6 +297,7 @@ def apply(model: Any) -> int:
     The switch changes each module's class to a subclass whose forward is `fused_forward`
     (deepcopy- and state_dict-safe: parameters, names and peft's isinstance checks are unchanged).
     """
+    _prepare_eager_apply()  # before any torch.compile traces a fused forward
     fused, refused = 0, set()
     for module in model.modules():
         if type(module) in _FUSED_CLASSES.values():
