@@ -16,7 +16,7 @@ quickstart: venv
 	$(BIN)/kubetune run examples/quickstart-cpu.yaml --output out/quickstart
 
 # The real control plane the operator, chart and kubectl tests run against: etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubectl and helm built from Go modules into build/cluster/bin
+# kube-controller-manager, kube-scheduler, kubectl, helm and the Kueue controller built from Go modules into build/cluster/bin
 # (skipped when already built for the pinned versions; scripts/build-cluster.sh).
 cluster:
 	scripts/build-cluster.sh
