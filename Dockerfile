@@ -17,9 +17,11 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# The distribution holds both packages; without extras it installs only the
+# The distribution holds the three packages (the API both sides share, the operator,
+# the trainer: `kubetune run` imports it lazily); without extras it installs only the
 # operator's dependencies (kopf, kubernetes, prometheus-client, pydantic).
 COPY pyproject.toml README.md ./
+COPY api/kubetune_api/ api/kubetune_api/
 COPY operator/kubetune_operator/ operator/kubetune_operator/
 COPY trainer-image/kubetune_trainer/ trainer-image/kubetune_trainer/
 RUN pip install . && pip check

@@ -22,7 +22,7 @@ import celpy
 import yaml
 from openapi_schema_validator import OAS30Validator
 
-from kubetune_trainer.recipe import DNS_1123_LABEL, LABEL_VALUE, QUALIFIED_NAME
+from kubetune_api.recipe import DNS_1123_LABEL, LABEL_VALUE, QUALIFIED_NAME
 
 CRD_PATH = Path(__file__).resolve().parents[1] / "crds" / "finetunejob.yaml"
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from kubetune_operator import names
-from kubetune_trainer.contract import (
+from kubetune_api.contract import (
     INPUT_NOT_FOUND,
     RETRYABLE_TRAINER_REASONS,
     VOLUME_FULL,

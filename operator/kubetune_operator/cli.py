@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from kubetune_trainer.recipe import FineTuneJob, RecipeError
+from kubetune_api.recipe import FineTuneJob, RecipeError
 
 STDIN = "-"
 # The recipe model's message for a field it does not know (recipe.format_validation_error).
@@ -71,7 +71,7 @@ def read_jobs(path: str) -> list[FineTuneJob]:
 
     A manifest that parses but is refused by the recipe model raises RecipeError, with field suggestions.
     """
-    from kubetune_trainer.manifest import load_finetunejobs
+    from kubetune_api.manifest import load_finetunejobs
 
     shown = "<stdin>" if path == STDIN else path
     try:

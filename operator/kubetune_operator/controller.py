@@ -37,8 +37,8 @@ from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.progress import metrics_url
 from kubetune_operator.reconcile import ActionType, Decision, Event, Observed, previous_status, reconcile
 from kubetune_operator.settings import Settings
-from kubetune_trainer import contract
-from kubetune_trainer.recipe import CheckpointStatus, FineTuneJob, Progress
+from kubetune_api import contract
+from kubetune_api.recipe import CheckpointStatus, FineTuneJob, Progress
 
 logger = logging.getLogger(__name__)
 

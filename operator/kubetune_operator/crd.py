@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from kubetune_trainer import recipe
+from kubetune_api import recipe
 
 CRD_NAME = f"{recipe.PLURAL}.{recipe.API_GROUP}"
 

@@ -32,9 +32,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from kubetune_operator import classify, reconcile
 from kubetune_operator.reconcile import phase_of
-from kubetune_trainer import contract
-from kubetune_trainer.metric_specs import OPERATOR_METRICS, MetricSpec
-from kubetune_trainer.recipe import FineTuneJobStatus, Phase
+from kubetune_api import contract
+from kubetune_api.metric_specs import OPERATOR_METRICS, MetricSpec
+from kubetune_api.recipe import FineTuneJobStatus, Phase
 
 # Seconds from creation to Running: under a second on an idle cluster, hours when queueing for GPUs.
 TIME_TO_RUNNING_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)

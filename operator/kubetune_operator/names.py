@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kubetune_trainer import recipe
+from kubetune_api import recipe
 
 GROUP = recipe.API_GROUP
 VERSION = recipe.API_VERSION

@@ -1,7 +1,7 @@
 """Training progress from rank 0's Prometheus endpoint: best effort, never used to decide the phase.
 
 The trainer exports `kubetune_trainer_*` gauges (names in
-`kubetune_trainer.metric_specs`); the operator polls rank 0 at
+`kubetune_api.metric_specs`); the operator polls rank 0 at
 `http://<pod IP>:<metricsPort>/metrics` with a short timeout and a bounded
 number of polls in flight, parses the text with prometheus-client's own
 parser, and hands a `Progress` (percent, loss text and the trainer's stage for the printer columns)
@@ -22,9 +22,9 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune_operator import classify
-from kubetune_trainer import contract
-from kubetune_trainer.metric_specs import TRAINER_METRICS
-from kubetune_trainer.recipe import CheckpointStatus, Progress
+from kubetune_api import contract
+from kubetune_api.metric_specs import TRAINER_METRICS
+from kubetune_api.recipe import CheckpointStatus, Progress
 
 logger = logging.getLogger(__name__)
 

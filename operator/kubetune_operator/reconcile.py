@@ -31,8 +31,8 @@ from pydantic import ValidationError
 from kubetune_operator import classify, names
 from kubetune_operator.classify import format_time, parse_time
 from kubetune_operator.progress import shown_loss
-from kubetune_trainer import contract
-from kubetune_trainer.recipe import (
+from kubetune_api import contract
+from kubetune_api.recipe import (
     CheckpointStatus,
     Condition,
     FineTuneJob,

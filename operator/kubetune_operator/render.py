@@ -4,7 +4,7 @@
 `helm template`), and the golden tests pin it. Each `build_*` function returns
 one complete object; `render_children` is the list the operator ensures for an
 attempt. Every path and variable the trainer reads comes from
-`kubetune_trainer.contract`, so a test kubelet can remap them through env.
+`kubetune_api.contract`, so a test kubelet can remap them through env.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import yaml
 
 from kubetune_operator import names
 from kubetune_operator.settings import Settings
-from kubetune_trainer import contract
-from kubetune_trainer.recipe import FineTuneJob, FineTuneJobSpec, ObjectMeta
+from kubetune_api import contract
+from kubetune_api.recipe import FineTuneJob, FineTuneJobSpec, ObjectMeta
 
 TERMINATION_GRACE_SECONDS = 300
 """Long enough for the trainer to reach a step boundary and save a checkpoint after SIGTERM."""

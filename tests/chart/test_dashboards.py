@@ -17,7 +17,7 @@ from typing import Any
 import promql_parser
 import pytest
 from grafana_foundation_sdk.models.dashboard import Dashboard
-from kubetune_trainer.metric_specs import all_exported_names
+from kubetune_api.metric_specs import all_exported_names
 
 from tests.chart.conftest import CHART
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import dockerfile
 import pytest
-from kubetune_trainer import contract
+from kubetune_api import contract
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR = REPO / "Dockerfile"
@@ -140,6 +140,14 @@ def test_trainer_keeps_the_hugging_face_cache_on_the_pvc() -> None:
     assert env["HF_HOME"] == contract.cache_dir(contract.WORKSPACE)
     workdir = [c.value[0] for c in final_stage(TRAINER) if c.cmd == "WORKDIR"]
     assert workdir[-1] == contract.WORKSPACE
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_image_copies_every_package_of_the_distribution(name: str) -> None:
+    find = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"]["find"]
+    packages = {f"{where}/{include.rstrip('*')}/" for where, include in zip(find["where"], find["include"], strict=True)}
+    copied = {source for c in commands(IMAGES[name]) if c.cmd == "COPY" and not c.flags for source in c.value[:-1]}
+    assert packages <= copied, f"`pip install .` needs {sorted(packages - copied)} (pyproject's packages.find)"
 
 
 def test_operator_image_installs_no_trainer_extras() -> None:

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from kubetune_trainer.recipe import parse_finetunejob
+from kubetune_api.recipe import parse_finetunejob
 
 from tests.chart.conftest import REPO
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from kubetune_trainer.recipe import API_GROUP, API_VERSION, PLURAL
+from kubetune_api.recipe import API_GROUP, API_VERSION, PLURAL
 
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.kubelet import Kubelet

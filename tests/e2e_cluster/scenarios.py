@@ -14,7 +14,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER, CHECKPOINT_PREFIX
+from kubetune_api.contract import CHECKPOINT_COMPLETE_MARKER, CHECKPOINT_PREFIX
 
 from tests.cluster.client import ClusterClient
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from kubetune_trainer.contract import DATASET_CONFIGMAP_DIR
+from kubetune_api.contract import DATASET_CONFIGMAP_DIR
 
 from tests.cluster.rest import path_of
 from tests.e2e_cluster.scenarios import phase, termination

@@ -67,7 +67,7 @@ def test_an_immutable_field_cannot_change_but_suspend_can(control_plane: Control
 
 def test_explain_prints_the_field_documentation_of_the_model(control_plane: ControlPlane,
                                                              kubetune_release: Release) -> None:
-    from kubetune_trainer.recipe import LoraSpec
+    from kubetune_api.recipe import LoraSpec
 
     explained = kubectl(control_plane, "explain", "ftj.spec.method.lora").stdout
     assert "FineTuneJob" in explained and "FIELDS:" in explained

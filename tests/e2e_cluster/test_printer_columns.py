@@ -12,7 +12,7 @@ from typing import Any
 
 from kubetune_operator.controller import merge_patch
 from kubetune_operator.reconcile import Observed, reconcile
-from kubetune_trainer.recipe import Progress
+from kubetune_api.recipe import Progress
 
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.fixtures import Release, kubectl

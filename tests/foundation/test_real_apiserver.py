@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from kubetune_trainer.manifest import load_documents
+from kubetune_api.manifest import load_documents
 from tests.cluster.controlplane import ControlPlane, binary
 from tests.crd_validation import CRD_PATH
 from tests.foundation.test_recipe_and_crd import BAD_MANIFESTS, EXAMPLES, MINIMAL

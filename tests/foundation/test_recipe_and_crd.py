@@ -12,8 +12,8 @@ import yaml
 
 from kubetune_operator import cli
 from kubetune_operator.crd import render_crd_yaml
-from kubetune_trainer.manifest import load_documents
-from kubetune_trainer.recipe import RecipeError, immutable_changes, parse_finetunejob
+from kubetune_api.manifest import load_documents
+from kubetune_api.recipe import RecipeError, immutable_changes, parse_finetunejob
 from tests.crd_validation import CRD_PATH, crd_errors, crd_schema
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from kubetune_trainer import contract
-from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER, Env
+from kubetune_api import contract
+from kubetune_api.contract import CHECKPOINT_COMPLETE_MARKER, Env
 
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 """NVLink multicast stays off on the lent GPU machines, in every process we start (their README says why)."""
@@ -41,7 +41,7 @@ def render_pod(job: dict[str, Any], attempt: int = 0, namespace: str = "default"
     """The attempt Job's trainer container and the recipe ConfigMap's recipe.json, as the operator renders them."""
     from kubetune_operator.render import render_children
     from kubetune_operator.settings import Settings
-    from kubetune_trainer.recipe import parse_finetunejob
+    from kubetune_api.recipe import parse_finetunejob
 
     children = render_children(parse_finetunejob(job), attempt, namespace, Settings())
     by_kind = {child["kind"]: child for child in children}

@@ -76,7 +76,7 @@ def test_levers_do_nothing_on_the_cpu(tmp_path: Path) -> None:
     """On the CPU the switches change nothing: no Liger options, the recipe's attention, fp32 adapters kept."""
     import torch
     from kubetune_trainer import speed
-    from kubetune_trainer.recipe import parse_spec
+    from kubetune_api.recipe import parse_spec
 
     spec = parse_spec({"model": {"name": "x"}, "dataset": {"path": "d.jsonl"}, "training": {"packing": True}})
     if torch.cuda.is_available():
@@ -90,7 +90,7 @@ def test_levers_do_nothing_on_the_cpu(tmp_path: Path) -> None:
 
 def test_switches_turn_levers_off() -> None:
     """Each lever has its own recipe switch, on by default."""
-    from kubetune_trainer.recipe import parse_spec
+    from kubetune_api.recipe import parse_spec
 
     base = {"model": {"name": "x"}, "dataset": {"path": "d.jsonl"}}
     on = parse_spec(base).training

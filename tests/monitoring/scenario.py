@@ -22,8 +22,8 @@ from typing import Any
 
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.progress import parse_metrics
-from kubetune_trainer.contract import Env
-from kubetune_trainer.recipe import FineTuneJobStatus, Progress
+from kubetune_api.contract import Env
+from kubetune_api.recipe import FineTuneJobStatus, Progress
 from prometheus_client import start_http_server
 
 from tests.monitoring.prometheus import SCRAPE_INTERVAL_SECONDS, PrometheusServer

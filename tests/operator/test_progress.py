@@ -13,7 +13,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, start_http_server
 
 from kubetune_operator.progress import ProgressPoller, metrics_url, parse_metrics, percent, shown_loss
-from kubetune_trainer.metric_specs import TRAINER_METRICS
+from kubetune_api.metric_specs import TRAINER_METRICS
 from tests.operator.objects import NOW, pod
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from kubetune_operator.classify import classify_failure
 from kubetune_operator.reconcile import ActionType, Observed, backoff_seconds, reconcile
-from kubetune_trainer.recipe import CheckpointStatus, Progress
+from kubetune_api.recipe import CheckpointStatus, Progress
 from tests.operator.objects import NOW, ago, attempt_job, failed_by, finetunejob, later, pod
 
 CREATE, DELETE, DELETE_SELF, NONE = (

@@ -27,9 +27,9 @@ from kubetune_operator.render import (
     render_yaml,
 )
 from kubetune_operator.settings import Settings
-from kubetune_trainer import contract
-from kubetune_trainer.manifest import load_finetunejob
-from kubetune_trainer.recipe import FineTuneJob, parse_finetunejob
+from kubetune_api import contract
+from kubetune_api.manifest import load_finetunejob
+from kubetune_api.recipe import FineTuneJob, parse_finetunejob
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

@@ -11,8 +11,8 @@ from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.reconcile import Observed, reconcile
 from kubetune_operator.settings import Settings, SettingsError
 from kubetune_operator.tuning import tune_kopf
-from kubetune_trainer.metric_specs import OPERATOR_METRICS
-from kubetune_trainer.recipe import FineTuneJobStatus
+from kubetune_api.metric_specs import OPERATOR_METRICS
+from kubetune_api.recipe import FineTuneJobStatus
 from tests.operator.objects import NOW, attempt_job, finetunejob, pod
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from kubetune_trainer.recipe import parse_finetunejob
+from kubetune_api.recipe import parse_finetunejob
 
 from tests.crd_validation import crd_errors
 

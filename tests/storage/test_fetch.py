@@ -9,9 +9,9 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from kubetune_trainer.contract import Env, ExitCode
+from kubetune_api.contract import Env, ExitCode
 from kubetune_trainer.fetch import DownloadError, fetch, local_inputs, localize_dataset, localize_model, model_cache
-from kubetune_trainer.recipe import DatasetSpec, FineTuneJobSpec, ModelSpec
+from kubetune_api.recipe import DatasetSpec, FineTuneJobSpec, ModelSpec
 from kubetune_trainer.remote import StorageError
 from moto.core.authorization import enable_iam_authentication
 

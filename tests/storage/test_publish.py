@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from kubetune_trainer import publish
-from kubetune_trainer.contract import ExitCode
+from kubetune_api.contract import ExitCode
 from kubetune_trainer.publish import (
     SUMMARY_FILE,
     FsspecDestination,
@@ -21,7 +21,7 @@ from kubetune_trainer.publish import (
     publish_result,
     result_files,
 )
-from kubetune_trainer.recipe import FineTuneJobSpec
+from kubetune_api.recipe import FineTuneJobSpec
 from moto.core.authorization import enable_iam_authentication
 
 METRICS = {"step": 12, "loss": 1.25, "evalLoss": 1.5}

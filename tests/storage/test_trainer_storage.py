@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-from kubetune_trainer.contract import ExitCode
+from kubetune_api.contract import ExitCode
 
 from tests.trainer.sft_runs import run_launcher, sft_spec, termination_message, toy_rows, write_jsonl, write_recipe
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER, Env
+from kubetune_api.contract import CHECKPOINT_COMPLETE_MARKER, Env
 
 from tests.merge_patch import apply_merge_patch
 

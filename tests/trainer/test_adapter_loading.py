@@ -22,7 +22,7 @@ import pytest
 
 from kubetune_trainer import export
 from kubetune_trainer.formats import make_renderer, render_inference_prompt
-from kubetune_trainer.recipe import DatasetSpec
+from kubetune_api.recipe import DatasetSpec
 from tests.fixtures.tokenizers import BOS, build_tokenizer
 from tests.trainer.sft_runs import free_port, kubetune_run, sft_spec, write_manifest
 
@@ -248,7 +248,7 @@ def test_export_gguf_converts_a_merged_quickstart_model(tmp_path: Path, tiny_run
 
     from kubetune_operator import cli
     from kubetune_trainer.model import load_model, resolve_model_source
-    from kubetune_trainer.recipe import ModelSpec
+    from kubetune_api.recipe import ModelSpec
     from kubetune_trainer.train import load_job
 
     gguf = pytest.importorskip("gguf")

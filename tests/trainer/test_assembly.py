@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from kubetune_trainer import contract
-from kubetune_trainer.contract import Env, local_path
+from kubetune_api import contract
+from kubetune_api.contract import Env, local_path
 
 from tests.trainer.method_runs import run_in_process, write_job
 from tests.trainer.sft_runs import run_launcher, termination_message

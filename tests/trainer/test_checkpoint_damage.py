@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from kubetune_trainer.checkpoints import list_checkpoints
-from kubetune_trainer.contract import Env
+from kubetune_api.contract import Env
 
 from tests.trainer.sft_runs import (
     adapter_tensors,

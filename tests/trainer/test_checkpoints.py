@@ -23,8 +23,8 @@ from kubetune_trainer.checkpoints import (
     write_finished,
     write_marker,
 )
-from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER
-from kubetune_trainer.recipe import parse_spec
+from kubetune_api.contract import CHECKPOINT_COMPLETE_MARKER
+from kubetune_api.recipe import parse_spec
 
 # What a two-process DeepSpeed run leaves in one checkpoint: shared files plus one shard per rank.
 TWO_RANK_FILES = {

@@ -8,7 +8,7 @@ import pytest
 import torch
 from kubetune_trainer.config import RunContext, build_sft_config, deepspeed_config, lora_config
 from kubetune_trainer.model import ModelError, quantization_config
-from kubetune_trainer.recipe import DeepSpeedSpec, parse_spec
+from kubetune_api.recipe import DeepSpeedSpec, parse_spec
 
 
 def _spec(**sections: Any) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubetune_trainer.data import DataError, InputNotFound, TrainingData, load_training_data
 from kubetune_trainer.formats import render_inference_prompt
-from kubetune_trainer.recipe import DatasetSpec
+from kubetune_api.recipe import DatasetSpec
 
 from tests.fixtures.tokenizers import R1_LIKE_CHAT_TEMPLATE, build_tokenizer
 

@@ -202,7 +202,7 @@ def test_teacher_loads_frozen_in_4_bits(tmp_path) -> None:
     from bitsandbytes.nn import Linear4bit
     from kubetune_trainer.distill import load_teacher
     from kubetune_trainer.model import ModelLoader
-    from kubetune_trainer.recipe import parse_spec
+    from kubetune_api.recipe import parse_spec
 
     from tests.fixtures.models import save_tiny_model
 
@@ -246,7 +246,7 @@ def test_distill_resumes_after_sigkill_to_the_same_weights(tmp_path) -> None:
 
 def test_kubetune_run_resolves_a_relative_teacher_path(tmp_path) -> None:
     from kubetune_trainer.local import resolve_paths
-    from kubetune_trainer.recipe import parse_spec
+    from kubetune_api.recipe import parse_spec
 
     (tmp_path / "models" / "teacher").mkdir(parents=True)
     spec = parse_spec({

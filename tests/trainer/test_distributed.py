@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER, Env
+from kubetune_api.contract import CHECKPOINT_COMPLETE_MARKER, Env
 from kubetune_trainer.peers import TIMEOUT_ENV
 
 from tests.trainer.sft_runs import (

@@ -46,7 +46,7 @@ def test_exact_match_scores_base_and_tuned_on_a_real_model(tmp_path: Path) -> No
     import torch
     from kubetune_trainer.evaluation import score_exact_match
     from kubetune_trainer.config import lora_config
-    from kubetune_trainer.recipe import parse_spec
+    from kubetune_api.recipe import parse_spec
     from kubetune_trainer.samples import generate_completion
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer

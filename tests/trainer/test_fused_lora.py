@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kubetune_trainer.recipe import RecipeError, parse_finetunejob
+from kubetune_api.recipe import RecipeError, parse_finetunejob
 
 RANK, ALPHA = 8, 16
 

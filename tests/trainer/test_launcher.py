@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER, TERMINATION_MESSAGE_LIMIT, Env, ExitCode
+from kubetune_api.contract import CHECKPOINT_COMPLETE_MARKER, TERMINATION_MESSAGE_LIMIT, Env, ExitCode
 from kubetune_trainer.launcher import (
     PEER_LOST,
     LaunchSettings,

@@ -6,7 +6,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from kubetune_trainer.metric_specs import TRAINER_METRICS, TRAINER_PHASES
+from kubetune_api.metric_specs import TRAINER_METRICS, TRAINER_PHASES
 from kubetune_trainer.metrics import Progress, TrainerMetrics
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from kubetune_trainer.model import ModelError, resolve_model_source
-from kubetune_trainer.recipe import ModelSpec
+from kubetune_api.recipe import ModelSpec
 
 
 def test_a_hub_id_stays_a_hub_id() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from kubetune_trainer.checkpoints import list_checkpoints
 from kubetune_operator import cli
-from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER
+from kubetune_api.contract import CHECKPOINT_COMPLETE_MARKER
 
 from tests.trainer.sft_runs import (
     adapter_tensors,

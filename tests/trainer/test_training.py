@@ -179,7 +179,7 @@ def test_qlora_nf4_with_8bit_adam_trains_only_the_adapter(tiny_qwen2: Path, toy_
     from kubetune_trainer.data import load_training_data
     from kubetune_trainer.assembly import TrainerInputs, build_trainer
     from kubetune_trainer.model import ModelLoader, resolve_model_source
-    from kubetune_trainer.recipe import parse_spec
+    from kubetune_api.recipe import parse_spec
 
     spec = parse_spec(sft_spec(
         tiny_qwen2, toy_data,

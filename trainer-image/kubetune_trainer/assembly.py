@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kubetune_trainer.contract import InvalidInput
-from kubetune_trainer.recipe import FineTuneJobSpec, MethodType
+from kubetune_api.contract import InvalidInput
+from kubetune_api.recipe import FineTuneJobSpec, MethodType
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubetune_trainer.contract import CHECKPOINT_COMPLETE_MARKER, CHECKPOINT_PREFIX
+from kubetune_api.contract import CHECKPOINT_COMPLETE_MARKER, CHECKPOINT_PREFIX
 from kubetune_trainer.distributed import barrier, is_global_zero
-from kubetune_trainer.recipe import FineTuneJobSpec
+from kubetune_api.recipe import FineTuneJobSpec
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback

@@ -14,9 +14,9 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kubetune_trainer import contract
+from kubetune_api import contract
 from kubetune_trainer.distributed import world_size
-from kubetune_trainer.recipe import DeepSpeedSpec, FineTuneJobSpec
+from kubetune_api.recipe import DeepSpeedSpec, FineTuneJobSpec
 
 if TYPE_CHECKING:
     import torch

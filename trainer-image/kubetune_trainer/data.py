@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubetune_trainer.contract import INPUT_NOT_FOUND, ExitCode, local_path
+from kubetune_api.contract import INPUT_NOT_FOUND, ExitCode, local_path
 from kubetune_trainer.formats import FormatError, make_renderer
-from kubetune_trainer.recipe import DatasetFormat, DatasetSpec
+from kubetune_api.recipe import DatasetFormat, DatasetSpec
 from kubetune_trainer.remote import StorageError
 
 if TYPE_CHECKING:

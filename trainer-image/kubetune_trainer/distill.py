@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kubetune_trainer.model import ModelError, resolve_model_source
-from kubetune_trainer.recipe import DistillSpec, FineTuneJobSpec
+from kubetune_api.recipe import DistillSpec, FineTuneJobSpec
 
 if TYPE_CHECKING:
     import torch

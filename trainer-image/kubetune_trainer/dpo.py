@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from kubetune_trainer.recipe import FineTuneJobSpec
+from kubetune_api.recipe import FineTuneJobSpec
 
 if TYPE_CHECKING:
     from trl import DPOConfig, DPOTrainer, SFTConfig

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubetune_trainer.recipe import FineTuneJobSpec, MethodType
+from kubetune_api.recipe import FineTuneJobSpec, MethodType
 
 if TYPE_CHECKING:
     import datasets

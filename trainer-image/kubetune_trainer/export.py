@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from kubetune_trainer.distributed import barrier, is_global_zero
 
 if TYPE_CHECKING:
-    from kubetune_trainer.recipe import DatasetSpec
+    from kubetune_api.recipe import DatasetSpec
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
 ADAPTER_DIR = "adapter"

@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from kubetune_trainer.contract import (
+from kubetune_api.contract import (
     DATASET_CONFIGMAP_DIR,
     DOWNLOAD_FAILED,
     INPUT_NOT_FOUND,  # exit 2: the recipe names data that is not there (yet): the operator waits for it
@@ -44,7 +44,7 @@ from kubetune_trainer.remote import StorageError, explain, filesystem, is_uri, s
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-    from kubetune_trainer.recipe import DatasetSpec, FineTuneJobSpec, ModelSpec
+    from kubetune_api.recipe import DatasetSpec, FineTuneJobSpec, ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune_trainer.recipe import DatasetFormat, DatasetSpec
+from kubetune_api.recipe import DatasetFormat, DatasetSpec
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"

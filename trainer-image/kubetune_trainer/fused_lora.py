@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from kubetune_trainer.recipe import FineTuneJobSpec
+    from kubetune_api.recipe import FineTuneJobSpec
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubetune_trainer.evaluation import RECIPE_FILE
 from kubetune_trainer.export import ADAPTER_DIR, BASE_DIR, MERGED_DIR
-from kubetune_trainer.recipe import FineTuneJobSpec, RecipeError
+from kubetune_api.recipe import FineTuneJobSpec, RecipeError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

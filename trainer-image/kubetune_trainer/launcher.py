@@ -48,8 +48,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from kubetune_trainer import contract, lifeline, peers
-from kubetune_trainer.contract import Env, ExitCode
+from kubetune_api import contract
+from kubetune_trainer import lifeline, peers
+from kubetune_api.contract import Env, ExitCode
 from kubetune_trainer.peers import PeerWatch
 
 REASONS = {

@@ -27,11 +27,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from kubetune_trainer.contract import Env, ExitCode, local_path
+from kubetune_api.contract import Env, ExitCode, local_path
 from kubetune_trainer.launcher import LaunchSettings, launch
-from kubetune_trainer.manifest import load_finetunejob
+from kubetune_api.manifest import load_finetunejob
 from kubetune_trainer.model import PKG_SCHEME
-from kubetune_trainer.recipe import FineTuneJob, FineTuneJobSpec
+from kubetune_api.recipe import FineTuneJob, FineTuneJobSpec
 from kubetune_trainer.remote import is_uri
 from kubetune_trainer.train import PROGRESS_ENV
 

@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from kubetune_trainer.checkpoints import Checkpoint
-from kubetune_trainer.contract import CHECKPOINT_PREFIX
-from kubetune_trainer.metric_specs import TRAINER_METRICS, MetricSpec
+from kubetune_api.contract import CHECKPOINT_PREFIX
+from kubetune_api.metric_specs import TRAINER_METRICS, MetricSpec
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from kubetune_trainer.contract import local_path
-from kubetune_trainer.recipe import FineTuneJobSpec, ModelSpec
+from kubetune_api.contract import local_path
+from kubetune_api.recipe import FineTuneJobSpec, ModelSpec
 
 if TYPE_CHECKING:
     import torch

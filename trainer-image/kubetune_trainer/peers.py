@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from kubetune_trainer.contract import ExitCode
+from kubetune_api.contract import ExitCode
 
 if TYPE_CHECKING:
     from torch.distributed import TCPStore

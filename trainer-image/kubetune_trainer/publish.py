@@ -33,13 +33,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kubetune_trainer.contract import UPLOAD_FAILED, ExitCode
+from kubetune_api.contract import UPLOAD_FAILED, ExitCode
 from kubetune_trainer.remote import StorageError, explain, filesystem, scheme
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-    from kubetune_trainer.recipe import FineTuneJobSpec
+    from kubetune_api.recipe import FineTuneJobSpec
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from kubetune_trainer.contract import ExitCode
+from kubetune_api.contract import ExitCode
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubetune_trainer.formats import render_inference_prompt
-from kubetune_trainer.recipe import FineTuneJobSpec
+from kubetune_api.recipe import FineTuneJobSpec
 
 if TYPE_CHECKING:
     from peft import PeftModel

@@ -31,7 +31,7 @@ import inspect
 import logging
 from typing import TYPE_CHECKING, Any
 
-from kubetune_trainer.recipe import FineTuneJobSpec
+from kubetune_api.recipe import FineTuneJobSpec
 
 if TYPE_CHECKING:
     import torch

@@ -28,12 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubetune_trainer import contract, distributed, tracking
+from kubetune_api import contract
+from kubetune_trainer import distributed, tracking
 from kubetune_trainer.assembly import TrainerInputs, build_trainer
-from kubetune_trainer.contract import Env, ExitCode, InvalidInput
+from kubetune_api.contract import Env, ExitCode, InvalidInput
 from kubetune_trainer.fetch import local_inputs
 from kubetune_trainer.publish import publish_outputs
-from kubetune_trainer.recipe import FineTuneJobSpec, RecipeError, parse_finetunejob, parse_spec
+from kubetune_api.recipe import FineTuneJobSpec, RecipeError, parse_finetunejob, parse_spec
 from kubetune_trainer.remote import StorageError
 from kubetune_trainer.signals import StopRequest, stop_callback
 

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from kubetune_trainer.recipe import FineTuneJob, RecipeError, parse_finetunejob
+from kubetune_api.recipe import FineTuneJob, RecipeError, parse_finetunejob
 
 
 class _KubeYamlLoader(yaml.SafeLoader):

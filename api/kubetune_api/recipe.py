@@ -38,7 +38,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from kubetune_trainer.contract import Env
+from kubetune_api.contract import Env
 
 API_GROUP = "kubetune.io"
 API_VERSION = "v1alpha1"
