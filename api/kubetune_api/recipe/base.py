@@ -44,21 +44,33 @@ def cel_rule(rule: str, message: str, field_path: str | None = None) -> dict[str
 
 @dataclass(frozen=True)
 class CrossFieldRule:
-    """One cross-field rule, written once: the API server runs `cel`, the model runs `holds`; both say `message`."""
+    """One cross-field rule, written once: the API server runs `cel`, the model runs `holds`; both say `message`.
+
+    A model lists its rules in `cross_field_rules`; `KubeModel` turns them into the model's
+    `x-kubernetes-validations` (in the CRD, in the same order) and checks them after validation.
+    `holds` sees the validated model, defaults filled in; `cel` sees the object as stored, where
+    an unset field is `!has(...)`, so the CEL text spells out each default that the check relies on.
+    """
 
     cel: str
     message: str
     field_path: str | None
     holds: Callable[[Any], bool]
 
+    def cel_entry(self) -> dict[str, str]:
+        """The rule as an `x-kubernetes-validations` entry."""
+        return cel_rule(self.cel, self.message, self.field_path)
 
-def cel_rules(rules: tuple[CrossFieldRule, ...], *existing: dict[str, str]) -> dict[str, Any]:
-    """json_schema_extra for a model: its older dual-written CEL entries plus `rules`."""
-    return {"x-kubernetes-validations": [*existing, *(cel_rule(r.cel, r.message, r.field_path) for r in rules)]}
+
+def _cel_validations(schema: dict[str, Any], model: type[KubeModel]) -> None:
+    """json_schema_extra of every KubeModel: its cross-field rules become the schema's CEL rules."""
+    if model.cross_field_rules:
+        schema["x-kubernetes-validations"] = [rule.cel_entry() for rule in model.cross_field_rules]
 
 
 class KubeModel(BaseModel):
-    """Base of every recipe object: camelCase aliases, unknown fields refused, `cross_field_rules` checked."""
+    """Base of every recipe object: camelCase aliases, unknown fields refused, `cross_field_rules` checked
+    here and emitted as the CRD's CEL rules."""
 
     cross_field_rules: ClassVar[tuple[CrossFieldRule, ...]] = ()
 
@@ -68,6 +80,7 @@ class KubeModel(BaseModel):
         alias_generator=to_camel,
         validate_assignment=True,
         allow_inf_nan=False,  # YAML's .inf/.nan: every bound would let them through (NaN compares false)
+        json_schema_extra=_cel_validations,
     )
 
     def to_api(self) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import Field
 
 from kubetune_api.recipe.base import (
     DNS_1123_SUBDOMAIN,
@@ -15,8 +15,6 @@ from kubetune_api.recipe.base import (
     SHORT,
     CrossFieldRule,
     KubeModel,
-    cel_rule,
-    cel_rules,
 )
 
 
@@ -101,21 +99,20 @@ DATASET_FILE_TYPES = (".jsonl", ".json", ".csv")
 """File types a ConfigMap key may hold (text: ConfigMap data is UTF-8)."""
 
 
+CONFIG_MAP_KEY_RULES = (
+    CrossFieldRule(
+        " || ".join(f"self.key.endsWith('{suffix}')" for suffix in DATASET_FILE_TYPES),
+        "dataset.configMap.key must end in .jsonl, .json or .csv: the extension says how to read it",
+        ".key",
+        lambda c: c.key.endswith(DATASET_FILE_TYPES),
+    ),
+)
+
+
 class ConfigMapKeyRef(KubeModel):
     """A key of a ConfigMap in the FineTuneJob's namespace, holding a small dataset file."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel_rule(
-                    " || ".join(f"self.key.endsWith('{suffix}')" for suffix in DATASET_FILE_TYPES),
-                    "dataset.configMap.key must end in .jsonl, .json or .csv: the extension says how to read it",
-                    ".key",
-                )
-            ]
-        }
-    )
-
+    cross_field_rules = CONFIG_MAP_KEY_RULES
     name: str = Field(
         min_length=1, max_length=SHORT, pattern=DNS_1123_SUBDOMAIN, description="name is the ConfigMap's name."
     )
@@ -126,14 +123,6 @@ class ConfigMapKeyRef(KubeModel):
         description="key is the ConfigMap key holding the data, named like a file whose extension says its "
         "type: `train.jsonl`, `train.json` or `train.csv`.",
     )
-
-    @model_validator(mode="after")
-    def _readable_type(self) -> ConfigMapKeyRef:
-        if not self.key.endswith(DATASET_FILE_TYPES):
-            raise ValueError(
-                "dataset.configMap.key must end in .jsonl, .json or .csv: the extension says how to read it"
-            )
-        return self
 
 
 DATASET_SOURCE_RULE = (
@@ -166,6 +155,18 @@ def _columns_rule(fmt: DatasetFormat) -> CrossFieldRule:
 
 DATASET_RULES = (
     CrossFieldRule(
+        "(has(self.name) ? 1 : 0) + (has(self.path) ? 1 : 0) + (has(self.configMap) ? 1 : 0) == 1",
+        DATASET_SOURCE_RULE,
+        None,
+        lambda d: sum(source is not None for source in (d.name, d.path, d.config_map)) == 1,
+    ),
+    CrossFieldRule(
+        "!has(self.format) || self.format != 'template' || has(self.template)",
+        "dataset.format template needs dataset.template.prompt and dataset.template.completion",
+        ".template",
+        lambda d: d.format is not DatasetFormat.template or d.template is not None,
+    ),
+    CrossFieldRule(
         "!has(self.template) || (has(self.format) && self.format == 'template')",
         "dataset.template is read only by dataset.format template: remove it, or set format template",
         ".template",
@@ -197,23 +198,6 @@ class DatasetSpec(KubeModel):
     """Where the training data comes from and how rows become examples."""
 
     cross_field_rules = DATASET_RULES
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel_rule(
-                    "(has(self.name) ? 1 : 0) + (has(self.path) ? 1 : 0) + (has(self.configMap) ? 1 : 0) == 1",
-                    DATASET_SOURCE_RULE,
-                ),
-                cel_rule(
-                    "!has(self.format) || self.format != 'template' || has(self.template)",
-                    "dataset.format template needs dataset.template.prompt and dataset.template.completion",
-                    ".template",
-                ),
-                *cel_rules(DATASET_RULES)["x-kubernetes-validations"],
-            ]
-        }
-    )
-
     name: str | None = Field(
         default=None,
         max_length=256,
@@ -272,14 +256,6 @@ class DatasetSpec(KubeModel):
     seed: int = Field(
         default=42, ge=0, le=MAX_SEED, description="seed drives the validation split and shuffling; default 42."
     )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DatasetSpec:
-        if sum(source is not None for source in (self.name, self.path, self.config_map)) != 1:
-            raise ValueError(DATASET_SOURCE_RULE)
-        if self.format is DatasetFormat.template and self.template is None:
-            raise ValueError("dataset.format template needs dataset.template.prompt and dataset.template.completion")
-        return self
 
     @property
     def wrap_reasoning(self) -> bool:

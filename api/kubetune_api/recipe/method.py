@@ -5,15 +5,13 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import Field
 
 from kubetune_api.recipe.base import (
     MAX_ITEMS,
     SHORT,
     CrossFieldRule,
     KubeModel,
-    cel_rule,
-    cel_rules,
 )
 
 
@@ -76,7 +74,6 @@ class QuantizationSpec(KubeModel):
     """bitsandbytes quantization of the frozen base model."""
 
     cross_field_rules = QUANTIZATION_RULES
-    model_config = ConfigDict(json_schema_extra=cel_rules(QUANTIZATION_RULES))
 
     bits: Literal[4, 8, 16] = Field(
         default=4, description="bits is the base model's storage: 4 (QLoRA, default), 8, or 16 (no quantization)."
@@ -133,6 +130,12 @@ class DpoSpec(KubeModel):
 _DPO_DEFAULTS = DpoSpec()
 METHOD_RULES = (
     CrossFieldRule(
+        "!has(self.type) || self.type != 'distill' || has(self.distill)",
+        "method.type distill needs method.distill.teacher",
+        ".distill",
+        lambda m: m.type is not MethodType.distill or m.distill is not None,
+    ),
+    CrossFieldRule(
         "!has(self.distill) || (has(self.type) && self.type == 'distill')",
         "method.distill is read only by method.type distill: remove it, or set method.type distill",
         ".distill",
@@ -153,17 +156,6 @@ class MethodSpec(KubeModel):
     """What is trained and how: SFT, distillation or DPO, with LoRA on a quantized base."""
 
     cross_field_rules = METHOD_RULES
-    model_config = ConfigDict(
-        json_schema_extra=cel_rules(
-            METHOD_RULES,
-            cel_rule(
-                "!has(self.type) || self.type != 'distill' || has(self.distill)",
-                "method.type distill needs method.distill.teacher",
-                ".distill",
-            ),
-        )
-    )
-
     type: MethodType = Field(
         default=MethodType.sft, description="type is the objective: sft (default), distill or dpo."
     )
@@ -173,9 +165,3 @@ class MethodSpec(KubeModel):
     )
     distill: DistillSpec | None = Field(default=None, description="distill configures method.type distill.")
     dpo: DpoSpec = Field(default_factory=DpoSpec, description="dpo configures method.type dpo.")
-
-    @model_validator(mode="after")
-    def _distill_has_teacher(self) -> MethodSpec:
-        if self.type is MethodType.distill and self.distill is None:
-            raise ValueError("method.type distill needs method.distill.teacher")
-        return self

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import Field
 
-from kubetune_api.recipe.base import DNS_1123_SUBDOMAIN, SHORT, KubeModel, cel_rule
+from kubetune_api.recipe.base import (
+    DNS_1123_SUBDOMAIN,
+    SHORT,
+    CrossFieldRule,
+    KubeModel,
+)
 from kubetune_api.recipe.kube import DnsSubdomain, KeyName
 
 
@@ -25,22 +30,25 @@ class AttnImplementation(str, Enum):
     flash_attention_2 = "flash_attention_2"
 
 
+LOCAL_MODEL_PREFIXES = ("/", ".", "pkg://")
+"""How model.name starts when it names a model already in the pod (a path, an installed wheel), not a download."""
+
+MODEL_RULES = (
+    CrossFieldRule(
+        "!has(self.cacheClaim) || !("
+        + " || ".join(f"self.name.startsWith('{prefix}')" for prefix in LOCAL_MODEL_PREFIXES)
+        + ")",
+        "model.cacheClaim caches downloads (hub ids and URIs); model.name is a local path: remove model.cacheClaim",
+        ".cacheClaim",
+        lambda m: not m.cache_claim or not m.name.startswith(LOCAL_MODEL_PREFIXES),
+    ),
+)
+
+
 class ModelSpec(KubeModel):
     """The base model to fine-tune."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel_rule(
-                    "!has(self.cacheClaim) || !(self.name.startsWith('/') || self.name.startsWith('.') || "
-                    "self.name.startsWith('pkg://'))",
-                    "model.cacheClaim caches downloads (hub ids and URIs); model.name is a local path: "
-                    "remove model.cacheClaim",
-                    ".cacheClaim",
-                )
-            ]
-        }
-    )
+    cross_field_rules = MODEL_RULES
 
     name: str = Field(
         min_length=1,
@@ -84,12 +92,3 @@ class ModelSpec(KubeModel):
         "model under a file lock, later ones reuse it. Never owned by the FineTuneJob. Default: none (the "
         "job's own PVC caches).",
     )
-
-    @model_validator(mode="after")
-    def _cache_claim_needs_download(self) -> ModelSpec:
-        if self.cache_claim and (self.name.startswith(("/", ".", "pkg://"))):
-            raise ValueError(
-                "model.cacheClaim caches downloads (hub ids and URIs); model.name is a local path: "
-                "remove model.cacheClaim"
-            )
-        return self

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
 from kubetune_api.contract import Env
 from kubetune_api.recipe.base import (
@@ -15,7 +15,6 @@ from kubetune_api.recipe.base import (
     SHORT,
     CrossFieldRule,
     KubeModel,
-    cel_rules,
 )
 from kubetune_api.recipe.kube import (
     KEY_RULE,
@@ -70,7 +69,6 @@ class EnvVar(KubeModel):
     """A container env var that neither overrides the operator's variables nor carries a secret inline."""
 
     cross_field_rules = ENV_RULES
-    model_config = ConfigDict(json_schema_extra=cel_rules(ENV_RULES))
 
     name: str = Field(
         max_length=SHORT,
@@ -118,7 +116,6 @@ class EnvFromSource(KubeModel):
     """An envFrom entry: every key of a ConfigMap or Secret becomes a variable (env entries win over them)."""
 
     cross_field_rules = ENV_FROM_RULES
-    model_config = ConfigDict(json_schema_extra=cel_rules(ENV_FROM_RULES))
 
     prefix: str | None = Field(
         default=None, max_length=SHORT, pattern=ENV_NAME, description="prefix is put before every key's name."
@@ -153,7 +150,6 @@ class Toleration(KubeModel):
     """A pod toleration (Kubernetes' core/v1 Toleration), checked here so a typo is not a refused Job later."""
 
     cross_field_rules = TOLERATION_RULES
-    model_config = ConfigDict(json_schema_extra=cel_rules(TOLERATION_RULES))
 
     key: str | None = Field(
         default=None,
@@ -228,7 +224,6 @@ class DeepSpeedSpec(KubeModel):
     """DeepSpeed ZeRO across GPUs (DDP is used when this is absent)."""
 
     cross_field_rules = DEEPSPEED_RULES
-    model_config = ConfigDict(json_schema_extra=cel_rules(DEEPSPEED_RULES))
 
     zero_stage: Literal[0, 1, 2, 3] = Field(description="zeroStage is the ZeRO stage 0–3. Required.")
     offload_optimizer: bool = Field(
@@ -259,7 +254,6 @@ class StorageSpec(KubeModel):
     """The PVC that holds checkpoints, outputs and the model cache."""
 
     cross_field_rules = STORAGE_RULES
-    model_config = ConfigDict(json_schema_extra=cel_rules(STORAGE_RULES))
 
     size: Quantity = Field(default="50Gi", description="size is the PVC's requested size; default 50Gi.")
     storage_class_name: DnsSubdomain | None = Field(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError
 
 from kubetune_api.recipe.base import (
     DNS_1035,
@@ -14,8 +14,6 @@ from kubetune_api.recipe.base import (
     CrossFieldRule,
     KubeModel,
     RecipeError,
-    cel_rule,
-    cel_rules,
     format_validation_error,
 )
 from kubetune_api.recipe.dataset import DatasetFormat, DatasetSpec
@@ -55,7 +53,70 @@ MUTABLE_SPEC_FIELDS = ("suspend",)
 
 _HAS_VALIDATION = "(!has(self.dataset.validationSplit) || self.dataset.validationSplit > 0.0)"
 _ON_GPUS = "(!has(self.resources) || !has(self.resources.gpusPerWorker) || self.resources.gpusPerWorker > 0)"
+_SAVE_STEPS_DEFAULT = TrainingSpec.model_fields["save_steps"].default
 SPEC_RULES = (
+    CrossFieldRule(
+        "!has(self.method) || !has(self.method.type) || self.method.type != 'dpo' || "
+        "(has(self.dataset.format) && self.dataset.format == 'preference')",
+        "method.type dpo needs dataset.format preference",
+        ".dataset.format",
+        lambda s: s.method.type is not MethodType.dpo or s.dataset.format is DatasetFormat.preference,
+    ),
+    CrossFieldRule(
+        "!has(self.dataset.format) || self.dataset.format != 'preference' || "
+        "(has(self.method) && has(self.method.type) && self.method.type == 'dpo')",
+        "dataset.format preference is only for method.type dpo",
+        ".method.type",
+        lambda s: s.dataset.format is not DatasetFormat.preference or s.method.type is MethodType.dpo,
+    ),
+    CrossFieldRule(
+        "!has(self.resources) || !has(self.resources.workers) || self.resources.workers <= 1 || "
+        "(has(self.storage) && (has(self.storage.existingClaim) || "
+        "(has(self.storage.accessModes) && 'ReadWriteMany' in self.storage.accessModes)))",
+        "resources.workers > 1 needs storage.accessModes [ReadWriteMany] or storage.existingClaim",
+        ".storage",
+        lambda s: s.resources.workers <= 1 or bool(s.storage.existing_claim)
+        or "ReadWriteMany" in s.storage.access_modes,
+    ),
+    CrossFieldRule(
+        "!has(self.training) || !has(self.training.loadBestModelAtEnd) || "
+        "!self.training.loadBestModelAtEnd || !has(self.dataset.validationSplit) || "
+        "self.dataset.validationSplit > 0.0",
+        "training.loadBestModelAtEnd needs dataset.validationSplit > 0",
+        ".training.loadBestModelAtEnd",
+        lambda s: not s.training.load_best_model_at_end or s.dataset.validation_split > 0,
+    ),
+    CrossFieldRule(
+        "!has(self.training) || !has(self.training.loadBestModelAtEnd) || "
+        "!self.training.loadBestModelAtEnd || !has(self.training.evalSteps) || "
+        f"(has(self.training.saveSteps) ? self.training.saveSteps : {_SAVE_STEPS_DEFAULT}) % self.training.evalSteps "
+        "== 0",
+        "training.loadBestModelAtEnd needs training.saveSteps to be a multiple of training.evalSteps",
+        ".training.saveSteps",
+        lambda s: not s.training.load_best_model_at_end or s.training.save_steps % s.training.resolved_eval_steps == 0,
+    ),
+    CrossFieldRule(
+        "!has(self.deepspeed) || !((has(self.deepspeed.offloadOptimizer) && "
+        "self.deepspeed.offloadOptimizer) || (has(self.deepspeed.offloadParams) && "
+        "self.deepspeed.offloadParams)) || (has(self.training) && has(self.training.optimizer) && "
+        f"!(self.training.optimizer in {list(BNB_OPTIMIZERS)}))",
+        "bitsandbytes optimizers (adamw_8bit, paged_adamw_8bit, paged_adamw_32bit; the default is "
+        "paged_adamw_8bit) cannot be combined with DeepSpeed offload: set training.optimizer to "
+        "adamw_torch",
+        ".training.optimizer",
+        lambda s: s.deepspeed is None or not (s.deepspeed.offload_optimizer or s.deepspeed.offload_params)
+        or s.training.optimizer.value not in BNB_OPTIMIZERS,
+    ),
+    CrossFieldRule(
+        "!has(self.training) || !has(self.training.fusedLora) || !self.training.fusedLora || "
+        "!(has(self.method) && has(self.method.quantization) && has(self.method.quantization.bits) && "
+        "self.method.quantization.bits == 8) && !(has(self.deepspeed) && self.deepspeed.zeroStage == 3)",
+        FUSED_LORA_REFUSAL,
+        ".training.fusedLora",
+        lambda s: not s.training.fused_lora or not (
+            s.method.quantization.bits == 8 or (s.deepspeed is not None and s.deepspeed.zero_stage == 3)
+        ),
+    ),
     CrossFieldRule(
         f"!has(self.training) || !has(self.training.evalSteps) || {_HAS_VALIDATION}",
         "training.evalSteps needs dataset.validationSplit > 0 (nothing is held out to evaluate): remove evalSteps, "
@@ -111,64 +172,6 @@ class FineTuneJobSpec(KubeModel):
     """The desired fine-tune: model, data, method, training, resources and storage."""
 
     cross_field_rules = SPEC_RULES
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel_rule(
-                    "!has(self.method) || !has(self.method.type) || self.method.type != 'dpo' || "
-                    "(has(self.dataset.format) && self.dataset.format == 'preference')",
-                    "method.type dpo needs dataset.format preference",
-                    ".dataset.format",
-                ),
-                cel_rule(
-                    "!has(self.dataset.format) || self.dataset.format != 'preference' || "
-                    "(has(self.method) && has(self.method.type) && self.method.type == 'dpo')",
-                    "dataset.format preference is only for method.type dpo",
-                    ".method.type",
-                ),
-                cel_rule(
-                    "!has(self.resources) || !has(self.resources.workers) || self.resources.workers <= 1 || "
-                    "(has(self.storage) && (has(self.storage.existingClaim) || "
-                    "(has(self.storage.accessModes) && 'ReadWriteMany' in self.storage.accessModes)))",
-                    "resources.workers > 1 needs storage.accessModes [ReadWriteMany] or storage.existingClaim",
-                    ".storage",
-                ),
-                cel_rule(
-                    "!has(self.training) || !has(self.training.loadBestModelAtEnd) || "
-                    "!self.training.loadBestModelAtEnd || !has(self.dataset.validationSplit) || "
-                    "self.dataset.validationSplit > 0.0",
-                    "training.loadBestModelAtEnd needs dataset.validationSplit > 0",
-                    ".training.loadBestModelAtEnd",
-                ),
-                cel_rule(
-                    "!has(self.training) || !has(self.training.loadBestModelAtEnd) || "
-                    "!self.training.loadBestModelAtEnd || !has(self.training.evalSteps) || "
-                    "(has(self.training.saveSteps) ? self.training.saveSteps : 200) % self.training.evalSteps == 0",
-                    "training.loadBestModelAtEnd needs training.saveSteps to be a multiple of training.evalSteps",
-                    ".training.saveSteps",
-                ),
-                cel_rule(
-                    "!has(self.deepspeed) || !((has(self.deepspeed.offloadOptimizer) && "
-                    "self.deepspeed.offloadOptimizer) || (has(self.deepspeed.offloadParams) && "
-                    "self.deepspeed.offloadParams)) || (has(self.training) && has(self.training.optimizer) && "
-                    "!(self.training.optimizer in " + str(list(BNB_OPTIMIZERS)) + "))",
-                    "bitsandbytes optimizers (adamw_8bit, paged_adamw_8bit, paged_adamw_32bit; the default is "
-                    "paged_adamw_8bit) cannot be combined with DeepSpeed offload: set training.optimizer to "
-                    "adamw_torch",
-                    ".training.optimizer",
-                ),
-                cel_rule(
-                    "!has(self.training) || !has(self.training.fusedLora) || !self.training.fusedLora || "
-                    "!(has(self.method) && has(self.method.quantization) && has(self.method.quantization.bits) && "
-                    "self.method.quantization.bits == 8) && !(has(self.deepspeed) && self.deepspeed.zeroStage == 3)",
-                    FUSED_LORA_REFUSAL,
-                    ".training.fusedLora",
-                ),
-                *cel_rules(SPEC_RULES)["x-kubernetes-validations"],
-            ]
-        }
-    )
 
     model: ModelSpec = Field(description="model is the base model to fine-tune. Required.")
     dataset: DatasetSpec = Field(description="dataset is the training data. Required.")
@@ -241,43 +244,6 @@ class FineTuneJobSpec(KubeModel):
     metrics_port: int = Field(
         default=9090, ge=1024, le=65535, description="metricsPort is where rank 0 serves Prometheus metrics; default 9090."
     )
-
-    @model_validator(mode="after")
-    def _cross_field_rules(self) -> FineTuneJobSpec:
-        problems = list(self._rule_violations())
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-    def _rule_violations(self) -> list[str]:
-        problems = []
-        is_dpo = self.method.type is MethodType.dpo
-        is_preference = self.dataset.format is DatasetFormat.preference
-        if is_dpo and not is_preference:
-            problems.append("method.type dpo needs dataset.format preference")
-        if is_preference and not is_dpo:
-            problems.append("dataset.format preference is only for method.type dpo")
-        storage = self.storage
-        if self.resources.workers > 1 and not (storage.existing_claim or "ReadWriteMany" in storage.access_modes):
-            problems.append("resources.workers > 1 needs storage.accessModes [ReadWriteMany] or storage.existingClaim")
-        training = self.training
-        if training.load_best_model_at_end:
-            if self.dataset.validation_split == 0:
-                problems.append("training.loadBestModelAtEnd needs dataset.validationSplit > 0")
-            if training.save_steps % training.resolved_eval_steps:
-                problems.append(
-                    "training.loadBestModelAtEnd needs training.saveSteps to be a multiple of training.evalSteps"
-                )
-        offload = self.deepspeed and (self.deepspeed.offload_optimizer or self.deepspeed.offload_params)
-        if offload and training.optimizer.value in BNB_OPTIMIZERS:
-            problems.append(
-                f"training.optimizer {training.optimizer.value} (bitsandbytes) cannot be combined with DeepSpeed "
-                "offload: set training.optimizer to adamw_torch"
-            )
-        zero3 = self.deepspeed is not None and self.deepspeed.zero_stage == 3
-        if training.fused_lora and (self.method.quantization.bits == 8 or zero3):
-            problems.append(FUSED_LORA_REFUSAL)
-        return problems
 
 
 class ObjectMeta(KubeModel):

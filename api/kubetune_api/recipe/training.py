@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import Field
 
 from kubetune_api.recipe.base import (
     LONG,
@@ -14,8 +14,6 @@ from kubetune_api.recipe.base import (
     MAX_STEPS,
     CrossFieldRule,
     KubeModel,
-    cel_rule,
-    cel_rules,
 )
 
 BNB_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
@@ -41,6 +39,12 @@ FUSED_LORA_REFUSAL = (
 
 TRAINING_RULES = (
     CrossFieldRule(
+        "!(has(self.warmupSteps) && has(self.warmupRatio))",
+        "set at most one of training.warmupSteps and training.warmupRatio",
+        None,
+        lambda t: t.warmup_steps is None or t.warmup_ratio is None,
+    ),
+    CrossFieldRule(
         "!has(self.lrScheduler) || self.lrScheduler != 'constant' || ((!has(self.warmupSteps) || "
         "self.warmupSteps == 0) && (!has(self.warmupRatio) || self.warmupRatio == 0.0))",
         "training.lrScheduler constant has no warm-up: use constant_with_warmup, or remove training.warmupSteps "
@@ -62,16 +66,6 @@ class TrainingSpec(KubeModel):
     """Hyperparameters of the training loop (TRL's SFTConfig names in camelCase)."""
 
     cross_field_rules = TRAINING_RULES
-    model_config = ConfigDict(
-        json_schema_extra=cel_rules(
-            TRAINING_RULES,
-            cel_rule(
-                "!(has(self.warmupSteps) && has(self.warmupRatio))",
-                "set at most one of training.warmupSteps and training.warmupRatio",
-            ),
-        )
-    )
-
     epochs: float = Field(default=3, gt=0, le=100000, description="epochs is the number of passes over the data; default 3.")
     max_steps: int | None = Field(
         default=None, ge=1, le=MAX_STEPS, description="maxSteps stops after this many optimizer steps, overriding epochs; default: none."
@@ -181,12 +175,6 @@ class TrainingSpec(KubeModel):
         "serves every layer), fusing the elementwise work between the matmuls; the first step takes longer. "
         "Default false.",
     )
-
-    @model_validator(mode="after")
-    def _one_warmup(self) -> TrainingSpec:
-        if self.warmup_steps is not None and self.warmup_ratio is not None:
-            raise ValueError("set at most one of training.warmupSteps and training.warmupRatio")
-        return self
 
     @property
     def resolved_eval_steps(self) -> int:
