@@ -1,5 +1,7 @@
 """The contract between the operator's pods and the trainer: paths, env vars, exit codes.
 
+The reasons a trainer writes into its termination message are `kubetune_api.conditions.TerminationReason`.
+
 Both sides import these names (the operator renders them into pod specs, the
 launcher reads them), so a test kubelet can remap every path through env.
 No torch here.
@@ -80,18 +82,6 @@ class ExitCode(IntEnum):
     STOPPED = 75  # stopped on request after saving a checkpoint (EX_TEMPFAIL): preemption, suspend
 
 
-UPLOAD_FAILED = "UploadFailed"
-"""Termination reason (exit 1, retried): output.uri could not be written or verified; the PVC keeps the result."""
-DOWNLOAD_FAILED = "DownloadFailed"
-"""Termination reason (exit 1, retried): an input URI could not be read (access, credentials, network)."""
-RETRYABLE_TRAINER_REASONS = (UPLOAD_FAILED, DOWNLOAD_FAILED)
-"""Trainer reasons the operator shows as the Running condition's reason when it retries."""
-INPUT_NOT_FOUND = "InputNotFound"
-"""Termination reason (exit 2): an input the recipe names (dataset.path, a URI) is not there. Often a race on
-a cluster (the data is still being copied): the operator retries with backoff, without counting restarts, and
-fails with this reason once it has been missing for pendingDeadlineSeconds."""
-VOLUME_FULL = "VolumeFull"
-"""Failure reason (exit 1, not retried): a write failed for lack of space (ENOSPC, EDQUOT) on the job's volume."""
 _VOLUME_FULL_WORDS = re.compile(r"No space left on device|Disk quota exceeded|\bENOSPC\b|\bEDQUOT\b|StorageFull|"
                                 r"\[Errno (?:28|122)\]|code: (?:28|122), kind")
 

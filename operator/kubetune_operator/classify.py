@@ -18,13 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from kubetune_operator import names
-from kubetune_api.contract import (
-    INPUT_NOT_FOUND,
-    RETRYABLE_TRAINER_REASONS,
-    VOLUME_FULL,
-    ExitCode,
-    says_volume_full,
-)
+from kubetune_api.conditions import RETRYABLE_TRAINER_REASONS, Reason, TerminationReason
+from kubetune_api.contract import ExitCode, says_volume_full
 
 JobState = Literal["active", "suspended", "complete", "failed", "deleting"]
 # invalid: the recipe is wrong, never retried; missing: an input is not there (yet), waited for; full: the
@@ -184,17 +179,18 @@ def classify_pod(pod: Mapping[str, Any]) -> Failure | None:
     trainer_says = message_field(termination_message(pod), "message", "reason", "error") or ""
     said = message_field(termination_message(pod), "reason")  # the trainer's own: UploadFailed, InputNotFound
     if code == ExitCode.INVALID:
-        if said == INPUT_NOT_FOUND:
-            return Failure("missing", INPUT_NOT_FOUND, shorten(str(trainer_says) or f"pod {name}: an input is missing"))
-        return Failure("invalid", "InvalidRecipe", shorten(str(trainer_says) or f"pod {name} exited 2"))
+        if said == TerminationReason.INPUT_NOT_FOUND:
+            return Failure("missing", Reason.INPUT_NOT_FOUND,
+                           shorten(str(trainer_says) or f"pod {name}: an input is missing"))
+        return Failure("invalid", Reason.INVALID_RECIPE, shorten(str(trainer_says) or f"pod {name} exited 2"))
     if code == ExitCode.STOPPED:
         return Failure("preempted", "Stopped", shorten(f"pod {name} stopped after a checkpoint (exit 75)"))
     reason = terminated.get("reason") or ""
     text = f"pod {name}: {reason or 'Error'} (exit {code})"
     if trainer_says:
         text += f": {trainer_says}"
-    if reason != "OOMKilled" and (said == VOLUME_FULL or says_volume_full(str(trainer_says))):
-        return Failure("full", VOLUME_FULL, shorten(text))
+    if reason != "OOMKilled" and (said == TerminationReason.VOLUME_FULL or says_volume_full(str(trainer_says))):
+        return Failure("full", Reason.VOLUME_FULL, shorten(text))
     detail = "OOMKilled" if reason == "OOMKilled" else said if said in RETRYABLE_TRAINER_REASONS else f"ExitCode{code}"
     return Failure("failed", detail, shorten(text))
 
@@ -216,7 +212,7 @@ def _gone_pod_failure(name: str, job_message: str) -> Failure | None:
     if code == ExitCode.STOPPED:  # it saved a checkpoint on SIGTERM: someone stopped it, not a failure
         return Failure("preempted", "Stopped", shorten(f"pod {name} was stopped and saved a checkpoint (exit 75)"))
     if code == ExitCode.INVALID:
-        return Failure("invalid", "InvalidRecipe", shorten(f"pod {name} exited 2 (its message is gone with it)"))
+        return Failure("invalid", Reason.INVALID_RECIPE, shorten(f"pod {name} exited 2 (its message is gone with it)"))
     return Failure("failed", f"ExitCode{code}", shorten(f"pod {name}: Error (exit {code})"))
 
 
@@ -254,7 +250,7 @@ def classify_failure(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) 
 class PendingProblem:
     """A pod that waits for something that may never come."""
 
-    reason: Literal["Unschedulable", "ImagePullFailed", "ContainerConfigError", "PodCreationFailed"]
+    reason: Reason  # one of PENDING_REASONS
     message: str
     since: dt.datetime
 
@@ -268,14 +264,16 @@ def pending_problem(pod: Mapping[str, Any]) -> PendingProblem | None:
     since = parse_time((pod.get("metadata") or {}).get("creationTimestamp")) or dt.datetime.now(dt.timezone.utc)
     scheduled = find_condition(pod, "PodScheduled")
     if scheduled is not None and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
-        return PendingProblem("Unschedulable", shorten(f"pod {name}: {scheduled.get('message', '')}"), since)
+        return PendingProblem(Reason.UNSCHEDULABLE, shorten(f"pod {name}: {scheduled.get('message', '')}"), since)
     waiting = (trainer_container_status(pod).get("state") or {}).get("waiting") or {}
     reason = waiting.get("reason")
     if reason in IMAGE_PULL_REASONS:
-        return PendingProblem("ImagePullFailed", shorten(f"pod {name}: {reason}: {waiting.get('message', '')}"), since)
+        return PendingProblem(
+            Reason.IMAGE_PULL_FAILED, shorten(f"pod {name}: {reason}: {waiting.get('message', '')}"), since
+        )
     if reason in CONFIG_ERROR_REASONS:
         return PendingProblem(
-            "ContainerConfigError", shorten(f"pod {name}: {reason}: {waiting.get('message', '')}"), since
+            Reason.CONTAINER_CONFIG_ERROR, shorten(f"pod {name}: {reason}: {waiting.get('message', '')}"), since
         )
     return None
 
@@ -287,5 +285,5 @@ def pods_not_created(job: Mapping[str, Any], refusals: Sequence[str]) -> Pending
         return None
     meta = job.get("metadata") or {}
     since = parse_time(meta.get("creationTimestamp")) or dt.datetime.now(dt.UTC)
-    return PendingProblem("PodCreationFailed",
+    return PendingProblem(Reason.POD_CREATION_FAILED,
                           shorten(f"Job {meta.get('name', '?')} cannot create its pods: {refusals[-1]}"), since)

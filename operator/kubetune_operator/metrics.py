@@ -24,37 +24,32 @@ job's outcome after its trainer process is gone, until the FineTuneJob is delete
 from __future__ import annotations
 
 import threading
-import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from kubetune_operator import classify, reconcile
+from kubetune_operator import classify
 from kubetune_operator.reconcile import phase_of
-from kubetune_api import contract
+from kubetune_api.conditions import PENDING_REASONS, RETRYABLE_TRAINER_REASONS, ConditionType, Reason
 from kubetune_api.metric_specs import OPERATOR_METRICS, MetricSpec
 from kubetune_api.recipe import FineTuneJobStatus, Phase
 
 # Seconds from creation to Running: under a second on an idle cluster, hours when queueing for GPUs.
 TIME_TO_RUNNING_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
 
-_PENDING_REASONS: tuple[str, ...] = typing.get_args(typing.get_type_hints(classify.PendingProblem)["reason"])
 
-FAILURE_REASONS: tuple[str, ...] = (
-    reconcile.INVALID_RECIPE, reconcile.BACKOFF_LIMIT_EXCEEDED, reconcile.PREEMPTION_LIMIT_EXCEEDED,
-    reconcile.DEADLINE_EXCEEDED, reconcile.INPUT_NOT_FOUND, reconcile.VOLUME_FULL, *_PENDING_REASONS,
-)
-"""The reasons of a Failed condition (reconcile's `finish(False, ...)` calls): created at 0 per namespace."""
+FAILURE_REASONS: tuple[str, ...] = tuple(reason for reason in Reason if ConditionType.FAILED in reason.conditions)
+"""The reasons of a Failed condition (kubetune_api.conditions says which): created at 0 per namespace."""
 
 TRANSITION_REASONS: dict[Phase, tuple[str, ...]] = {
     # Pending is entered when created, and again after a retried failure or preemption (Running False).
-    Phase.pending: (reconcile.CREATED, reconcile.ATTEMPT_FAILED, reconcile.PREEMPTED,
-                    reconcile.INPUT_NOT_FOUND, *contract.RETRYABLE_TRAINER_REASONS, *_PENDING_REASONS),
-    Phase.queued: (reconcile.QUEUED_BY_KUEUE,),
-    Phase.running: (reconcile.STARTED, reconcile.RESUMED),
-    Phase.suspended: (reconcile.SUSPENDED_REASON,),
-    Phase.succeeded: (reconcile.COMPLETED,),
+    Phase.pending: (Reason.CREATED, Reason.ATTEMPT_FAILED, Reason.PREEMPTED,
+                    Reason.INPUT_NOT_FOUND, *RETRYABLE_TRAINER_REASONS, *PENDING_REASONS),
+    Phase.queued: (Reason.QUEUED_BY_KUEUE,),
+    Phase.running: (Reason.STARTED, Reason.RESUMED),
+    Phase.suspended: (Reason.SUSPENDED,),
+    Phase.succeeded: (Reason.COMPLETED,),
     Phase.failed: FAILURE_REASONS,
 }
 """(phase, deciding reason) pairs reconcile produces: the transition series created at 0 per namespace.

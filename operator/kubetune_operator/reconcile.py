@@ -32,6 +32,7 @@ from kubetune_operator import classify, names
 from kubetune_operator.classify import format_time, parse_time
 from kubetune_operator.progress import shown_loss
 from kubetune_api import contract
+from kubetune_api.conditions import RETRYABLE_TRAINER_REASONS, WARNING_REASONS, ConditionType, Reason
 from kubetune_api.recipe import (
     CheckpointStatus,
     Condition,
@@ -48,47 +49,10 @@ from kubetune_api.recipe import (
 BACKOFF_BASE_SECONDS = 10.0
 BACKOFF_CAP_SECONDS = 300.0
 
-# Condition types.
-ACCEPTED, QUEUED, RUNNING, SUSPENDED, SUCCEEDED, FAILED = (
-    "Accepted", "Queued", "Running", "Suspended", "Succeeded", "Failed",
-)
-
-# Reasons (API.md), plus AttemptFailed (a retried failure), ImmutableFieldChanged and ContainerConfigError.
-INVALID_RECIPE = "InvalidRecipe"
-CREATED = "Created"
-QUEUED_BY_KUEUE = "QueuedByKueue"
-ADMITTED = "Admitted"
-STARTED = "Started"
-PREEMPTED = "Preempted"
-RESUMED = "Resumed"
-ATTEMPT_FAILED = "AttemptFailed"
-SUSPENDED_REASON = "Suspended"
-BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
-PREEMPTION_LIMIT_EXCEEDED = "PreemptionLimitExceeded"
-DEADLINE_EXCEEDED = "DeadlineExceeded"
-COMPLETED = "Completed"
-IMMUTABLE_FIELD_CHANGED = "ImmutableFieldChanged"
-# Running=False while a deleted FineTuneJob of the same name still has children (see `Observed.leftovers`).
-WAITING_FOR_PREVIOUS = "WaitingForGarbageCollection"
-ATTEMPT_JOB_DELETED = "AttemptJobDeleted"  # Running=False: the running attempt's Job was deleted from outside
-INPUT_NOT_FOUND = contract.INPUT_NOT_FOUND  # Running=False while waiting for a missing input; Failed after the wait
-VOLUME_FULL = contract.VOLUME_FULL  # Failed: the trainer ran out of space; a retry would fill it again
 INPUT_RETRY_MIN_SECONDS = 10.0
 LEFTOVER_RETRY_SECONDS = 2.0
-# Running=False while a pod is stuck Terminating on a lost node, then once it is force-deleted.
-NODE_LOST = "NodeLost"
-PODS_FORCE_DELETED = "PodsForceDeleted"
 TAINT_EVICTION = "DeletionByTaintManager"  # DisruptionTarget reason: evicted for a NoExecute node taint
 TRAINER_COMPLETED = "training completed"  # the launcher's plain success message: nothing to add
-
-WARNING_REASONS = frozenset(
-    {
-        INVALID_RECIPE, PREEMPTED, ATTEMPT_FAILED, BACKOFF_LIMIT_EXCEEDED, PREEMPTION_LIMIT_EXCEEDED,
-        DEADLINE_EXCEEDED, IMMUTABLE_FIELD_CHANGED, "Unschedulable", "ImagePullFailed", "ContainerConfigError",
-        "PodCreationFailed", INPUT_NOT_FOUND, VOLUME_FULL, NODE_LOST, PODS_FORCE_DELETED,
-        *contract.RETRYABLE_TRAINER_REASONS,
-    }
-)
 
 # What the Running condition says the trainer does, by the stage its metrics report.
 STAGE_WORDS = {
@@ -103,11 +67,11 @@ LOADING = "loading"
 
 # Which condition decides the phase, most decisive first.
 _PHASE_ORDER = (
-    (FAILED, Phase.failed),
-    (SUCCEEDED, Phase.succeeded),
-    (SUSPENDED, Phase.suspended),
-    (QUEUED, Phase.queued),
-    (RUNNING, Phase.running),
+    (ConditionType.FAILED, Phase.failed),
+    (ConditionType.SUCCEEDED, Phase.succeeded),
+    (ConditionType.SUSPENDED, Phase.suspended),
+    (ConditionType.QUEUED, Phase.queued),
+    (ConditionType.RUNNING, Phase.running),
 )
 
 
@@ -204,19 +168,19 @@ class _Draft:
 
     @property
     def finished(self) -> bool:
-        return any(self.is_true(kind) for kind in (SUCCEEDED, FAILED))
+        return any(self.is_true(kind) for kind in (ConditionType.SUCCEEDED, ConditionType.FAILED))
 
-    def is_true(self, kind: str) -> bool:
+    def is_true(self, kind: ConditionType) -> bool:
         condition = self.conditions.get(kind)
         return condition is not None and condition.status == "True"
 
-    def set(self, kind: str, status: bool, reason: str, message: str) -> None:
+    def set(self, kind: ConditionType, status: bool, reason: str, message: str) -> None:
         """Set a condition; lastTransitionTime moves only when its status flips."""
         value = "True" if status else "False"
         old = self.conditions.get(kind)
         since = old.last_transition_time if old is not None and old.status == value else format_time(self.now)
         self.conditions[kind] = Condition(
-            type=kind,  # type: ignore[arg-type]
+            type=kind,
             status=value,
             reason=reason,
             message=classify.shorten(message, 4096),
@@ -224,23 +188,22 @@ class _Draft:
             observed_generation=self.generation,
         )
 
-    def set_if_present(self, kind: str, status: bool, reason: str, message: str) -> None:
+    def set_if_present(self, kind: ConditionType, status: bool, reason: str, message: str) -> None:
         """Set a condition only if it was ever set (e.g. Running False after a Running True)."""
         if kind in self.conditions:
             self.set(kind, status, reason, message)
 
     def finish(self, succeeded: bool, reason: str, message: str) -> None:
         """End the FineTuneJob: Succeeded or Failed, for good."""
-        self.set(SUCCEEDED if succeeded else FAILED, True, reason, message)
-        self.set_if_present(RUNNING, False, reason, message)
-        self.set_if_present(QUEUED, False, reason, message)
+        self.set(ConditionType.SUCCEEDED if succeeded else ConditionType.FAILED, True, reason, message)
+        self.set_if_present(ConditionType.RUNNING, False, reason, message)
+        self.set_if_present(ConditionType.QUEUED, False, reason, message)
         self.status.completion_time = self.status.completion_time or format_time(self.now)
         self.status.next_attempt_time = None
         _no_trainer(self)
 
     def decide(self, action: Action, job: FineTuneJob | None) -> Decision:
-        order = (ACCEPTED, QUEUED, RUNNING, SUSPENDED, SUCCEEDED, FAILED)
-        self.status.conditions = [self.conditions[kind] for kind in order if kind in self.conditions]
+        self.status.conditions = [self.conditions[kind] for kind in ConditionType if kind in self.conditions]
         self.status.phase, deciding = phase_of(self.conditions)
         self.status.message = deciding.message if deciding is not None else self.status.message
         return Decision(self.status, action, _events(self.previous.conditions, self.status.conditions), job)
@@ -252,7 +215,7 @@ def phase_of(conditions: Mapping[str, Condition]) -> tuple[Phase, Condition | No
         condition = conditions.get(kind)
         if condition is not None and condition.status == "True":
             return phase, condition
-    return Phase.pending, conditions.get(RUNNING) or conditions.get(ACCEPTED)
+    return Phase.pending, conditions.get(ConditionType.RUNNING) or conditions.get(ConditionType.ACCEPTED)
 
 
 def _events(before: Sequence[Condition], after: Sequence[Condition]) -> tuple[Event, ...]:
@@ -304,13 +267,13 @@ def reconcile(observed: Observed) -> Decision:
     job, problem = _validate(observed.body)
     if job is None:
         if not draft.finished:
-            draft.set(ACCEPTED, False, INVALID_RECIPE, f"invalid FineTuneJob: {problem}")
-            draft.finish(False, INVALID_RECIPE, f"invalid FineTuneJob: {problem}")
+            draft.set(ConditionType.ACCEPTED, False, Reason.INVALID_RECIPE, f"invalid FineTuneJob: {problem}")
+            draft.finish(False, Reason.INVALID_RECIPE, f"invalid FineTuneJob: {problem}")
         return draft.decide(_after_finish(draft, observed, _raw_ttl(observed.body)), None)
     if observed.rejected and not draft.finished:
         message = f"the API server refused the trainer's objects: {observed.rejected}"
-        draft.set(ACCEPTED, False, INVALID_RECIPE, message)
-        draft.finish(False, INVALID_RECIPE, message)
+        draft.set(ConditionType.ACCEPTED, False, Reason.INVALID_RECIPE, message)
+        draft.finish(False, Reason.INVALID_RECIPE, message)
     if draft.finished:
         return draft.decide(_after_finish(draft, observed, job.spec.ttl_seconds_after_finished), job)
     action = _track(draft, job, observed)
@@ -319,16 +282,16 @@ def reconcile(observed: Observed) -> Decision:
     drift = _drift(job.spec, observed.accepted_spec)
     if drift:
         draft.set(
-            ACCEPTED,
+            ConditionType.ACCEPTED,
             False,
-            IMMUTABLE_FIELD_CHANGED,
+            Reason.IMMUTABLE_FIELD_CHANGED,
             f"{drift} changed after creation; only spec.suspend may change. The running attempt keeps the "
             "accepted recipe and nothing new is started: restore the field, or delete and re-create the "
             "FineTuneJob (checkpoints on a retained PVC are kept)",
         )
         action = NO_ACTION
-    elif not draft.is_true(ACCEPTED):
-        draft.set(ACCEPTED, True, CREATED, "the recipe is valid; attempts are created from it")
+    elif not draft.is_true(ConditionType.ACCEPTED):
+        draft.set(ConditionType.ACCEPTED, True, Reason.CREATED, "the recipe is valid; attempts are created from it")
     return draft.decide(action, job)
 
 
@@ -377,19 +340,20 @@ def _track(draft: _Draft, job: FineTuneJob, observed: Observed) -> Action:
         return NO_ACTION
     lost = _lost_node_action(observed)
     if lost is not None and lost[0].due:
-        draft.set(RUNNING, False, PODS_FORCE_DELETED, lost[1])
+        draft.set(ConditionType.RUNNING, False, Reason.PODS_FORCE_DELETED, lost[1])
         return lost[0]
     stale = [j for j in _active_jobs(observed.jobs) if names.attempt_of(j) != attempt]
     if stale:
         return _delete(stale[0])
     if _deadline_passed(draft, spec):
-        draft.finish(False, DEADLINE_EXCEEDED, f"activeDeadlineSeconds ({spec.active_deadline_seconds}s) "
+        draft.finish(False, Reason.DEADLINE_EXCEEDED, f"activeDeadlineSeconds ({spec.active_deadline_seconds}s) "
                      f"passed since {draft.status.start_time}")
         return NO_ACTION
     if spec.suspend:
         return _suspend(draft, current, state, attempt)
-    if draft.is_true(SUSPENDED):
-        draft.set(SUSPENDED, False, RESUMED, f"spec.suspend is false: attempt {attempt} resumes from the newest "
+    if draft.is_true(ConditionType.SUSPENDED):
+        draft.set(ConditionType.SUSPENDED, False, Reason.RESUMED,
+                  f"spec.suspend is false: attempt {attempt} resumes from the newest "
                   "checkpoint")
     if state == "failed":
         claim = spec.storage.existing_claim or names.pvc_name(job.metadata.name)
@@ -400,7 +364,8 @@ def _track(draft: _Draft, job: FineTuneJob, observed: Observed) -> Action:
     if current is None and pods:
         # Pods of this attempt without its Job: the Job was deleted under them (by hand, by a tool).
         # The same attempt starts again and resumes from the newest checkpoint; not a failure.
-        draft.set(RUNNING, False, ATTEMPT_JOB_DELETED, f"Job {names.job_name(_name(observed), attempt)} of attempt "
+        draft.set(ConditionType.RUNNING, False, Reason.ATTEMPT_JOB_DELETED,
+                  f"Job {names.job_name(_name(observed), attempt)} of attempt "
                   f"{attempt} was deleted; it is created again and resumes from the newest checkpoint")
     return _next_attempt(draft, observed)
 
@@ -416,9 +381,9 @@ def _suspend(draft: _Draft, current: Mapping[str, Any] | None, state: str | None
     """spec.suspend: stop the attempt (its pods checkpoint on SIGTERM); resuming starts the next one."""
     message = f"spec.suspend is true: attempt {attempt} is stopped and its pods save a checkpoint"
     _no_trainer(draft)
-    draft.set(SUSPENDED, True, SUSPENDED_REASON, message)
-    draft.set_if_present(RUNNING, False, SUSPENDED_REASON, message)
-    draft.set_if_present(QUEUED, False, SUSPENDED_REASON, message)
+    draft.set(ConditionType.SUSPENDED, True, Reason.SUSPENDED, message)
+    draft.set_if_present(ConditionType.RUNNING, False, Reason.SUSPENDED, message)
+    draft.set_if_present(ConditionType.QUEUED, False, Reason.SUSPENDED, message)
     if current is None:
         return NO_ACTION
     # Move on now, in the same status write as the delete: a stale Job keeps being deleted until it goes.
@@ -440,34 +405,35 @@ def _after_failure(draft: _Draft, spec: FineTuneJobSpec, job: Mapping[str, Any],
     draft.status.input_missing_since = None
     if failure.kind == "invalid":
         message = f"the trainer refused the recipe: {failure.message}"
-        draft.set(ACCEPTED, False, INVALID_RECIPE, message)
-        draft.finish(False, INVALID_RECIPE, message)
+        draft.set(ConditionType.ACCEPTED, False, Reason.INVALID_RECIPE, message)
+        draft.finish(False, Reason.INVALID_RECIPE, message)
         return
     if failure.kind == "full":
-        draft.finish(False, VOLUME_FULL, _volume_full_message(draft, spec, failure, attempt, claim))
+        draft.finish(False, Reason.VOLUME_FULL, _volume_full_message(draft, spec, failure, attempt, claim))
         return
     if failure.kind == "preempted":
         if draft.status.preemptions >= spec.max_preemptions:
-            draft.finish(False, PREEMPTION_LIMIT_EXCEEDED, f"attempt {attempt} was preempted "
+            draft.finish(False, Reason.PREEMPTION_LIMIT_EXCEEDED, f"attempt {attempt} was preempted "
                          f"({failure.message}) and maxPreemptions ({spec.max_preemptions}) is reached")
             return
         draft.status.preemptions += 1
         draft.status.attempt = attempt + 1
         draft.status.next_attempt_time = format_time(draft.now)
-        draft.set(RUNNING, False, PREEMPTED, f"attempt {attempt} was preempted ({failure.message}); attempt "
+        draft.set(ConditionType.RUNNING, False, Reason.PREEMPTED,
+                  f"attempt {attempt} was preempted ({failure.message}); attempt "
                   f"{attempt + 1} resumes from the newest checkpoint (preemption {draft.status.preemptions} "
                   f"of {spec.max_preemptions})")
         return
     if draft.status.restarts >= spec.backoff_limit:
-        draft.finish(False, BACKOFF_LIMIT_EXCEEDED, f"attempt {attempt} failed ({failure.message}) and "
+        draft.finish(False, Reason.BACKOFF_LIMIT_EXCEEDED, f"attempt {attempt} failed ({failure.message}) and "
                      f"backoffLimit ({spec.backoff_limit}) is reached")
         return
     draft.status.restarts += 1
     delay = backoff_seconds(draft.status.restarts)
     draft.status.attempt = attempt + 1
     draft.status.next_attempt_time = format_time(draft.now + dt.timedelta(seconds=delay))
-    retried = failure.detail if failure.detail in contract.RETRYABLE_TRAINER_REASONS else ATTEMPT_FAILED
-    draft.set(RUNNING, False, retried, f"attempt {attempt} failed ({failure.message}); attempt "
+    retried = failure.detail if failure.detail in RETRYABLE_TRAINER_REASONS else Reason.ATTEMPT_FAILED
+    draft.set(ConditionType.RUNNING, False, retried, f"attempt {attempt} failed ({failure.message}); attempt "
               f"{attempt + 1} starts in {delay:.0f}s (restart {draft.status.restarts} of {spec.backoff_limit})")
 
 
@@ -480,14 +446,16 @@ def _wait_for_input(draft: _Draft, spec: FineTuneJobSpec, failure: classify.Fail
     waited = (draft.now - since).total_seconds()
     deadline = spec.pending_deadline_seconds
     if waited >= deadline:
-        draft.finish(False, INPUT_NOT_FOUND, f"attempt {attempt}: {failure.message}; still missing {waited:.0f}s after "
+        draft.finish(False, Reason.INPUT_NOT_FOUND,
+                     f"attempt {attempt}: {failure.message}; still missing {waited:.0f}s after "
                      f"it was first found missing (pendingDeadlineSeconds {deadline}): provide it, then delete and "
                      "re-apply the FineTuneJob")
         return
     delay = min(max(waited, INPUT_RETRY_MIN_SECONDS), BACKOFF_CAP_SECONDS, deadline - waited)
     draft.status.attempt = attempt + 1
     draft.status.next_attempt_time = format_time(draft.now + dt.timedelta(seconds=delay))
-    draft.set(RUNNING, False, INPUT_NOT_FOUND, f"attempt {attempt}: {failure.message}; waiting for it: attempt "
+    draft.set(ConditionType.RUNNING, False, Reason.INPUT_NOT_FOUND,
+              f"attempt {attempt}: {failure.message}; waiting for it: attempt "
               f"{attempt + 1} starts in {delay:.0f}s (missing for {waited:.0f}s; fails after pendingDeadlineSeconds "
               f"{deadline}s)")
 
@@ -518,13 +486,13 @@ def _next_attempt(draft: _Draft, observed: Observed) -> Action:
         lost = _lost_node_action(observed)
         if lost is None:
             return NO_ACTION
-        draft.set(RUNNING, False, NODE_LOST, lost[1])
+        draft.set(ConditionType.RUNNING, False, Reason.NODE_LOST, lost[1])
         return lost[0]
     if observed.leftovers:
         # Same names, another owner: creating now would collide with (or, by name, adopt) the old
         # incarnation's objects, and its pods may still write to a retained PVC. The garbage collector
         # removes them; the resync comes back.
-        draft.set(RUNNING, False, WAITING_FOR_PREVIOUS,
+        draft.set(ConditionType.RUNNING, False, Reason.WAITING_FOR_GARBAGE_COLLECTION,
                   f"waiting for the objects of a deleted FineTuneJob of the same name to be garbage collected: "
                   f"{', '.join(observed.leftovers[:3])}")
         return Action(ActionType.CREATE_ATTEMPT, attempt, names.job_name(_name(observed), attempt),
@@ -585,11 +553,11 @@ def _follow(
     if state == "suspended":
         queue = (job["metadata"].get("labels") or {}).get(names.LABEL_KUEUE_QUEUE, "")
         message = f"attempt {attempt} waits for admission by Kueue" + (f" in queue {queue}" if queue else "")
-        draft.set(QUEUED, True, QUEUED_BY_KUEUE, message)
-        draft.set_if_present(RUNNING, False, QUEUED_BY_KUEUE, message)
+        draft.set(ConditionType.QUEUED, True, Reason.QUEUED_BY_KUEUE, message)
+        draft.set_if_present(ConditionType.RUNNING, False, Reason.QUEUED_BY_KUEUE, message)
         return NO_ACTION
-    if draft.is_true(QUEUED):
-        draft.set(QUEUED, False, ADMITTED, f"attempt {attempt} was admitted by Kueue")
+    if draft.is_true(ConditionType.QUEUED):
+        draft.set(ConditionType.QUEUED, False, Reason.ADMITTED, f"attempt {attempt} was admitted by Kueue")
     problems = [classify.pending_problem(pod) for pod in pods]
     if not pods:
         problems.append(classify.pods_not_created(job, observed.refusals))
@@ -601,16 +569,18 @@ def _follow(
             draft.finish(False, problem.reason, f"{problem.message} (pending {waited:.0f}s, more than "
                          f"pendingDeadlineSeconds {spec.pending_deadline_seconds})")
             return NO_ACTION
-        draft.set(RUNNING, False, problem.reason, f"{problem.message} (pending {waited:.0f}s; fails after "
+        draft.set(ConditionType.RUNNING, False, problem.reason,
+                  f"{problem.message} (pending {waited:.0f}s; fails after "
                   f"{spec.pending_deadline_seconds}s)")
         return NO_ACTION
     if any(classify.pod_running(pod) for pod in pods):
-        reason = STARTED if attempt == 0 else RESUMED
+        reason = Reason.STARTED if attempt == 0 else Reason.RESUMED
         workers = spec.resources.workers
-        was_running = draft.is_true(RUNNING)
+        was_running = draft.is_true(ConditionType.RUNNING)
         _take_progress(draft, observed)
         stage = _stage(draft, observed, was_running)
-        draft.set(RUNNING, True, reason, f"attempt {attempt} is {STAGE_WORDS.get(stage, stage)} ({workers} worker"
+        draft.set(ConditionType.RUNNING, True, reason,
+                  f"attempt {attempt} is {STAGE_WORDS.get(stage, stage)} ({workers} worker"
                   f"{'s' if workers > 1 else ''})")
         draft.status.start_time = draft.status.start_time or format_time(draft.now)
     return NO_ACTION
@@ -700,7 +670,7 @@ def _succeed(draft: _Draft, pods: list, claim: str) -> None:
     said = field("message")
     extra = said.removeprefix(TRAINER_COMPLETED).lstrip("; ") if isinstance(said, str) else ""
     note = f"; {extra}" if extra else ""
-    draft.finish(True, COMPLETED, f"training finished{at}{loss}; results in {where} on PersistentVolumeClaim "
+    draft.finish(True, Reason.COMPLETED, f"training finished{at}{loss}; results in {where} on PersistentVolumeClaim "
                  f"{claim}{note}")
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from kubetune_api.conditions import TerminationReason
 from kubetune_api.contract import CHECKPOINT_COMPLETE_MARKER, TERMINATION_MESSAGE_LIMIT, Env, ExitCode
 from kubetune_trainer.launcher import (
-    PEER_LOST,
     LaunchSettings,
     exit_code,
     peer_watch,
@@ -131,7 +131,7 @@ def test_no_outcome_at_all_still_explains() -> None:
 
 def test_a_lost_pod_is_named_in_the_termination_message() -> None:
     body = json.loads(termination_message(ExitCode.FAILED, [], -9, lost="pod 1 of the attempt stopped answering"))
-    assert body["reason"] == PEER_LOST and body["message"].startswith("pod 1 of the attempt stopped answering")
+    assert body["reason"] == TerminationReason.PEER_LOST and body["message"].startswith("pod 1 of the attempt stopped answering")
     # A pod whose ranks all stopped before it was ended keeps their answer.
     stopped = {"status": "stopped", "message": "stopped at step 6 on request", "rank": 0}
     body = json.loads(termination_message(ExitCode.STOPPED, [stopped], -9, lost="pod 1 ..."))

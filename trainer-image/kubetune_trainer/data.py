@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubetune_api.contract import INPUT_NOT_FOUND, ExitCode, local_path
+from kubetune_api.conditions import TerminationReason
+from kubetune_api.contract import ExitCode, local_path
 from kubetune_trainer.formats import FormatError, make_renderer
 from kubetune_api.recipe import DatasetFormat, DatasetSpec
 from kubetune_trainer.remote import StorageError
@@ -49,7 +50,7 @@ class InputNotFound(StorageError):
     for a while (the data may still be on its way to the volume) instead of failing at once."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, reason=INPUT_NOT_FOUND, exit_code=ExitCode.INVALID)
+        super().__init__(message, reason=TerminationReason.INPUT_NOT_FOUND, exit_code=ExitCode.INVALID)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (InputNotFound, (str(self),))

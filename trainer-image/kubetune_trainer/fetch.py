@@ -31,14 +31,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from kubetune_api.contract import (
-    DATASET_CONFIGMAP_DIR,
-    DOWNLOAD_FAILED,
-    INPUT_NOT_FOUND,  # exit 2: the recipe names data that is not there (yet): the operator waits for it
-    Env,
-    ExitCode,
-    cache_dir,
-)
+from kubetune_api.conditions import TerminationReason
+from kubetune_api.contract import DATASET_CONFIGMAP_DIR, Env, ExitCode, cache_dir
 from kubetune_trainer.remote import StorageError, explain, filesystem, is_uri, scheme
 
 if TYPE_CHECKING:
@@ -88,8 +82,8 @@ def _download_error(err: BaseException, uri: str, field: str, *, listed: bool = 
     """Explain `err`; only a source missing when listed is the recipe's fault (once listed, it vanished)."""
     message, missing = explain(err, uri, field, "download")
     if missing and not listed:
-        return DownloadError(message, reason=INPUT_NOT_FOUND, exit_code=ExitCode.INVALID)
-    return DownloadError(message, reason=DOWNLOAD_FAILED, exit_code=ExitCode.FAILED)
+        return DownloadError(message, reason=TerminationReason.INPUT_NOT_FOUND, exit_code=ExitCode.INVALID)
+    return DownloadError(message, reason=TerminationReason.DOWNLOAD_FAILED, exit_code=ExitCode.FAILED)
 
 
 def _version(info: dict[str, Any]) -> str:
@@ -181,7 +175,7 @@ def _check_writable(uris: Path, uri: str, field: str) -> None:
         raise DownloadError(
             f"{field} {uri}: not in the cache, and the cache {uris} is not writable ({err.strerror or err}); "
             "a read-only model cache must already hold the model: fill it from a job whose claim is writable",
-            reason=DOWNLOAD_FAILED,
+            reason=TerminationReason.DOWNLOAD_FAILED,
             exit_code=ExitCode.FAILED,
         ) from err
 
@@ -225,7 +219,7 @@ def configmap_dataset_path(spec: DatasetSpec) -> Path:
             f"dataset.configMap {spec.config_map.name}/{spec.config_map.key}: no such ConfigMap or key (nothing at "
             f"{path}); create it in the FineTuneJob's namespace: kubectl create configmap {spec.config_map.name} "
             f"--from-file={spec.config_map.key}=<file> (kubetune run has no ConfigMaps: use dataset.path there)",
-            reason=INPUT_NOT_FOUND,
+            reason=TerminationReason.INPUT_NOT_FOUND,
             exit_code=ExitCode.INVALID,
         )
     return path
@@ -256,7 +250,7 @@ def localize_model(spec: ModelSpec, workspace: str | os.PathLike[str]) -> str:
         raise DownloadError(
             f"model.name {spec.name}: an http(s) URI names single files, not a checkpoint folder; set "
             "model.ggufFile to fetch one GGUF file, or use an s3:// prefix",
-            reason="InvalidRecipe",
+            reason=TerminationReason.INVALID_RECIPE,
             exit_code=ExitCode.INVALID,
         )
     return str(fetch(spec.name, cache, field="model.name"))

@@ -50,17 +50,17 @@ from typing import Any
 
 from kubetune_api import contract
 from kubetune_trainer import lifeline, peers
+from kubetune_api.conditions import TerminationReason
 from kubetune_api.contract import Env, ExitCode
 from kubetune_trainer.peers import PeerWatch
 
 REASONS = {
-    ExitCode.SUCCESS: "Completed",
-    ExitCode.STOPPED: "Stopped",
-    ExitCode.INVALID: "InvalidRecipe",
-    ExitCode.FAILED: "Failed",
+    ExitCode.SUCCESS: TerminationReason.COMPLETED,
+    ExitCode.STOPPED: TerminationReason.STOPPED,
+    ExitCode.INVALID: TerminationReason.INVALID_RECIPE,
+    ExitCode.FAILED: TerminationReason.FAILED,
 }
-PEER_LOST = "PeerLost"
-"""Termination reason (exit 1, retried): another pod of the attempt was lost, so this one ended its trainer."""
+"""The termination reason of each exit code, where the trainer gave none of its own."""
 # Saving a checkpoint of a large model can take minutes; Kubernetes' grace period is the real bound.
 TORCHRUN_SHUTDOWN_TIMEOUT_S = 3600
 
@@ -182,7 +182,8 @@ def termination_message(
     body: dict[str, Any] = {"exitCode": int(code), "reason": main.get("reason") or REASONS[code], "message": message}
     if lost is not None and code == ExitCode.FAILED:
         # What a rank said then is an echo of the loss (gloo's "connection closed by peer"), when it said anything.
-        body.update(reason=PEER_LOST, message=f"{lost}; ended this pod's trainer so the attempt can restart")
+        body.update(reason=TerminationReason.PEER_LOST,
+                    message=f"{lost}; ended this pod's trainer so the attempt can restart")
     for key in ("step", "totalSteps", "loss", "evalLoss", "tokensPerSecond"):
         if key in progress:
             body[key] = round(progress[key], 4) if isinstance(progress[key], float) else progress[key]

@@ -33,7 +33,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kubetune_api.contract import UPLOAD_FAILED, ExitCode
+from kubetune_api.conditions import TerminationReason
+from kubetune_api.contract import ExitCode
 from kubetune_trainer.remote import StorageError, explain, filesystem, scheme
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class UploadError(StorageError):
     """The result could not be uploaded or verified; retryable, and the local result is untouched."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, reason=UPLOAD_FAILED, exit_code=ExitCode.FAILED)
+        super().__init__(message, reason=TerminationReason.UPLOAD_FAILED, exit_code=ExitCode.FAILED)
 
 
 # ---------------------------------------------------------------- local files and their digests

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from kubetune_api.conditions import TerminationReason
 from kubetune_api.contract import ExitCode
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def filesystem(uri: str, field: str) -> tuple[AbstractFileSystem, str]:
         raise StorageError(
             f"{field} {uri}: the trainer image cannot read {scheme(uri)}:// URIs ({_first_line(err)}); "
             f"install {package} in the image or use s3:// or https://",
-            reason="InvalidRecipe",
+            reason=TerminationReason.INVALID_RECIPE,
             exit_code=ExitCode.INVALID,
         ) from None
 

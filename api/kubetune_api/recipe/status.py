@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from kubetune_api.conditions import ConditionType
 from kubetune_api.recipe.base import LONG, KubeModel
 
 
@@ -24,9 +25,7 @@ class Phase(str, Enum):
 class Condition(KubeModel):
     """A Kubernetes-style condition (metav1.Condition)."""
 
-    type: Literal["Accepted", "Queued", "Running", "Suspended", "Succeeded", "Failed"] = Field(
-        description="type of the condition."
-    )
+    type: ConditionType = Field(description="type of the condition.")
     status: Literal["True", "False", "Unknown"] = Field(description="status is True, False or Unknown.")
     reason: str = Field(max_length=1024, description="reason is a CamelCase word for the last transition.")
     message: str = Field(default="", max_length=32768, description="message is a human-readable explanation.")
