@@ -32,7 +32,7 @@ PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 GPU_LABELS = {"kubetune.test/accelerator": "gpu"}  # the gpu-node's label, as the flavor's nodeLabels
 # Long enough that the operator sees the FineTuneJob Queued while the preemptor holds the GPU.
 URGENT_SECONDS = 20
-STOPPED = 75  # kubetune_trainer.contract.ExitCode.STOPPED: a checkpoint was saved on SIGTERM
+STOPPED = 75  # kubetune_api.contract.ExitCode.STOPPED: a checkpoint was saved on SIGTERM
 
 
 def condition_of(obj: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
