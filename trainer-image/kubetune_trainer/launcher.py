@@ -49,9 +49,9 @@ from types import FrameType
 from typing import Any
 
 from kubetune_api import contract
-from kubetune_trainer import lifeline, peers
 from kubetune_api.conditions import TerminationReason
 from kubetune_api.contract import Env, ExitCode
+from kubetune_trainer import lifeline, peers
 from kubetune_trainer.peers import PeerWatch
 
 REASONS = {
