@@ -161,18 +161,7 @@ def open_api_schema() -> dict[str, Any]:
     spec = model_schema(recipe.FineTuneJobSpec, "spec")
     spec["x-kubernetes-validations"] = spec.get("x-kubernetes-validations", []) + _immutability_rules(spec)
     status = model_schema(recipe.FineTuneJobStatus, "status")
-    name_rules = [
-        {
-            "rule": f"self.metadata.name.size() <= {recipe.MAX_NAME_LENGTH}",
-            "message": f"metadata.name must be at most {recipe.MAX_NAME_LENGTH} characters "
-            "(child objects add suffixes and must stay within 63)",
-        },
-        {
-            "rule": f"self.metadata.name.matches('{recipe.DNS_1035}')",
-            "message": "metadata.name must be a DNS-1035 label: lower-case letters, digits and '-', "
-            "starting with a letter",
-        },
-    ]
+    name_rules = [rule.cel_entry() for rule in recipe.FineTuneJob.cross_field_rules]
     return {
         "type": "object",
         "description": recipe.FineTuneJob.__doc__,

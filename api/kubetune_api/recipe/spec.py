@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError
@@ -251,19 +252,35 @@ class ObjectMeta(KubeModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str = Field(
-        max_length=MAX_NAME_LENGTH,
-        pattern=DNS_1035,
-        description="name of the FineTuneJob: a DNS-1035 label of at most 50 characters.",
-    )
+    name: str = Field(description="name of the FineTuneJob: a DNS-1035 label of at most 50 characters (NAME_RULES).")
     namespace: DnsLabel | None = Field(default=None, description="namespace of the FineTuneJob.")
     labels: string_map("metadata.labels", [KEY_RULE, VALUE_RULE]) | None = Field(  # type: ignore[valid-type]
         default=None, description="labels of the FineTuneJob."
     )
 
 
+NAME_RULES = (
+    CrossFieldRule(
+        f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+        f"metadata.name must be at most {MAX_NAME_LENGTH} characters (child objects add suffixes and must stay "
+        "within 63)",
+        None,
+        lambda j: len(j.metadata.name) <= MAX_NAME_LENGTH,
+    ),
+    CrossFieldRule(
+        f"self.metadata.name.matches('{DNS_1035}')",
+        "metadata.name must be a DNS-1035 label: lower-case letters, digits and '-', starting with a letter",
+        None,
+        lambda j: re.match(DNS_1035, j.metadata.name) is not None,
+    ),
+)
+"""The FineTuneJob's name rules, on the object: a CRD's schema cannot constrain metadata, its root's CEL can."""
+
+
 class FineTuneJob(KubeModel):
     """A FineTuneJob: one fine-tune of an LLM, run by the KubeTune operator or `kubetune run`."""
+
+    cross_field_rules = NAME_RULES
 
     api_version: Literal["kubetune.io/v1alpha1"] = Field(
         default="kubetune.io/v1alpha1", description="apiVersion is kubetune.io/v1alpha1."
