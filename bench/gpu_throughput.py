@@ -198,8 +198,8 @@ def plan_final(shape_small: str, shape_large: str | None) -> list[Case]:
     fused_adam = "adamw_torch_fused"
     cases = [
         *peers(s),
-        kt(f"kt-{s}-4bit-mb16", s, 4, "fixed", 16, "KubeTune defaults"),
-        kt(f"kt-{s}-4bit-mb16-fdrop", s, 4, "fixed", 16, "fusedDropout", fusedDropout=True),
+        kt(f"kt-{s}-4bit-mb16", s, 4, "fixed", 16, "KubeTune defaults (fusedDropout on)"),
+        kt(f"kt-{s}-4bit-mb16-peftdrop", s, 4, "fixed", 16, "fusedDropout false: peft's dropout", fusedDropout=False),
         kt(f"kt-{s}-4bit-mb16-adamfused", s, 4, "fixed", 16, "optimizer adamw_torch_fused", optimizer=fused_adam),
         kt(f"kt-{s}-4bit-mb16-fdrop-sac", s, 4, "fixed", 16, "fusedDropout + selectiveCheckpointing",
            fusedDropout=True, selectiveCheckpointing=True),
