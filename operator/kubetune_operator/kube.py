@@ -50,15 +50,20 @@ def api_error_message(error: ApiException) -> str:
 class KubeApi:
     """Get, list, create, patch and delete namespaced objects by kind."""
 
-    def __init__(self, timeout_seconds: float = 30.0, api_client: client.ApiClient | None = None) -> None:
+    def __init__(self, timeout_seconds: float = 30.0, api_client: client.ApiClient | None = None,
+                 pool_size: int | None = None) -> None:
         self.timeout = timeout_seconds
         self._api = api_client
+        self.pool_size = pool_size  # connections kept to the API server (the client's default: CPUs x 5)
 
     @property
     def api(self) -> client.ApiClient:
         """The client, made on first use: kopf's login (after the startup handlers) configures the default."""
         if self._api is None:
-            self._api = client.ApiClient()
+            configuration = client.Configuration.get_default_copy()
+            if self.pool_size:
+                configuration.connection_pool_maxsize = self.pool_size
+            self._api = client.ApiClient(configuration)
         return self._api
 
     def _path(self, kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:

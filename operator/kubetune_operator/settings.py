@@ -48,8 +48,10 @@ class Settings:
     progress_concurrency: int = 8
     """How many trainer metrics endpoints are polled at once."""
 
-    reconcile_concurrency: int = 8
-    """How many FineTuneJobs are reconciled at once (threads that mostly wait on the API server)."""
+    reconcile_concurrency: int = 32
+    """How many FineTuneJobs are reconciled at once: threads that mostly wait on the API server (a new
+    FineTuneJob's turn is four requests in a row), so a turn's latency, not the CPU, bounds how many
+    FineTuneJobs a second get their first attempt; 32 keep up with 50 created per second."""
 
     request_timeout_seconds: float = 30.0
     """Time limit of one Kubernetes API request made by the handlers."""

@@ -66,7 +66,7 @@ def test_the_operator_writes_the_failure_once_and_creates_nothing() -> None:
     controller = Controller(Settings(), kube, OperatorMetrics())
     for _ in range(3):
         controller.reconcile("ml", "demo")
-    controller._event_posters.shutdown(wait=True)  # Events are posted from their own threads: let them finish
+    controller.events_sent()  # posted from the Event threads
     assert [kind for kind, _ in kube.verbs("create")] == ["Event"]  # one Warning event, no children
     assert kube.verbs("patch/status") == [("FineTuneJob", "demo")]
     assert ("ml", "demo") in controller.settled  # the resync loop leaves it alone

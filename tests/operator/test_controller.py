@@ -201,7 +201,7 @@ def test_transitions_are_posted_as_valid_core_v1_events(kube: FakeKube, clock: C
     controller = Controller(Settings(), kube, OperatorMetrics(), clock=clock)
     kube.put(finetunejob())
     controller.reconcile(NAMESPACE, NAME)
-    controller._event_posters.shutdown(wait=True)  # Events are posted from their own threads: let them finish
+    controller.events_sent()  # posted from the Event threads
     posted = [obj for (kind, _, _), obj in kube.objects.items() if kind == "Event"]
     assert sorted(e["reason"] for e in posted) == ["AttemptCreated", "Created"]
     uid = kube.objects[("FineTuneJob", NAMESPACE, NAME)]["metadata"]["uid"]
