@@ -233,7 +233,8 @@ class FineTuneJobSpec(KubeModel):
         default=900,
         ge=1,
         le=MAX_INT32,
-        description="pendingDeadlineSeconds fails the job when a pod stays unschedulable or unpulled this long; "
+        description="pendingDeadlineSeconds fails the job when a pod stays unschedulable or unpulled this long, or "
+        "its input (dataset.path, a URI, a ConfigMap key) stays missing this long (reason InputNotFound); "
         "default 900.",
     )
     active_deadline_seconds: int | None = Field(
