@@ -117,13 +117,15 @@ def load_base(result: TrainedResult, spec: FineTuneJobSpec, *, quantize: bool = 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from kubetune_trainer.model import load_model, resolve_model_source, training_dtype
+    from kubetune_trainer.model import ModelLoader, resolve_model_source, training_dtype
 
     dtype = training_dtype(spec.training.precision)
     if result.base is not None:  # the dequantized GGUF: the same weights, without converting them again
         return AutoModelForCausalLM.from_pretrained(result.base, dtype=dtype)
-    return load_model(resolve_model_source(spec.model), spec, result.cache, dtype=dtype, quantize=quantize,
-                      device_index=0 if quantize and torch.cuda.is_available() else None)
+    # The training run's loader rules (its cache, dtype, quantization; hub errors naming model.*).
+    device = 0 if quantize and torch.cuda.is_available() else None
+    loader = ModelLoader(cache_dir=result.cache, dtype=dtype, device_index=device)
+    return loader.model(resolve_model_source(spec.model), spec, quantize=quantize)
 
 
 def merge_result(result: TrainedResult) -> Path:
