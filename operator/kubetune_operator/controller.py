@@ -245,6 +245,8 @@ class Controller:
         terminating = {(pod.get("spec") or {}).get("nodeName") for pod in pods
                        if classify.pod_alive(pod) and (pod.get("metadata") or {}).get("deletionTimestamp")}
         lost: dict[str, dt.datetime] = {}
+        if self._nodes_forbidden:
+            return lost  # refused once (namespaced RBAC): not asked again
         for node in sorted(name for name in terminating if name):
             try:
                 body = self.kube.get("Node", "", node)

@@ -9,6 +9,7 @@ import copy
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from kubetune_operator.controller import Controller
 from kubetune_operator.metrics import OperatorMetrics
@@ -119,3 +120,20 @@ def test_a_pod_stuck_on_a_lost_node_is_force_deleted_by_the_controller(kube: Fak
 def test_a_ready_node_is_looked_up_but_its_slow_pod_left_alone(kube: FakeKube, controller: Controller) -> None:
     terminating_on(kube, controller, "True", deleted_ago=3000)
     assert ("Node", "gpu-node") in kube.verbs("get") and not kube.verbs("delete/grace=0")
+
+
+def test_without_rights_on_nodes_they_are_asked_once_and_nothing_is_forced(kube: FakeKube,
+                                                                         controller: Controller) -> None:
+    asked: list[str] = []
+    get = kube.get
+
+    def forbidden_nodes(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        if kind == "Node":  # a namespaced install: no ClusterRole, so no nodes get
+            asked.append(name)
+            raise ApiException(status=403, reason="Forbidden", body='{"message": "nodes is forbidden"}')
+        return get(kind, namespace, name)
+
+    kube.get = forbidden_nodes  # type: ignore[method-assign]
+    stuck = terminating_on(kube, controller, "Unknown", deleted_ago=100)
+    controller.reconcile(NAMESPACE, NAME, children=([], [stuck]), body=watched(kube))
+    assert asked == ["gpu-node"] and not kube.verbs("delete/grace=0")
