@@ -80,7 +80,10 @@ async def render(values: dict[str, Any] | None = None, *, monitoring: bool = Fal
     # (NOTES.txt reads values only, so the capabilities `template` was given do not matter here).
     # Monitors off: Helm maps every kind even in a dry run, and the test cluster serves no monitoring API.
     monitors_off = ["--set", "metrics.serviceMonitor.enabled=false", "--set", "metrics.podMonitor.enabled=false"]
-    dry_run = json.loads(await run_helm("install", *common, *monitors_off, "--dry-run=client", "--output", "json",
+    # The session's `kubetune` release may already own the same objects (tests/cluster/fixtures.py), and
+    # Helm refuses, even in a dry run, to import what another release owns unless told to take it.
+    dry_run = json.loads(await run_helm("install", *common, *monitors_off, "--take-ownership", "--dry-run=client",
+                                        "--output", "json",
                                         env={"KUBECONFIG": str(kubeconfig)}))
     return Install(objects, dry_run["info"].get("notes", ""), hooks)
 
