@@ -7,9 +7,14 @@ from pathlib import Path
 
 from tests.cluster.client import RealCluster
 from tests.cluster.fixtures import Release, operator_process
-from tests.e2e_cluster.conftest import Inputs, finetunejob
 from tests.cluster.rest import RestClient, path_of
-from tests.e2e_cluster.scenarios import attempt_pods, checkpointed, phase
+from tests.e2e_cluster.conftest import Inputs, finetunejob
+from tests.e2e_cluster.scenarios import (
+    LONG_RUN,
+    attempt_pods,
+    checkpoint_on_disk,
+    phase,
+)
 
 LEASE_SECONDS = "4"
 
@@ -35,8 +40,10 @@ def test_the_standby_replica_takes_over_when_the_leader_is_killed(
         replicas["replica-a"].start()
         cluster.wait_until(lambda: holder(kube, kubetune_release) == "replica-a", 30, "replica-a leads")
         replicas["replica-b"].start()  # ready as soon as it answers its liveness probe, standing by
-        cluster.apply(make("elected", training={"maxSteps": 30, "saveSteps": 5}))
-        cluster.wait_for("elected", checkpointed, 300, "a checkpoint under replica-a")
+        # A long run, waited on through its volume: on a 30-step run the trainer could finish before
+        # the status showed a checkpoint (CI saw it), and the take-over would never happen mid-run.
+        cluster.apply(make("elected", training={**LONG_RUN, "saveSteps": 5}))
+        checkpoint_on_disk(cluster, "elected")
         assert "standing by" in replicas["replica-b"].log_tail()
         assert "created Job" not in replicas["replica-b"].log_tail()
 
