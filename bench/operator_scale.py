@@ -195,7 +195,7 @@ def floor_creates(rest: RestClient, names_: list[str], rate: float) -> dict[str,
     (`paced`); the time.time() each started."""
     from kubetune_operator import render
     from kubetune_operator.settings import Settings
-    from kubetune_trainer.recipe import parse_finetunejob
+    from kubetune_api.recipe import parse_finetunejob
 
     settings = Settings(trainer_image="kubetune/trainer:bench")
 
