@@ -511,7 +511,7 @@ def _lost_node_action(observed: Observed) -> tuple[Action, str] | None:
     are presumed gone with it.
     """
     limit = observed.lost_node_timeout_seconds
-    stuck: dict[str, tuple[str, float]] = {}  # pod name -> (its node, seconds stuck)
+    stuck: dict[str, tuple[str, dt.datetime]] = {}  # pod name -> (its node, stuck since)
     for pod in observed.pods:
         meta, node = pod.get("metadata") or {}, (pod.get("spec") or {}).get("nodeName") or "?"
         deleted = parse_time(meta.get("deletionTimestamp"))
@@ -523,21 +523,25 @@ def _lost_node_action(observed: Observed) -> tuple[Action, str] | None:
             since = max(since, observed.lost_nodes[node])
         elif not evicted:
             continue
-        stuck[str(meta.get("name"))] = (node, (observed.now - since).total_seconds())
+        stuck[str(meta.get("name"))] = (node, since)
     if not stuck:
         return None
-    what = ", ".join(f"pod {name} on lost node {node} (Terminating, stuck for {waited:.0f}s)"
-                     for name, (node, waited) in list(stuck.items())[:3])
+    # Times, not "stuck for Ns": the message stays the same from turn to turn, so a waiting FineTuneJob's
+    # status is not rewritten on every turn (each write is an API request and a watch event).
+    what = ", ".join(f"pod {name} on lost node {node} (Terminating, stuck since {format_time(since)})"
+                     for name, (node, since) in list(stuck.items())[:3])
     what += f" and {len(stuck) - 3} more" if len(stuck) > 3 else ""
-    due = tuple(name for name, (_, waited) in stuck.items() if waited >= limit)
+    deadline = {name: since + dt.timedelta(seconds=limit) for name, (_, since) in stuck.items()}
+    due = tuple(name for name, at in deadline.items() if at <= observed.now)
     if due:
         said = (f"{what}: force-deleted (grace 0) after lostNodeTimeoutSeconds ({limit:.0f}s); the next attempt "
                 "starts once no earlier pod is left")
         return Action(ActionType.FORCE_DELETE_PODS, pods=due), said
-    wait = min(limit - waited for _, waited in stuck.values())
-    said = (f"{what}: no kubelet will confirm its end; force-deleted (grace 0) in {wait:.0f}s "
+    first = min(deadline.values())
+    said = (f"{what}: no kubelet will confirm its end; force-deleted (grace 0) at {format_time(first)} "
             f"(lostNodeTimeoutSeconds {limit:.0f}s), then the next attempt starts")
-    return Action(ActionType.FORCE_DELETE_PODS, pods=tuple(stuck), delay_seconds=wait), said
+    return Action(ActionType.FORCE_DELETE_PODS, pods=tuple(stuck),
+                  delay_seconds=(first - observed.now).total_seconds()), said
 
 
 def _name(observed: Observed) -> str:
@@ -569,9 +573,11 @@ def _follow(
             draft.finish(False, problem.reason, f"{problem.message} (pending {waited:.0f}s, more than "
                          f"pendingDeadlineSeconds {spec.pending_deadline_seconds})")
             return NO_ACTION
+        # The deadline as a time, not "pending Ns": the same message every turn, no status rewrite per turn.
+        fails_at = problem.since + dt.timedelta(seconds=spec.pending_deadline_seconds)
         draft.set(ConditionType.RUNNING, False, problem.reason,
-                  f"{problem.message} (pending {waited:.0f}s; fails after "
-                  f"{spec.pending_deadline_seconds}s)")
+                  f"{problem.message} (pending since {format_time(problem.since)}; fails after "
+                  f"{spec.pending_deadline_seconds}s, at {format_time(fails_at)})")
         return NO_ACTION
     if any(classify.pod_running(pod) for pod in pods):
         reason = Reason.STARTED if attempt == 0 else Reason.RESUMED

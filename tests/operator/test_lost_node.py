@@ -129,3 +129,13 @@ def test_the_wait_and_the_force_delete_each_post_one_warning_event() -> None:
     forced = reconcile(Observed(body=again, now=NOW, pods=[OVERDUE], lost_nodes=lost(),
                                 lost_node_timeout_seconds=LIMIT))
     assert [(e.type, e.reason) for e in forced.events] == [("Warning", "PodsForceDeleted")]
+
+
+def test_the_wait_for_the_deadline_keeps_the_status_from_turn_to_turn() -> None:
+    """The message names times, not "stuck for Ns": a later turn of the same wait writes nothing."""
+    waiting = reconcile(Observed(body=finetunejob(status=running()), now=NOW, pods=[STUCK],
+                                 lost_nodes=lost(), lost_node_timeout_seconds=LIMIT))
+    later = reconcile(Observed(body=finetunejob(status=waiting.status.to_api()), now=NOW + dt.timedelta(seconds=30),
+                               pods=[STUCK], lost_nodes=lost(), lost_node_timeout_seconds=LIMIT))
+    assert later.status.to_api() == waiting.status.to_api()
+    assert later.action.delay_seconds == pytest.approx(LIMIT - 40)

@@ -9,6 +9,7 @@ FineTuneJob never gets children again.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -282,6 +283,22 @@ def replay(body: dict[str, Any], **observed: Any) -> Any:
     first = reconcile(Observed(body=body, now=NOW, **observed))
     again = dict(body, status=first.status.to_api())
     return first, reconcile(Observed(body=again, now=NOW, **observed))
+
+
+WAITING = ("a Job whose pods the API refuses waits, naming the refusal",
+           "image pull failing within the deadline is reported")
+
+
+@pytest.mark.parametrize("case", [case for case in CASES if case.id in WAITING], ids=WAITING)
+def test_a_waiting_job_keeps_its_status_from_turn_to_turn(case: Case) -> None:
+    """A status rewritten every turn is an API write and a watch event per turn for nothing: while a
+    FineTuneJob waits, its next turn (here 30 s later) decides exactly the same status."""
+    body = finetunejob(case.spec, case.status)
+    seen = dict(jobs=case.jobs, pods=case.pods, refusals=case.refusals)
+    first = reconcile(Observed(body=body, now=NOW, **seen))
+    turn = reconcile(Observed(body=dict(body, status=first.status.to_api()), now=NOW + dt.timedelta(seconds=30),
+                              **seen))
+    assert turn.status.to_api() == first.status.to_api()
 
 
 def test_a_failure_is_counted_once() -> None:
