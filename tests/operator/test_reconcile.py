@@ -294,7 +294,7 @@ def test_a_waiting_job_keeps_its_status_from_turn_to_turn(case: Case) -> None:
     """A status rewritten every turn is an API write and a watch event per turn for nothing: while a
     FineTuneJob waits, its next turn (here 30 s later) decides exactly the same status."""
     body = finetunejob(case.spec, case.status)
-    seen = dict(jobs=case.jobs, pods=case.pods, refusals=case.refusals)
+    seen = {"jobs": case.jobs, "pods": case.pods, "refusals": case.refusals}
     first = reconcile(Observed(body=body, now=NOW, **seen))
     turn = reconcile(Observed(body=dict(body, status=first.status.to_api()), now=NOW + dt.timedelta(seconds=30),
                               **seen))
