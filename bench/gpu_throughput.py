@@ -4,6 +4,7 @@
     python bench/gpu_throughput.py --plan fused --no-8b --out /tmp/bench              # issue 15: peers + fusedLora
     python bench/gpu_throughput.py --plan levers --no-8b --out /tmp/bench --profile kt-1b-4bit-mb16   # round 2 levers
     python bench/gpu_throughput.py --plan final --no-8b --out /tmp/bench              # peers + the levers that gained
+    python bench/gpu_throughput.py --plan unsloth --out /tmp/bench --unsloth-site /tmp/usite   # issue 15 round 3
     python bench/gpu_throughput.py --layer --out /tmp/bench                           # one layer: peft vs fused LoRA
     python bench/gpu_throughput.py --device cpu --out /tmp/bench --budget-s 300       # rehearsal, tiny shapes
 
@@ -26,13 +27,16 @@ downloaded checkpoint. The tokenizer is a word-level one with Llama's 128,256-to
   rate; "TRL + Liger" is the same with `use_liger_kernel=True`, as a user would switch it on.
 - kubetune: `kubetune_trainer.train.train()` on a recipe, the code path a pod runs, with a timing
   callback added through its `build_trainer` seam; levers switched by the recipe's fields.
+- unsloth: Unsloth as its notebooks configure it: `FastLanguageModel.from_pretrained(load_in_4bit)`,
+  `get_peft_model` (the same LoRA on the seven projections, its "unsloth" gradient checkpointing),
+  its patched TRL `SFTTrainer` with its SFTConfig defaults (adamw_8bit, padding-free where it
+  enables it) except the micro-batch, gradient accumulation 1 and the learning rate, which every
+  case shares. Unsloth pins its own transformers/TRL/datasets, so its case runs from a separate
+  install target (`--unsloth-site`, put first on its PYTHONPATH; bitsandbytes and peft come from
+  the main stack). Tokens are counted per optimizer step whatever the accumulation.
 
 Time to first step is from the case's process start (imports, model load, quantization, data
 tokenization, trainer assembly) to the end of the first optimizer step.
-
-Unsloth is not a case here: it pins its own transformers/TRL and, with its dependencies, does
-not fit beside this stack in what one device call may carry (64 MiB). The issue's recorded
-Unsloth numbers are context only, not measured in the same run.
 
 `--profile NAMES` records one warm-up step of the named cases with torch.profiler (ops and
 kernels by their own GPU time, OUT/cases/NAME.profile.txt); the timed steps are not profiled.
@@ -91,7 +95,7 @@ class Case:
     """One measurement: which trainer, model shape, base precision, data, micro-batch and levers."""
 
     name: str
-    trainer: str  # baseline | kubetune
+    trainer: str  # baseline | kubetune | unsloth
     shape: str
     bits: int
     data: str  # fixed | varlen
@@ -163,6 +167,34 @@ def plan_fused(shape_small: str, shape_large: str | None) -> list[Case]:
     return cases
 
 
+def us(name: str, shape: str, bits: int, data: str, mb: int, note: str = "", dropout: float = 0.0,
+       **options: bool | str) -> Case:
+    """An Unsloth case (LoRA dropout 0 unless given: its default and the one its fast LoRA path needs)."""
+    return Case(name, "unsloth", shape, bits, data, mb, dict(options), note, dropout)
+
+
+def plan_unsloth(shape_small: str, shape_large: str | None) -> list[Case]:
+    """Issue 15, round 3: Unsloth beside the TRL peers and KubeTune, and `training.fusedCrossEntropy`."""
+    s = shape_small
+    cases = [
+        *peers(s),
+        us(f"us-{s}-4bit-mb16-d0", s, 4, "fixed", 16, "Unsloth, LoRA dropout 0 (its default)"),
+        kt(f"kt-{s}-4bit-mb16", s, 4, "fixed", 16, "KubeTune defaults"),
+        kt(f"kt-{s}-4bit-mb16-fce", s, 4, "fixed", 16, "fusedCrossEntropy", fusedCrossEntropy=True),
+        kt(f"kt-{s}-4bit-mb16-d0", s, 4, "fixed", 16, "dropout 0", 0.0),
+        kt(f"kt-{s}-4bit-mb16-d0-fce", s, 4, "fixed", 16, "dropout 0, fusedCrossEntropy", 0.0,
+           fusedCrossEntropy=True),
+        us(f"us-{s}-4bit-mb16", s, 4, "fixed", 16, "Unsloth, LoRA dropout 0.05 (the recipe's)", 0.05),
+    ]
+    if shape_large:
+        b = shape_large
+        cases += [hf(f"hf-{b}-4bit-mb8-liger", b, 4, "fixed", 8, "TRL + use_liger_kernel", use_liger_kernel=True),
+                  us(f"us-{b}-4bit-mb8-d0", b, 4, "fixed", 8, "Unsloth, LoRA dropout 0"),
+                  kt(f"kt-{b}-4bit-mb8", b, 4, "fixed", 8, "KubeTune defaults"),
+                  kt(f"kt-{b}-4bit-mb8-fce", b, 4, "fixed", 8, "fusedCrossEntropy", fusedCrossEntropy=True)]
+    return cases
+
+
 def peers(s: str) -> list[Case]:
     """The two TRL peers of issue 15 on shape `s`: SFTTrainer defaults, and with Liger switched on."""
     return [hf(f"hf-{s}-4bit-mb16", s, 4, "fixed", 16, "TRL defaults"),
@@ -214,7 +246,7 @@ def plan_final(shape_small: str, shape_large: str | None) -> list[Case]:
     return cases
 
 
-PLANS = {"all": plan, "fused": plan_fused, "levers": plan_levers, "final": plan_final}
+PLANS = {"all": plan, "fused": plan_fused, "levers": plan_levers, "final": plan_final, "unsloth": plan_unsloth}
 
 
 # ---------------------------------------------------------------- tokenizer, models, data
@@ -418,6 +450,43 @@ def run_baseline(case: Case, model_dir: Path, data: Path, steps: int, seq: int, 
     return trainer, timer, counter
 
 
+def run_unsloth(case: Case, model_dir: Path, data: Path, steps: int, seq: int, work: Path, device: str) -> Any:
+    """Unsloth as a user runs it: its loader, its LoRA and checkpointing, its patched TRL SFTTrainer."""
+    # isort: off
+    import unsloth  # noqa: F401 - first: it patches transformers and TRL on import
+    import datasets
+    import torch
+    from trl import SFTConfig, SFTTrainer
+    from unsloth import FastLanguageModel
+    # isort: on
+
+    if device != "cuda":
+        raise RuntimeError("Unsloth runs on a GPU only")
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(model_dir), max_seq_length=seq, dtype=torch.bfloat16, load_in_4bit=case.bits == 4,
+        load_in_16bit=case.bits == 16)
+    model = FastLanguageModel.get_peft_model(
+        model, r=16, lora_alpha=32, lora_dropout=case.dropout, bias="none", use_gradient_checkpointing="unsloth",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    rows = datasets.load_dataset("json", data_files=str(data), split="train")
+    args = SFTConfig(output_dir=str(work / "unsloth"), per_device_train_batch_size=case.micro_batch,
+                     gradient_accumulation_steps=1, max_steps=steps, max_length=seq, learning_rate=2e-4,
+                     logging_steps=1, report_to="none", save_strategy="no", bf16=True, disable_tqdm=True,
+                     dataset_text_field="text", **case.levers)
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=rows, args=args)
+    timer, counter = _instrument(trainer, device)
+    trainer.train()
+    return trainer, timer, counter
+
+
+def unsloth_versions() -> str:
+    """The versions an Unsloth case ran with (its own install target), for its note."""
+    import importlib.metadata as md
+
+    return ", ".join(f"{name} {md.version(name)}" for name in ("unsloth", "unsloth_zoo", "transformers", "trl",
+                                                                 "peft", "bitsandbytes"))
+
+
 def kubetune_recipe(case: Case, model_dir: Path, data: Path, steps: int, seq: int) -> dict[str, Any]:
     """The FineTuneJob a user would write for this case (recipe defaults elsewhere)."""
     fmt = {"fixed": "text", "varlen": "prompt-completion"}[case.data]
@@ -470,7 +539,7 @@ def measure(case: Case, args: argparse.Namespace) -> dict[str, Any]:
     model_dir = Path(args.out) / "models" / case.shape
     data = Path(args.out) / "data" / f"{case.data}.jsonl"
     steps = args.warmup + args.steps
-    run = run_baseline if case.trainer == "baseline" else run_kubetune
+    run = {"baseline": run_baseline, "kubetune": run_kubetune, "unsloth": run_unsloth}[case.trainer]
     started = time.perf_counter()
     trainer, timer, counter = run(case, model_dir, data, steps, args.seq, work, device)
     wall = time.perf_counter() - started
@@ -478,10 +547,14 @@ def measure(case: Case, args: argparse.Namespace) -> dict[str, Any]:
     n_linear = linear_params(config, config["vocab_size"])
     width = config["num_attention_heads"] * config.get("head_dim", config["hidden_size"] // config["num_attention_heads"])
     attn_per_square = 6 * config["num_hidden_layers"] * width
-    timed = range(args.warmup, min(len(timer.seconds), len(counter.tokens)))
-    rates = [counter.tokens[i] / timer.seconds[i] for i in timed]
-    flops = [(4 * n_linear * counter.tokens[i] + attn_per_square * counter.square_lengths[i]) / timer.seconds[i]
-             for i in timed]
+    # Per optimizer step: the collator sees each micro-batch, the timer each optimizer step.
+    accumulation = max(1, int(getattr(trainer.args, "gradient_accumulation_steps", 1)))
+    tokens = [sum(counter.tokens[i:i + accumulation]) for i in range(0, len(counter.tokens), accumulation)]
+    squares = [sum(counter.square_lengths[i:i + accumulation])
+               for i in range(0, len(counter.square_lengths), accumulation)]
+    timed = range(args.warmup, min(len(timer.seconds), len(tokens)))
+    rates = [tokens[i] / timer.seconds[i] for i in timed]
+    flops = [(4 * n_linear * tokens[i] + attn_per_square * squares[i]) / timer.seconds[i] for i in timed]
     logs = trainer.state.log_history
     losses = [entry["loss"] for entry in logs if "loss" in entry]
     grads = [entry.get("grad_norm") for entry in logs if "loss" in entry]
@@ -489,7 +562,9 @@ def measure(case: Case, args: argparse.Namespace) -> dict[str, Any]:
     return {
         **asdict(case),
         "tokens_per_s": statistics.median(rates) if rates else 0.0,
-        "tokens_per_step": statistics.median(counter.tokens[args.warmup:]) if counter.tokens else 0,
+        "tokens_per_step": statistics.median(tokens[args.warmup:]) if tokens[args.warmup:] else 0,
+        "gradient_accumulation": accumulation,
+        "versions": unsloth_versions() if case.trainer == "unsloth" else "",
         "step_s": [round(s, 4) for s in timer.seconds],
         "flops_per_s": statistics.median(flops) if flops else 0.0,
         "peak_gib": peak,
@@ -552,6 +627,8 @@ def run_case_process(case: Case, args: argparse.Namespace, timeout: float) -> di
     if args.profile and any(word in case.name for word in args.profile.split(",")):
         env.update(KT_BENCH_PROFILE=str(Path(args.out) / "cases" / f"{case.name}.profile.txt"),
                    KT_BENCH_PROFILE_STEP=str(max(0, args.warmup - 1)))
+    if case.trainer == "unsloth":  # its pinned transformers/TRL/datasets first, the rest from the main stack
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (args.unsloth_site, env.get("PYTHONPATH", "")) if p)
     try:
         with log.open("w") as out:
             code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False,
@@ -566,7 +643,7 @@ def run_case_process(case: Case, args: argparse.Namespace, timeout: float) -> di
 
 def estimate_s(case: Case) -> float:
     """A rough wall time for a case, to skip it when the budget cannot hold it."""
-    return {"8b": 110.0}.get(case.shape, 40.0)
+    return {"8b": 110.0}.get(case.shape, 40.0) * (2.0 if case.trainer == "unsloth" else 1.0)
 
 
 def _baseline_of(results: list[dict[str, Any]], r: dict[str, Any], liger: bool = False) -> dict[str, Any] | None:
@@ -574,6 +651,12 @@ def _baseline_of(results: list[dict[str, Any]], r: dict[str, Any], liger: bool =
     return next((b for b in results if b["trainer"] == "baseline" and "error" not in b
                  and bool(b["levers"].get("use_liger_kernel")) == liger
                  and (b["shape"], b["bits"], b["data"]) == (r["shape"], r["bits"], r["data"])), None)
+
+
+def _unsloth_of(results: list[dict[str, Any]], r: dict[str, Any]) -> dict[str, Any] | None:
+    """The Unsloth run at LoRA dropout 0 (its default and fastest) on the same shape, bits and data."""
+    return next((u for u in results if u["trainer"] == "unsloth" and "error" not in u and u.get("dropout") == 0.0
+                 and (u["shape"], u["bits"], u["data"]) == (r["shape"], r["bits"], r["data"])), None)
 
 
 def _max_gap(a: list[float], b: list[float]) -> float:
@@ -586,7 +669,7 @@ def parity(results: list[dict[str, Any]]) -> dict[str, str]:
     notes: dict[str, str] = {}
     ok = [r for r in results if "error" not in r and r["losses"]]
     for r in ok:
-        if r["trainer"] != "kubetune":
+        if r["trainer"] == "baseline":
             continue
         same = [o for o in ok if (o["shape"], o["bits"], o["data"], o["micro_batch"], o.get("dropout", 0.05))
                 == (r["shape"], r["bits"], r["data"], r["micro_batch"], r.get("dropout", 0.05))]
@@ -596,7 +679,7 @@ def parity(results: list[dict[str, Any]]) -> dict[str, str]:
             found.append(f"loss vs baseline: step 1 {_max_gap(r['losses'][:1], base['losses'][:1]):.1e}, "
                          f"max {_max_gap(r['losses'], base['losses']):.1e}")
         plain = next((o for o in same if o["trainer"] == "kubetune" and not o["levers"]), None)
-        if r["levers"] and plain is not None and not r["levers"].get("packing"):
+        if r["trainer"] == "kubetune" and r["levers"] and plain is not None and not r["levers"].get("packing"):
             found.append(f"loss vs levers on: max {_max_gap(r['losses'], plain['losses']):.1e}")
         notes[r["name"]] = "; ".join(found)
     return notes
@@ -606,26 +689,30 @@ def table(results: list[dict[str, Any]], ceiling: float) -> str:
     """The markdown table of all cases, with ratios against the baseline of the same shape/bits/data."""
     notes = parity(results)
     columns = ["case", "trainer", "model", "base", "data", "mb", "dropout", "tokens/s", "× baseline", "× TRL+Liger",
-               "peak GiB", "× baseline mem", "MFU (989)", "MFU (measured)", "first step s", "last loss", "grad norm",
-               "note"]
+               "× Unsloth (d0)", "peak GiB", "× Unsloth mem", "× baseline mem", "MFU (989)", "MFU (measured)",
+               "first step s", "last loss", "grad norm", "note"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in results:
         head = [r["name"], r["trainer"], r["shape"], f"{r['bits']}-bit", r["data"], str(r["micro_batch"]),
                 str(r.get("dropout", 0.05))]
         if "error" in r:
-            lines.append("| " + " | ".join(head + ["—"] + [""] * 9 + [r["error"].replace("|", "/")]) + " |")
+            lines.append("| " + " | ".join(head + ["—"] + [""] * 11 + [r["error"].replace("|", "/")]) + " |")
             continue
         b, liger = _baseline_of(results, r), _baseline_of(results, r, liger=True)
         speed = f"{r['tokens_per_s'] / b['tokens_per_s']:.2f}" if b and b["tokens_per_s"] else ""
         over_liger = f"{r['tokens_per_s'] / liger['tokens_per_s']:.2f}" if liger and liger["tokens_per_s"] else ""
+        u = _unsloth_of(results, r)
+        over_unsloth = f"{r['tokens_per_s'] / u['tokens_per_s']:.2f}" if u and u["tokens_per_s"] else ""
+        unsloth_memory = f"{r['peak_gib'] / u['peak_gib']:.2f}" if u and u["peak_gib"] else ""
         memory = f"{r['peak_gib'] / b['peak_gib']:.2f}" if b and b["peak_gib"] else ""
         mfu_measured = f"{r['flops_per_s'] / ceiling:.1%}" if ceiling else ""
         first = f"{r['first_step_s']:.0f}" if r.get("first_step_s") else ""
         loss = f"{r['losses'][-1]:.3f}" if r["losses"] else ""
         grad = f"{r['grad_norms'][-1]:.3g}" if r["grad_norms"] and r["grad_norms"][-1] is not None else ""
         fused = f"{r['fused_modules']} projections fused" if r.get("fused_modules") else ""
-        note = "; ".join(x for x in (r.get("note", ""), fused, notes.get(r["name"], "")) if x)
-        cells = [f"{r['tokens_per_s']:,.0f}", speed, over_liger, f"{r['peak_gib']:.1f}", memory,
+        note = "; ".join(x for x in (r.get("note", ""), fused, notes.get(r["name"], ""), r.get("versions", "")) if x)
+        cells = [f"{r['tokens_per_s']:,.0f}", speed, over_liger, over_unsloth, f"{r['peak_gib']:.1f}", unsloth_memory,
+                 memory,
                  f"{r['flops_per_s'] / H100_BF16_PEAK:.1%}", mfu_measured, first, loss, grad, note]
         lines.append("| " + " | ".join(head + cells) + " |")
     return "\n".join(lines)
@@ -808,6 +895,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", default="", help="comma-separated substrings of case names to run "
                         "(=NAME: that case alone)")
     parser.add_argument("--no-8b", action="store_true", help="leave out the 8B shape")
+    parser.add_argument("--unsloth-site", default="/tmp/usite", help="Unsloth's install target (pip --target), "
+                        "put first on the PYTHONPATH of its cases")
     parser.add_argument("--plan", choices=sorted(PLANS), default="all", help="which list of cases to run")
     parser.add_argument("--profile", default="", help="comma-separated substrings of case names to profile "
                         "(the last warm-up step; writes OUT/cases/NAME.profile.txt)")

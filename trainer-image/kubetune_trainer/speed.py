@@ -19,6 +19,8 @@
   memory on a side stream, back before their backward).
 - `training.compileLayers`: regional `torch.compile` of each decoder layer; the fused LoRA
   projections stay eager inside it (graph breaks), the elementwise work between them is fused.
+- `training.fusedCrossEntropy`: Liger's fused linear cross-entropy in place of TRL's chunked LM
+  head for SFT (`fused_ce`): two vocabulary-sized matmuls per step instead of three.
 
 Each lever applies only on CUDA: on the CPU (tests, the quickstart) the switches change nothing.
 The benchmark in `bench/gpu_throughput.py` measures each one; `docs/benchmarks.md` has the numbers.
@@ -74,7 +76,7 @@ def sft_options(spec: FineTuneJobSpec, on_cpu: bool) -> dict[str, Any]:
 
 
 def apply_model_levers(model: Any, spec: FineTuneJobSpec) -> None:
-    """The levers that change the trainer's model in place once it is built: SAC, then regional compile.
+    """The levers that change the trainer's model in place once it is built: SAC, regional compile, the LM head.
 
     Called after `fused_lora.apply_from_recipe` (it marks the projections SAC keeps); CUDA only.
     """
@@ -86,6 +88,9 @@ def apply_model_levers(model: Any, spec: FineTuneJobSpec) -> None:
     if spec.training.compile_layers:
         count = compile_layers(model)
         log.info("training.compileLayers: %d decoder layers compiled (one graph, compiled at the first step)", count)
+    from kubetune_trainer import fused_ce
+
+    fused_ce.apply_from_recipe(model, spec)  # training.fusedCrossEntropy: wraps the head SFTTrainer added
 
 
 def _sac_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
