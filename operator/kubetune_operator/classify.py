@@ -84,8 +84,19 @@ def job_state(job: Mapping[str, Any]) -> JobState:
 
 
 def pod_alive(pod: Mapping[str, Any]) -> bool:
-    """Whether a pod may still run a trainer (not yet Succeeded or Failed, terminating included)."""
-    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    """Whether a pod may still run a trainer (not yet Succeeded or Failed, terminating included).
+
+    A force-deleted pod (deleted with grace 0) is not: the API server was told its processes are gone, and
+    only a finalizer (the Job controller's job-tracking one) keeps the object a moment longer. Waiting for
+    it as for a pod that is saving a checkpoint would re-arm the lost-node wait with the new deletion time.
+    """
+    return not force_deleted(pod) and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
+def force_deleted(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod was deleted with grace 0 (`kubectl delete --force`, or the lost-node deadline)."""
+    meta = pod.get("metadata") or {}
+    return bool(meta.get("deletionTimestamp")) and meta.get("deletionGracePeriodSeconds") == 0
 
 
 def pod_running(pod: Mapping[str, Any]) -> bool:

@@ -361,8 +361,9 @@ def _track(draft: _Draft, job: FineTuneJob, observed: Observed) -> Action:
         return NO_ACTION if draft.finished else _next_attempt(draft, observed)
     if state in ("active", "suspended"):
         return _follow(draft, spec, current, state, pods, observed)  # type: ignore[arg-type]
-    if current is None and pods:
-        # Pods of this attempt without its Job: the Job was deleted under them (by hand, by a tool).
+    if current is None and any(not classify.force_deleted(pod) for pod in pods):
+        # Pods of this attempt without its Job: the Job was deleted under them (by hand, by a tool). Not
+        # pods force-deleted after it (the lost-node deadline): that was said, and they are gone for good.
         # The same attempt starts again and resumes from the newest checkpoint; not a failure.
         draft.set(ConditionType.RUNNING, False, Reason.ATTEMPT_JOB_DELETED,
                   f"Job {names.job_name(_name(observed), attempt)} of attempt "

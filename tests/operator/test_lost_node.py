@@ -54,6 +54,16 @@ def lost(seconds: float = 100.0, node: str = NODE) -> dict[str, dt.datetime]:
     return {node: NOW - dt.timedelta(seconds=seconds)}
 
 
+def force_deleted(attempt: int = 0, deleted: float = 1.0) -> dict[str, Any]:
+    """A pod force-deleted (grace 0) `deleted` seconds ago, still held by the Job controller's finalizer:
+    the API server moved its deletionTimestamp to the force delete's time."""
+    body = terminating(attempt)
+    body["metadata"]["deletionTimestamp"] = ago(deleted)
+    body["metadata"]["deletionGracePeriodSeconds"] = 0
+    body["metadata"]["finalizers"] = ["batch.kubernetes.io/job-tracking"]
+    return body
+
+
 STUCK = terminating(deleted=10)
 OVERDUE = terminating(deleted=LIMIT + 1)
 GONE = {NODE: dt.datetime.fromtimestamp(0, dt.timezone.utc)}
@@ -102,6 +112,8 @@ CASES = [
     Case("the running attempt's pod stuck before the deadline: the Job is followed as before",
          jobs=[attempt_job(0)], pods=[STUCK], action=NONE, running=("True", "Started")),
     Case("nothing left after the force delete: the attempt is created again", pods=[], action=CREATE),
+    Case("force-deleted, only the Job controller's finalizer holds it: not waited for again (its new deletion "
+         "time would re-arm the wait)", pods=[force_deleted()], action=CREATE),
 ]
 
 
@@ -129,6 +141,9 @@ def test_the_wait_and_the_force_delete_each_post_one_warning_event() -> None:
     forced = reconcile(Observed(body=again, now=NOW, pods=[OVERDUE], lost_nodes=lost(),
                                 lost_node_timeout_seconds=LIMIT))
     assert [(e.type, e.reason) for e in forced.events] == [("Warning", "PodsForceDeleted")]
+    held = reconcile(Observed(body=finetunejob(status=forced.status.to_api()), now=NOW, pods=[force_deleted()],
+                              lost_nodes=lost(), lost_node_timeout_seconds=LIMIT))
+    assert not held.events  # the force delete's own echo (the pod held by a finalizer) says nothing again
 
 
 def test_the_wait_for_the_deadline_keeps_the_status_from_turn_to_turn() -> None:
