@@ -335,6 +335,11 @@ class TokenCounter:
         batch = self.collator(examples)
         if "cu_seq_lens_q" in batch:
             lengths = batch["cu_seq_lens_q"].diff().tolist()
+        elif batch.get("position_ids") is not None and batch["position_ids"].shape[0] == 1:
+            # One flattened row (padding-free, as Unsloth batches): each example restarts its positions at 0.
+            positions = batch["position_ids"][0]
+            starts = (positions == 0).nonzero().flatten().tolist() + [positions.numel()]
+            lengths = [b - a for a, b in zip(starts, starts[1:])]
         elif "attention_mask" in batch:
             lengths = batch["attention_mask"].sum(dim=1).tolist()
         else:
