@@ -16,7 +16,7 @@ from typing import Any
 from tests.cluster.client import RealCluster
 from tests.cluster.fixtures import LOST_NODE_TIMEOUT_SECONDS
 from tests.cluster.rest import path_of
-from tests.e2e_cluster.faults import assert_one_set_of_children, assert_said
+from tests.e2e_cluster.faults import assert_one_set_of_children, assert_said, story
 from tests.e2e_cluster.scenarios import LONG_RUN, MakeJob, attempt_pods, checkpoint_on_disk, phase, resumed_from
 
 UNREACHABLE_TAINTS = {"node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready"}
@@ -69,3 +69,7 @@ def test_a_pod_stuck_terminating_on_a_lost_node_is_force_deleted_and_the_attempt
     assert resumed_from(client, resumed["metadata"]["name"]) >= before
     assert_said(client, "lost", "NodeLost", name, lost)
     assert_said(client, "lost", "PodsForceDeleted", name, "force-deleted")
+    # Each said once: the force delete's echo (the pod held a moment by the Job controller's finalizer,
+    # its deletionTimestamp moved to the force delete) once re-armed the wait and posted NodeLost again.
+    told = [text.split(":")[0] for text in story(client, "lost") if text.startswith("event ")]
+    assert (told.count("event NodeLost"), told.count("event PodsForceDeleted")) == (1, 1), told
