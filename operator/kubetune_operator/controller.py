@@ -32,7 +32,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune_operator import classify, names, render
 from kubetune_operator.events import build_event
-from kubetune_operator.kube import KubeApi, api_error_message
+from kubetune_operator.kube import KubeApi, api_error_message, slim
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.progress import metrics_url
 from kubetune_operator.reconcile import ActionType, Decision, Event, Observed, previous_status, reconcile
@@ -163,7 +163,10 @@ class Controller:
             ours, theirs = int(written["metadata"]["resourceVersion"]), int(body["metadata"]["resourceVersion"])
         except (KeyError, TypeError, ValueError):
             return None  # resourceVersions are opaque in general; etcd's are integers
-        return written if ours > theirs else body
+        if ours > theirs:
+            return written
+        self._written.pop((namespace, name), None)  # the watch caught up: one copy of each job is enough
+        return body
 
     def _cycle(self, namespace: str, name: str, polled: Polled | None, children: Children | None,
                body: Mapping[str, Any] | None) -> Decision | None:
@@ -349,7 +352,7 @@ class Controller:
                     raise StaleBody(api_error_message(error)) from None
                 raise
             if written is not None:
-                self._written[key] = written
+                self._written[key] = slim(written)
         for event in decision.events:
             self.post_event(body, event)
         self.metrics.record(body, previous_status(body), decision.status)

@@ -61,7 +61,7 @@ import kopf
 
 from kubetune_operator import names, tuning
 from kubetune_operator.controller import EVENT_POSTERS, Children, Controller, Key
-from kubetune_operator.kube import KubeApi
+from kubetune_operator.kube import KubeApi, slim
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.progress import ProgressPoller
 from kubetune_operator.reconcile import Decision
@@ -180,13 +180,6 @@ async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
             await worker
     if runtime is not None:
         runtime.threads.shutdown(wait=False)
-
-
-def slim(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A watched object as the caches keep it: without managedFields (often half of an object's bytes;
-    nothing here reads them)."""
-    meta = {key: value for key, value in (body.get("metadata") or {}).items() if key != "managedFields"}
-    return {**body, "metadata": meta}
 
 
 def _digest(*parts: Any) -> str:

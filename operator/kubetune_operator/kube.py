@@ -47,6 +47,13 @@ def api_error_message(error: ApiException) -> str:
     return f"{error.status} {error.reason}"
 
 
+def slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An object as the operator's caches keep it: without managedFields (often half of an object's bytes;
+    nothing here reads them)."""
+    meta = {key: value for key, value in (body.get("metadata") or {}).items() if key != "managedFields"}
+    return {**body, "metadata": meta}
+
+
 class KubeApi:
     """Get, list, create, patch and delete namespaced objects by kind."""
 
