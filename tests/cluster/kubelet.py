@@ -9,7 +9,7 @@ It does what a kubelet does for the scenarios, on the real API:
 - provisions a hostPath PersistentVolume pre-bound to every pending claim (a
   tiny dynamic provisioner); the real PV controller binds the pair, and the
   PV's folder is what pods mount;
-- for every pod bound to its nodes: a loopback IP (127.0.0.N, so each pod's
+- for every pod bound to its nodes: a loopback IP (127.0.0.2 on, so each pod's
   metrics port is its own), volumes as folders (ConfigMaps/Secrets as files),
   the containers' commands as local processes with the pod's env (downward API
   resolved, mount paths remapped: `tests.cluster.podenv`), then the pod's
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import ipaddress
 import itertools
 import logging
 import os
@@ -145,7 +146,9 @@ class Kubelet:
         self.node_env = node_env or {}
         self.rules: list[Rule] = []
         self.pods: dict[str, PodRun] = {}
-        self._free_ips = [f"127.0.0.{n}" for n in range(2, 255)]
+        # Any 127/8 address is loopback on Linux: from 127.0.0.2 on, never reused, so thousands of faked
+        # pods (the scale benchmark) each get their own, and a poll of an ended pod never reaches a new one.
+        self._new_ips = (str(ip) for ip in itertools.islice(ipaddress.ip_network("127.0.0.0/8").hosts(), 1, None))
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.RLock()  # pods and rules: the sync thread and test calls
@@ -348,10 +351,6 @@ class Kubelet:
                 except ApiError as error:
                     if error.status not in (404, 409):  # gone or changed meanwhile: the next pass sees it
                         raise
-            live = {pod["metadata"]["uid"] for pod in pods}
-            for run in self.pods.values():
-                if run.uid not in live:
-                    self._release_ip(run)
 
     # ------------------------------------------------------------ storage
 
@@ -422,7 +421,7 @@ class Kubelet:
             self._write_waiting(pod, run, "ErrImagePull", image_error)
             return
         if run.ip is None:
-            run.ip = self._free_ips.pop(0)
+            run.ip = next(self._new_ips)
         try:
             run.containers = self._launch(pod, run)
         except podenv.PodSetupError as error:
@@ -543,7 +542,6 @@ class Kubelet:
             self._write_status(pod, status)
             run.reported = phase
         if phase != "Running":
-            self._release_ip(run)
             if pod["metadata"].get("deletionTimestamp"):
                 self._final_delete(pod, run)
 
@@ -606,10 +604,6 @@ class Kubelet:
         if run is None:
             raise KeyError(f"pod {namespace}/{pod} is not known to the test kubelet")
         return run
-
-    def _release_ip(self, run: PodRun) -> None:
-        if run.ip is not None and run.ip not in self._free_ips:
-            self._free_ips.append(run.ip)
 
 
 def _signal_group(container: ContainerRun, sig: int) -> None:
