@@ -191,7 +191,10 @@ def plan_unsloth(shape_small: str, shape_large: str | None) -> list[Case]:
         cases += [hf(f"hf-{b}-4bit-mb8-liger", b, 4, "fixed", 8, "TRL + use_liger_kernel", use_liger_kernel=True),
                   us(f"us-{b}-4bit-mb8-d0", b, 4, "fixed", 8, "Unsloth, LoRA dropout 0"),
                   kt(f"kt-{b}-4bit-mb8", b, 4, "fixed", 8, "KubeTune defaults"),
-                  kt(f"kt-{b}-4bit-mb8-fce", b, 4, "fixed", 8, "fusedCrossEntropy", fusedCrossEntropy=True)]
+                  kt(f"kt-{b}-4bit-mb8-fce", b, 4, "fixed", 8, "fusedCrossEntropy", fusedCrossEntropy=True),
+                  kt(f"kt-{b}-4bit-mb8-d0", b, 4, "fixed", 8, "dropout 0", 0.0),
+                  kt(f"kt-{b}-4bit-mb8-d0-fce", b, 4, "fixed", 8, "dropout 0, fusedCrossEntropy", 0.0,
+                     fusedCrossEntropy=True)]
     return cases
 
 

@@ -118,14 +118,11 @@ def test_a_micro_batch_without_completion_tokens_trains_to_zero(tiny_llama: Path
 
 
 def manifest(fused: bool, method: str = "sft") -> dict[str, Any]:
-    """The foundation tests' minimal manifest with training.fusedCrossEntropy and method.type."""
-    from tests.foundation.test_recipe_and_crd import MINIMAL
-
-    spec = {**MINIMAL["spec"], "training": {"fusedCrossEntropy": fused}}
-    if method == "dpo":
-        spec["dataset"] = {**spec["dataset"], "format": "preference"}
-    spec["method"] = {"type": method}
-    return {**MINIMAL, "spec": spec}
+    """A minimal FineTuneJob with training.fusedCrossEntropy and method.type (no foundation import: the GPU tests use it)."""
+    data = {"path": "/workspace/data/train.jsonl", "format": "preference" if method == "dpo" else "prompt-completion"}
+    return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "tiny"},
+            "spec": {"model": {"name": "/workspace/models/tiny"}, "dataset": data, "method": {"type": method},
+                     "training": {"fusedCrossEntropy": fused}}}
 
 
 def test_recipe_field_defaults_off_and_the_crd_accepts_it() -> None:
