@@ -77,6 +77,10 @@ EVENT_POSTERS = 2  # threads posting Events
 # A podless attempt Job younger than this is not asked about refusals yet (its controller has hardly
 # tried); short, because a refusal must show in status before a short pendingDeadlineSeconds fails it.
 REFUSALS_AFTER_SECONDS = 2.0
+# A podless Job's FailedCreate events are listed again at most this often: an Event LIST with a field
+# selector filters every Event of the namespace in the API server (thousands at a few hundred jobs), and
+# turns of a Job whose pods are merely slow to come (a busy Job controller) asked on every Job event.
+REFUSALS_RELIST_SECONDS = 10.0
 STALE_RETRIES = 3  # a cycle decided on a stale copy is redone from a fresh GET this many times at most
 
 
@@ -108,6 +112,8 @@ class Controller:
         self._guard = threading.Lock()
         self._nodes_forbidden = False  # Nodes cannot be read (namespaced RBAC): warned once
         self._written: dict[Key, dict[str, Any]] = {}  # key -> the FineTuneJob as our last status write returned it
+        # key -> (the podless attempt Job's uid, when its refusals were listed, what they said)
+        self._refusals: dict[Key, tuple[str, dt.datetime, list[str]]] = {}
 
     def _lock(self, key: Key) -> threading.Lock:
         with self._guard:
@@ -121,6 +127,7 @@ class Controller:
         self._accepted.pop(key, None)
         self._job_uids.pop(key, None)
         self._written.pop(key, None)
+        self._refusals.pop(key, None)
         with self._guard:
             self._locks.pop(key, None)
         self.metrics.forget(namespace, name)
@@ -231,7 +238,7 @@ class Controller:
         progress, checkpoint = polled if polled is not None else (None, None)
         return Observed(
             body=body, now=self.clock(), jobs=jobs, pods=pods, leftovers=leftovers,
-            refusals=self._pod_creation_refusals(namespace, jobs, pods),
+            refusals=self._pod_creation_refusals((namespace, name), jobs, pods),
             accepted_spec=self._accepted_spec(body, jobs), progress=progress, checkpoint=checkpoint,
             lost_nodes=self._lost_nodes(pods),
             lost_node_timeout_seconds=self.settings.lost_node_timeout_seconds,
@@ -269,12 +276,13 @@ class Controller:
                 lost[node] = classify.parse_time(ready.get("lastTransitionTime")) or self.clock()
         return lost
 
-    def _pod_creation_refusals(self, namespace: str, jobs: list[dict[str, Any]], pods: list[dict[str, Any]]
+    def _pod_creation_refusals(self, key: Key, jobs: list[dict[str, Any]], pods: list[dict[str, Any]]
                                ) -> list[str]:
         """Why the API server refused the pods of the newest attempt Job, when it is active without any.
 
         The Job's own status does not say (it just stays active); the Job controller's FailedCreate
-        events do. Listed only in that state, so a healthy FineTuneJob costs no request.
+        events do. Listed only in that state, so a healthy FineTuneJob costs no request, and at most every
+        REFUSALS_RELIST_SECONDS per Job (turns in between reuse the last answer).
         """
         active = [job for job in jobs if classify.job_state(job) == "active"]
         if not active:
@@ -288,10 +296,14 @@ class Controller:
         if (newest.get("status") or {}).get("active") or (
                 born is not None and (self.clock() - born).total_seconds() < REFUSALS_AFTER_SECONDS):
             return []
-        events = self.kube.list("Event", namespace, {}, fields={"involvedObject.uid": newest["metadata"]["uid"],
-                                                                "reason": "FailedCreate"})
+        uid, now = newest["metadata"]["uid"], self.clock()
+        known = self._refusals.get(key)
+        if known is not None and known[0] == uid and (now - known[1]).total_seconds() < REFUSALS_RELIST_SECONDS:
+            return known[2]
+        events = self.kube.list("Event", key[0], {}, fields={"involvedObject.uid": uid, "reason": "FailedCreate"})
         events.sort(key=lambda event: event.get("lastTimestamp") or event.get("eventTime") or "")
-        return [str(event.get("message", "")) for event in events]
+        self._refusals[key] = (uid, now, [str(event.get("message", "")) for event in events])
+        return self._refusals[key][2]
 
     def _accepted_spec(self, body: Mapping[str, Any], jobs: list[dict[str, Any]]) -> Mapping[str, Any] | None:
         """The spec in this FineTuneJob's recipe ConfigMap (what its pods run), if it is this incarnation's.

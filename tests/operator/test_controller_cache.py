@@ -6,12 +6,13 @@ a status write re-reads first. Also: the lost-node force delete as the controlle
 from __future__ import annotations
 
 import copy
+import datetime as dt
 from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from kubetune_operator.controller import Controller
+from kubetune_operator.controller import REFUSALS_RELIST_SECONDS, Controller
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.settings import Settings
 from tests.operator.fake_api import FakeKube
@@ -137,3 +138,26 @@ def test_without_rights_on_nodes_they_are_asked_once_and_nothing_is_forced(kube:
     stuck = terminating_on(kube, controller, "Unknown", deleted_ago=100)
     controller.reconcile(NAMESPACE, NAME, children=([], [stuck]), body=watched(kube))
     assert asked == ["gpu-node"] and not kube.verbs("delete/grace=0")
+
+
+def test_a_podless_jobs_refusals_are_listed_at_most_every_relist_period(kube: FakeKube) -> None:
+    """An Event LIST filters every Event of the namespace in the API server: a Job whose pods are only slow
+    to come is asked about refusals once per REFUSALS_RELIST_SECONDS, not on each of its events' turns; the
+    turns in between keep what the last list said."""
+    now = [NOW]
+    controller = Controller(Settings(trainer_image="t:1"), kube, OperatorMetrics(),
+                            post_event=lambda body, event: None, clock=lambda: now[0])
+    kube.put(finetunejob())
+    job = attempt_job(0, created_ago=30)
+    kube.put({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "demo-0.1", "namespace": NAMESPACE},
+              "involvedObject": {"uid": job["metadata"]["uid"]}, "reason": "FailedCreate",
+              "message": 'pods "demo-0-0-x" is forbidden: exceeded quota: q'})
+    listed = []
+    for seconds in (0, 4, 9, REFUSALS_RELIST_SECONDS + 1):
+        now[0] = NOW + dt.timedelta(seconds=seconds)
+        kube.calls.clear()
+        controller.reconcile(NAMESPACE, NAME, children=([job], []), body=watched(kube))
+        listed.append(kube.verbs("list").count(("Event", "")))
+        running = {c["type"]: c for c in kube.objects[KEY]["status"]["conditions"]}["Running"]
+        assert running["reason"] == "PodCreationFailed" and "exceeded quota" in running["message"], running
+    assert listed == [1, 0, 0, 1]
