@@ -48,6 +48,7 @@ results are appended to OUT/results.jsonl as they come, and the table is printed
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -185,6 +186,10 @@ def plan_unsloth(shape_small: str, shape_large: str | None) -> list[Case]:
         kt(f"kt-{s}-4bit-mb16-d0-fce", s, 4, "fixed", 16, "dropout 0, fusedCrossEntropy", 0.0,
            fusedCrossEntropy=True),
         us(f"us-{s}-4bit-mb16", s, 4, "fixed", 16, "Unsloth, LoRA dropout 0.05 (the recipe's)", 0.05),
+        kt(f"kt-{s}-4bit-mb16-fce-offload", s, 4, "fixed", 16, "fusedCrossEntropy + offloadActivations",
+           fusedCrossEntropy=True, offloadActivations=True),
+        kt(f"kt-{s}-4bit-mb16-d0-fce-offload", s, 4, "fixed", 16, "dropout 0, fusedCrossEntropy + offloadActivations",
+           0.0, fusedCrossEntropy=True, offloadActivations=True),
     ]
     if shape_large:
         b = shape_large
@@ -194,7 +199,9 @@ def plan_unsloth(shape_small: str, shape_large: str | None) -> list[Case]:
                   kt(f"kt-{b}-4bit-mb8-fce", b, 4, "fixed", 8, "fusedCrossEntropy", fusedCrossEntropy=True),
                   kt(f"kt-{b}-4bit-mb8-d0", b, 4, "fixed", 8, "dropout 0", 0.0),
                   kt(f"kt-{b}-4bit-mb8-d0-fce", b, 4, "fixed", 8, "dropout 0, fusedCrossEntropy", 0.0,
-                     fusedCrossEntropy=True)]
+                     fusedCrossEntropy=True),
+                  hf(f"hf-{b}-4bit-mb8", b, 4, "fixed", 8, "TRL defaults"),
+                  us(f"us-{b}-4bit-mb8", b, 4, "fixed", 8, "Unsloth, LoRA dropout 0.05 (the recipe's)", 0.05)]
     return cases
 
 
@@ -342,7 +349,7 @@ class TokenCounter:
             # One flattened row (padding-free, as Unsloth batches): each example restarts its positions at 0.
             positions = batch["position_ids"][0]
             starts = (positions == 0).nonzero().flatten().tolist() + [positions.numel()]
-            lengths = [b - a for a, b in zip(starts, starts[1:])]
+            lengths = [b - a for a, b in itertools.pairwise(starts)]
         elif "attention_mask" in batch:
             lengths = batch["attention_mask"].sum(dim=1).tolist()
         else:
