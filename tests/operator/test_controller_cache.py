@@ -48,6 +48,24 @@ def test_a_new_finetunejob_is_created_from_its_watched_copy_without_any_get(kube
     assert kube.verbs("get") == []  # neither the FineTuneJob nor a recipe ConfigMap that cannot exist yet
     assert kube.verbs("create") == [("ConfigMap", "demo-recipe"), ("PersistentVolumeClaim", "demo-data"),
                                     ("Job", "demo-0")]
+    # The children first, then one status write that already knows the Job: three requests in a row before
+    # the Job, not four.
+    assert [verb for verb, _, _ in kube.calls] == ["create", "create", "create", "patch/status"]
+    assert kube.objects[KEY]["status"]["phase"] == "Pending" and kube.objects[KEY]["status"]["attempt"] == 0
+
+
+def test_a_stale_first_copy_creates_the_children_once_and_its_status_is_redone(kube: FakeKube,
+                                                                              controller: Controller) -> None:
+    kube.put(finetunejob())
+    stale = watched(kube)
+    kube.objects[KEY]["metadata"]["labels"] = {"team": "a"}  # changed before the operator's first turn
+    kube.version += 1
+    kube.objects[KEY]["metadata"]["resourceVersion"] = str(kube.version)
+    controller.reconcile(NAMESPACE, NAME, children=([], []), body=stale)
+    assert kube.verbs("patch/status") == [("FineTuneJob", NAME)] * 2  # refused (409), then on the fresh read
+    assert kube.verbs("create").count(("Job", "demo-0")) == 2  # the second answered 409 and was adopted
+    assert kube.objects[KEY]["status"]["attempt"] == 0 and kube.objects[KEY]["metadata"]["labels"] == {"team": "a"}
+    assert [key for key in kube.objects if key[0] == "Job"] == [("Job", NAMESPACE, "demo-0")]
 
 
 def test_a_routine_turn_on_a_current_copy_makes_no_request(kube: FakeKube, controller: Controller) -> None:
