@@ -190,6 +190,10 @@ def plan_unsloth(shape_small: str, shape_large: str | None) -> list[Case]:
            fusedCrossEntropy=True, offloadActivations=True),
         kt(f"kt-{s}-4bit-mb16-d0-fce-offload", s, 4, "fixed", 16, "dropout 0, fusedCrossEntropy + offloadActivations",
            0.0, fusedCrossEntropy=True, offloadActivations=True),
+        kt(f"kt-{s}-4bit-mb16-fce-compile", s, 4, "fixed", 16, "fusedCrossEntropy + compileLayers",
+           fusedCrossEntropy=True, compileLayers=True),
+        kt(f"kt-{s}-4bit-mb16-d0-fce-compile", s, 4, "fixed", 16, "dropout 0, fusedCrossEntropy + compileLayers",
+           0.0, fusedCrossEntropy=True, compileLayers=True),
     ]
     if shape_large:
         b = shape_large
