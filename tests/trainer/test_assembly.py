@@ -13,14 +13,14 @@ import json
 import shutil
 from pathlib import Path
 
+import kubetune_trainer
 import pytest
-from kubetune_api import contract
 from kubetune_api.contract import Env, local_path
 
 from tests.trainer.method_runs import run_in_process, write_job
 from tests.trainer.sft_runs import run_launcher, termination_message
 
-PACKAGE = Path(contract.__file__).parent
+PACKAGE = Path(kubetune_trainer.__file__).parent  # the trainer's package (contract.py moved to kubetune_api)
 
 # ---------------------------------------------------------------- the path rule, once
 

@@ -142,7 +142,7 @@ def test_recipe_field_defaults_off_and_the_crd_accepts_it() -> None:
 def test_refused_for_other_methods_and_applied_on_cuda_only(tiny_llama: Path) -> None:
     """DPO keeps TRL's head (it needs per-token log-probabilities); on the CPU the switch changes nothing."""
     import torch
-    from kubetune_trainer import fused_ce
+    from kubetune_trainer import fused_ce, speed
 
     model = head_model(tiny_llama, torch.float32)
     causal_lm = model.get_base_model()
@@ -150,7 +150,5 @@ def test_refused_for_other_methods_and_applied_on_cuda_only(tiny_llama: Path) ->
     assert "dpo" in fused_ce.refusal(parse_finetunejob(manifest(True, "dpo")).spec, causal_lm)
     plain = lora_model(tiny_llama, 16, 0.0, torch.float32).get_base_model()
     assert "fused LM head" in fused_ce.refusal(parse_finetunejob(manifest(True)).spec, plain)
-    applied = fused_ce.apply_from_recipe(model, parse_finetunejob(manifest(True)).spec)
-    if not torch.cuda.is_available():
-        assert applied is False
-    assert getattr(causal_lm, fused_ce.INSTALLED, False) is applied
+    speed.apply_model_levers(model, parse_finetunejob(manifest(True)).spec)  # the trainer's one entry point
+    assert getattr(causal_lm, fused_ce.INSTALLED, False) is (torch.cuda.is_available() and speed.liger_available())

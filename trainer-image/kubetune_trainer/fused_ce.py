@@ -140,10 +140,11 @@ def _score(model: Any, scorer: Scorer, args: tuple[Any, ...], kwargs: dict[str, 
 
 
 def apply_from_recipe(model: Any, spec: FineTuneJobSpec) -> bool:
-    """`training.fusedCrossEntropy` on the Trainer's model (CUDA, Liger importable, `refusal` none); True if applied."""
-    from kubetune_trainer import speed
+    """`training.fusedCrossEntropy` on the Trainer's model when `refusal` has none; True if applied.
 
-    if not spec.training.fused_cross_entropy or not speed._cuda() or not speed.liger_available():
+    The caller (`speed.apply_model_levers`) checks for CUDA and an importable Liger first.
+    """
+    if not spec.training.fused_cross_entropy:
         return False
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     reason = refusal(spec, causal_lm)

@@ -88,9 +88,10 @@ def apply_model_levers(model: Any, spec: FineTuneJobSpec) -> None:
     if spec.training.compile_layers:
         count = compile_layers(model)
         log.info("training.compileLayers: %d decoder layers compiled (one graph, compiled at the first step)", count)
-    from kubetune_trainer import fused_ce
+    if spec.training.fused_cross_entropy and liger_available():
+        from kubetune_trainer import fused_ce
 
-    fused_ce.apply_from_recipe(model, spec)  # training.fusedCrossEntropy: wraps the head SFTTrainer added
+        fused_ce.apply_from_recipe(model, spec)  # wraps the head SFTTrainer added
 
 
 def _sac_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
