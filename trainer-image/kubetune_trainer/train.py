@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from kubetune_api import contract
 from kubetune_trainer import distributed, tracking
 from kubetune_trainer.assembly import TrainerInputs, build_trainer
+from kubetune_api.conditions import TerminationReason
 from kubetune_api.contract import Env, ExitCode, InvalidInput
 from kubetune_trainer.fetch import local_inputs
 from kubetune_trainer.publish import publish_outputs
@@ -47,6 +49,8 @@ log = logging.getLogger("kubetune_trainer")
 PROGRESS_ENV = "KUBETUNE_PROGRESS"
 """Set to 1 by `kubetune run`: rank 0 draws a progress bar instead of printing log lines."""
 SUMMARY_FILE = "summary.json"
+VOLUME_FULL_FREE_BYTES = 4 << 20
+"""A failure with less free space than this on the workspace volume is the volume filling up."""
 
 
 @dataclass
@@ -359,7 +363,25 @@ def run(recipe: Path, workspace: Path, stop: StopRequest) -> Outcome:
         return Outcome("invalid" if error.exit_code == ExitCode.INVALID else "failed", str(error), reason=error.reason)
     except Exception as error:  # noqa: BLE001 - every other failure becomes exit 1 with its reason
         traceback.print_exc()
-        return Outcome("failed", f"{type(error).__name__}: {' '.join(str(error).split())}")
+        return failed_outcome(error, workspace)
+
+
+def failed_outcome(error: Exception, workspace: Path) -> Outcome:
+    """Exit 1 for `error`, with reason VolumeFull when the workspace volume has (almost) no space left.
+
+    Writers report a full volume in words of their own, not always with ENOSPC: torch's zip writer
+    raises "unexpected pos N vs M" after a short write (seen on the real control plane's full-volume
+    test, where safetensors had said ENOSPC in other runs). The volume's free space says it for all.
+    """
+    message = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    try:
+        usage = shutil.disk_usage(workspace)
+    except OSError:
+        return Outcome("failed", message)
+    if usage.free >= VOLUME_FULL_FREE_BYTES:
+        return Outcome("failed", message)
+    return Outcome("failed", f"{message} (No space left on device: {usage.free} bytes free of {usage.total} "
+                             f"on the volume at {workspace})", reason=TerminationReason.VOLUME_FULL)
 
 
 def make_parser() -> argparse.ArgumentParser:
