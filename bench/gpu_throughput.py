@@ -5,6 +5,7 @@
     python bench/gpu_throughput.py --plan levers --no-8b --out /tmp/bench --profile kt-1b-4bit-mb16   # round 2 levers
     python bench/gpu_throughput.py --plan final --no-8b --out /tmp/bench              # peers + the levers that gained
     python bench/gpu_throughput.py --plan unsloth --out /tmp/bench --unsloth-site /tmp/usite   # issue 15 round 3
+    python bench/gpu_throughput.py --plan fp8 --out /tmp/bench --unsloth-site /tmp/usite       # round 4: fp8BaseMatmuls
     python bench/gpu_throughput.py --layer --out /tmp/bench                           # one layer: peft vs fused LoRA
     python bench/gpu_throughput.py --device cpu --out /tmp/bench --budget-s 300       # rehearsal, tiny shapes
 
@@ -260,7 +261,41 @@ def plan_final(shape_small: str, shape_large: str | None) -> list[Case]:
     return cases
 
 
-PLANS = {"all": plan, "fused": plan_fused, "levers": plan_levers, "final": plan_final, "unsloth": plan_unsloth}
+def plan_fp8(shape_small: str, shape_large: str | None) -> list[Case]:
+    """Issue 15, round 4: `training.fp8BaseMatmuls` beside Unsloth and the best bf16 settings of round 3."""
+    s = shape_small
+    fce = {"fusedCrossEntropy": True}
+    fp8 = {"fusedCrossEntropy": True, "fp8BaseMatmuls": True}
+    cases = [
+        hf(f"hf-{s}-4bit-mb16", s, 4, "fixed", 16, "TRL defaults"),
+        us(f"us-{s}-4bit-mb16-d0", s, 4, "fixed", 16, "Unsloth, LoRA dropout 0 (its default)"),
+        kt(f"kt-{s}-4bit-mb16-fce", s, 4, "fixed", 16, "fusedCrossEntropy", **fce),
+        kt(f"kt-{s}-4bit-mb16-fce-fp8", s, 4, "fixed", 16, "fusedCrossEntropy + fp8BaseMatmuls", **fp8),
+        kt(f"kt-{s}-4bit-mb16-d0-fce-fp8", s, 4, "fixed", 16, "dropout 0, fusedCrossEntropy + fp8BaseMatmuls", 0.0,
+           **fp8),
+        kt(f"kt-{s}-4bit-mb16-fce-fp8-offload", s, 4, "fixed", 16, "fusedCrossEntropy + fp8BaseMatmuls + "
+           "offloadActivations", offloadActivations=True, **fp8),
+        kt(f"kt-{s}-4bit-mb16-d0-fce-fp8-offload", s, 4, "fixed", 16, "dropout 0, fusedCrossEntropy + "
+           "fp8BaseMatmuls + offloadActivations", 0.0, offloadActivations=True, **fp8),
+        kt(f"kt-{s}-4bit-mb16-fce-fp8-compile", s, 4, "fixed", 16, "fusedCrossEntropy + fp8BaseMatmuls + "
+           "compileLayers", compileLayers=True, **fp8),
+        kt(f"kt-{s}-16bit-mb16", s, 16, "fixed", 16, "16-bit base, KubeTune defaults"),
+        kt(f"kt-{s}-16bit-mb16-fp8", s, 16, "fixed", 16, "16-bit base, fp8BaseMatmuls", fp8BaseMatmuls=True),
+    ]
+    if shape_large:
+        b = shape_large
+        cases += [us(f"us-{b}-4bit-mb8-d0", b, 4, "fixed", 8, "Unsloth, LoRA dropout 0"),
+                  kt(f"kt-{b}-4bit-mb8-fce", b, 4, "fixed", 8, "fusedCrossEntropy", **fce),
+                  kt(f"kt-{b}-4bit-mb8-fce-fp8", b, 4, "fixed", 8, "fusedCrossEntropy + fp8BaseMatmuls", **fp8),
+                  kt(f"kt-{b}-4bit-mb8-fce-fp8-offload", b, 4, "fixed", 8, "fusedCrossEntropy + fp8BaseMatmuls + "
+                     "offloadActivations", offloadActivations=True, **fp8),
+                  kt(f"kt-{b}-4bit-mb8-d0-fce-fp8", b, 4, "fixed", 8, "dropout 0, fusedCrossEntropy + "
+                     "fp8BaseMatmuls", 0.0, **fp8)]
+    return cases
+
+
+PLANS = {"all": plan, "fused": plan_fused, "levers": plan_levers, "final": plan_final, "unsloth": plan_unsloth,
+         "fp8": plan_fp8}
 
 
 # ---------------------------------------------------------------- tokenizer, models, data
@@ -830,7 +865,7 @@ def _lora_layers(folder: Path, bits: int, dropout: float, device: str) -> Any:
 
 
 def layer_bench(args: argparse.Namespace) -> int:
-    """Forward + backward of the decoder stack (no LM head, no recomputation) with peft's LoRA and the fused one.
+    """Forward + backward of the decoder stack (no LM head, no recomputation): peft's LoRA, the fused one, and fp8.
 
     The 1B shape cut to 2 layers on the GPU (16 x 2048 tokens, like the throughput cases), the
     tiny one on the CPU. Prints ms per layer, peak memory, and how far the fused output and input
@@ -838,7 +873,7 @@ def layer_bench(args: argparse.Namespace) -> int:
     """
     import torch
 
-    from kubetune_trainer import fused_lora
+    from kubetune_trainer import fp8_matmul, fused_lora
 
     on_gpu = args.device == "cuda"
     shape = "1b-2layers" if on_gpu else "tiny"
@@ -858,9 +893,11 @@ def layer_bench(args: argparse.Namespace) -> int:
             model = _lora_layers(folder, bits, dropout, args.device)
             stack = model.base_model.model.model
             reference: dict[str, Any] = {}
-            for path in ("peft", "fused"):
+            for path in ("peft", "fused", "fused+fp8")[: 3 if fp8_matmul.available() and on_gpu else 2]:
                 if path == "fused":
                     fused_lora.apply(model)
+                if path == "fused+fp8":
+                    fused_lora.set_fp8_base(model, True)
                 x = x0.clone().requires_grad_(True)
 
                 def step() -> Any:
@@ -883,6 +920,8 @@ def layer_bench(args: argparse.Namespace) -> int:
                         torch.cuda.synchronize()
                     times.append(time.perf_counter() - start)
                 peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0
+                if args.layer_profile and on_gpu:
+                    _profile_layer_step(step, Path(args.out) / f"layer-{bits}bit-d{dropout}-{path}.txt")
                 ms = statistics.median(times) * 1e3 / config["num_hidden_layers"]
                 got = {"out": out.detach().double(), "grad": x.grad.detach().double()}
                 if path == "peft":
@@ -899,6 +938,17 @@ def layer_bench(args: argparse.Namespace) -> int:
     print(body, flush=True)
     (Path(args.out) / "layer.md").write_text(body + "\n")
     return 0
+
+
+def _profile_layer_step(step: Any, sink: Path) -> None:
+    """One more step under torch.profiler: the CUDA kernels by total time, as a table in `sink`."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    sink.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -920,6 +970,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default="", help="comma-separated substrings of case names to profile "
                         "(the last warm-up step; writes OUT/cases/NAME.profile.txt)")
     parser.add_argument("--layer", action="store_true", help="time one decoder layer: peft's LoRA vs fused, then exit")
+    parser.add_argument("--layer-profile", action="store_true", help="with --layer: a kernel table per path in --out")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return parser
 

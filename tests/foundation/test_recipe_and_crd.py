@@ -193,6 +193,21 @@ BAD_MANIFESTS = [
         "training.fusedLora",
     ),
     (
+        "fp8 base matmuls with fusedLora off",
+        with_changes(spec__training__fp8BaseMatmuls=True, spec__training__fusedLora=False),
+        "training.fp8BaseMatmuls",
+    ),
+    (
+        "fp8 base matmuls on an 8-bit base",
+        with_changes(spec__training__fp8BaseMatmuls=True, spec__method__quantization={"bits": 8}),
+        "training.fp8BaseMatmuls",
+    ),
+    (
+        "fp8 base matmuls on the CPU",
+        with_changes(spec__training__fp8BaseMatmuls=True, spec__resources__gpusPerWorker=0),
+        "training.fp8BaseMatmuls",
+    ),
+    (
         "storage class of an existing claim",
         with_changes(spec__storage={"existingClaim": "shared", "storageClassName": "fast"}),
         "storage.existingClaim",

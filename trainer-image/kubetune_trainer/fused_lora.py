@@ -27,7 +27,9 @@ order as peft, so with one seed the fused and the plain model draw the same mask
 `training.fusedDropout` moves that dropout into `fused_dropout`'s Triton kernels (a mask
 regenerated from a seed, no mask or dropped copy kept; other random numbers than peft's), and
 `training.selectiveCheckpointing` makes the down projection keep its base matmul's output for
-the backward (`KEEP_BASE_OUTPUT`, `BASE_OUTPUT_MARK`, read by the policy in `speed`).
+the backward (`KEEP_BASE_OUTPUT`, `BASE_OUTPUT_MARK`, read by the policy in `speed`), and
+`training.fp8BaseMatmuls` runs the base matmuls (forward and input gradient) in e4m3 through
+`fp8_matmul` (`FP8_BASE`).
 
 Unsloth's `fast_lora.py` does the same algebra for dropout 0 only (it leaves the LoRA matrices
 unpatched otherwise); this path also covers the recipe default, dropout 0.05. PyTorch ops are
@@ -60,6 +62,10 @@ DROPOUT_KERNEL = "kubetune_dropout_kernel"
 
 KEEP_BASE_OUTPUT = "kubetune_keep_base_output"
 """Module attribute: true makes the fused forward mark its base matmul for selective checkpointing (`speed`)."""
+
+
+FP8_BASE = "kubetune_fp8_base"
+"""Module attribute: true runs the base matmuls in e4m3 (`fp8_matmul`) where the shapes allow."""
 
 
 class _Mark(threading.local):
@@ -121,7 +127,7 @@ class FusedLoraFunction:
 def _build_function() -> Any:
     import torch
 
-    from kubetune_trainer import fused_dropout
+    from kubetune_trainer import fp8_matmul, fused_dropout
 
     class _FusedLora(torch.autograd.Function):
         """out = x W^T + b + s · dropout(x) A^T B^T, with W re-dequantized in the backward instead of kept."""
@@ -138,6 +144,7 @@ def _build_function() -> Any:
             p: float,
             keep_base_output: bool,
             dropout_kernel: bool,
+            fp8: bool,
         ) -> torch.Tensor:
             rows = x.reshape(-1, x.shape[-1])
             # The adapter's side first, so the dropped-out copy is gone before the output is allocated
@@ -152,10 +159,15 @@ def _build_function() -> Any:
                 del dropped
             else:
                 mask, xa = None, torch.mm(rows, lora_a.t())
-            weight_t = dense_weight(base, x.dtype).t()
+            weight = dense_weight(base, x.dtype)
+            fp8 = fp8 and fp8_matmul.fits(rows, weight)
             if keep_base_output:  # selective checkpointing keeps this matmul's output: mark it, never write into it
                 BASE_OUTPUT_MARK.pending = True
-            out = torch.mm(rows, weight_t) if bias is None else torch.addmm(bias, rows, weight_t)
+            if fp8:
+                out = fp8_matmul.mm_weight_t(x, rows, weight)
+                out = out if bias is None else out + bias
+            else:
+                out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
             BASE_OUTPUT_MARK.pending = False  # read during the matmul's dispatch only (outside SAC nobody reads it)
             if keep_base_output:
                 out = torch.addmm(out, xa, lora_b.t(), alpha=scaling)
@@ -163,11 +175,14 @@ def _build_function() -> Any:
                 out.addmm_(xa, lora_b.t(), alpha=scaling)
             ctx.save_for_backward(x, lora_a, lora_b, xa, mask)
             ctx.base, ctx.scaling, ctx.p, ctx.has_bias, ctx.seed = base, scaling, p, bias is not None, seed
+            ctx.fp8 = fp8
             return out.view(*x.shape[:-1], out.shape[-1])
 
         @staticmethod
         def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
             x, lora_a, lora_b, xa, mask = ctx.saved_tensors
+            if ctx.fp8:
+                fp8_matmul.forget_input()
             need_x, need_a, need_b, need_bias = ctx.needs_input_grad[:4]
             rows = x.reshape(-1, x.shape[-1])
             g = grad.reshape(-1, grad.shape[-1])
@@ -185,7 +200,8 @@ def _build_function() -> Any:
                 grad_a = torch.mm(gb.t(), dropped)
                 del dropped  # input-sized: freed before the input gradient's two input-sized tensors exist
             if need_x:
-                grad_x = torch.mm(g, dense_weight(ctx.base, x.dtype))
+                weight = dense_weight(ctx.base, x.dtype)
+                grad_x = fp8_matmul.mm_weight(g, weight) if ctx.fp8 else torch.mm(g, weight)
                 if ctx.seed is not None:
                     fused_dropout.dropout_up_add_(grad_x, gb, lora_a, ctx.p, ctx.seed)
                 elif mask is None:
@@ -195,7 +211,7 @@ def _build_function() -> Any:
                 grad_x = grad_x.view(x.shape)
             if need_bias and ctx.has_bias:
                 grad_bias = g.sum(dim=0)
-            return grad_x, grad_a, grad_b, grad_bias, None, None, None, None, None
+            return grad_x, grad_a, grad_b, grad_bias, None, None, None, None, None, None
 
     return _FusedLora
 
@@ -237,8 +253,9 @@ def fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torc
     lora_a, lora_b, bias, scaling, p = inputs
     keep = bool(getattr(self, KEEP_BASE_OUTPUT, False))
     kernel = bool(getattr(self, DROPOUT_KERNEL, False))
+    fp8 = bool(getattr(self, FP8_BASE, False))
     with torch.autocast(x.device.type, enabled=False):
-        return _apply_eager(x, lora_a, lora_b, bias, self.get_base_layer(), scaling, p, keep, kernel)
+        return _apply_eager(x, lora_a, lora_b, bias, self.get_base_layer(), scaling, p, keep, kernel, fp8)
 
 
 def _apply_eager(*args: Any) -> torch.Tensor:
@@ -346,10 +363,28 @@ def apply_from_recipe(model: Any, spec: FineTuneJobSpec) -> None:
     if spec.training.fused_dropout and spec.method.lora.dropout > 0:
         set_dropout_kernel(model, True)
         log.info("training.fusedDropout: LoRA dropout drawn inside the fused projections' Triton kernels")
+    if spec.training.fp8_base_matmuls:
+        from kubetune_trainer import fp8_matmul
+
+        if fp8_matmul.available(torch.cuda.current_device()):
+            set_fp8_base(model, True)
+            log.info("training.fp8BaseMatmuls: the fused projections' base matmuls run in e4m3 (row-wise scales)")
+        else:
+            log.warning("training.fp8BaseMatmuls: this GPU has no e4m3 tensor cores (compute capability below "
+                        "%d.%d); the base matmuls stay in bf16", *fp8_matmul.MIN_CAPABILITY)
+
+
+def _set_on_fused(model: Any, attribute: str, on: bool) -> None:
+    for module in model.modules():
+        if type(module) in _FUSED_CLASSES.values():
+            setattr(module, attribute, on)
 
 
 def set_dropout_kernel(model: Any, on: bool) -> None:
     """Let (or stop) every fused projection of `model` apply its dropout in `fused_dropout`'s kernels."""
-    for module in model.modules():
-        if type(module) in _FUSED_CLASSES.values():
-            setattr(module, DROPOUT_KERNEL, on)
+    _set_on_fused(model, DROPOUT_KERNEL, on)
+
+
+def set_fp8_base(model: Any, on: bool) -> None:
+    """Run (or stop running) every fused projection's base matmuls in e4m3 (`fp8_matmul`)."""
+    _set_on_fused(model, FP8_BASE, on)

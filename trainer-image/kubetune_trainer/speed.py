@@ -21,6 +21,8 @@
   projections stay eager inside it (graph breaks), the elementwise work between them is fused.
 - `training.fusedCrossEntropy`: Liger's fused linear cross-entropy in place of TRL's chunked LM
   head for SFT (`fused_ce`): two vocabulary-sized matmuls per step instead of three.
+- `training.fp8BaseMatmuls`: the fused LoRA projections' frozen base matmuls in e4m3 with
+  row-wise scales on Ada/Hopper (`fp8_matmul`, applied by `fused_lora.apply_from_recipe`).
 
 Each lever applies only on CUDA: on the CPU (tests, the quickstart) the switches change nothing.
 The benchmark in `bench/gpu_throughput.py` measures each one; `docs/benchmarks.md` has the numbers.
@@ -122,7 +124,8 @@ def _attention_ops() -> frozenset[Any]:
 def _matmul_ops() -> frozenset[Any]:
     import torch
 
-    return frozenset({torch.ops.aten.mm.default, torch.ops.aten.addmm.default})
+    # _scaled_mm: the base matmul under training.fp8BaseMatmuls
+    return frozenset({torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten._scaled_mm.default})
 
 
 def enable_selective_checkpointing(model: Any) -> int:

@@ -161,6 +161,19 @@ SPEC_RULES = (
         lambda s: not s.training.fused_lora or s.resources.gpus_per_worker > 0,
     ),
     CrossFieldRule(
+        f"!has(self.training) || !has(self.training.fp8BaseMatmuls) || !self.training.fp8BaseMatmuls || "
+        f"({_ON_GPUS} && !(has(self.method) && has(self.method.quantization) && "
+        "has(self.method.quantization.bits) && self.method.quantization.bits == 8) && "
+        "!(has(self.deepspeed) && self.deepspeed.zeroStage == 3))",
+        "training.fp8BaseMatmuls needs the fused LoRA projections on GPUs: set resources.gpusPerWorker >= 1, a "
+        "4-bit or 16-bit base (method.quantization.bits) and deepspeed.zeroStage < 3, or set fp8BaseMatmuls false",
+        ".training.fp8BaseMatmuls",
+        lambda s: not s.training.fp8_base_matmuls or (
+            s.resources.gpus_per_worker > 0 and s.method.quantization.bits != 8
+            and (s.deepspeed is None or s.deepspeed.zero_stage != 3)
+        ),
+    ),
+    CrossFieldRule(
         "!has(self.model.tokenSecretRef) || !has(self.env) || !self.env.exists(e, e.name == 'HF_TOKEN')",
         "model.tokenSecretRef and an env entry HF_TOKEN both set the hub token: keep one",
         ".env",

@@ -59,6 +59,13 @@ TRAINING_RULES = (
         ".warmupSteps",
         lambda t: t.max_steps is None or t.warmup_steps is None or t.warmup_steps < t.max_steps,
     ),
+    CrossFieldRule(
+        "!has(self.fp8BaseMatmuls) || !self.fp8BaseMatmuls || !has(self.fusedLora) || self.fusedLora",
+        "training.fp8BaseMatmuls runs inside the fused LoRA projections: remove training.fusedLora false, or set "
+        "fp8BaseMatmuls false",
+        ".fp8BaseMatmuls",
+        lambda t: not t.fp8_base_matmuls or t.fused_lora is not False,
+    ),
 )
 
 
@@ -182,6 +189,14 @@ class TrainingSpec(KubeModel):
         "linear cross-entropy instead of TRL's chunked head: the input gradient is computed in the forward (two "
         "vocabulary-sized matmuls per step instead of three), completion tokens only. The loss and its gradient "
         "are the same within bf16 rounding; the logged entropy metric is not computed (nan). Default false.",
+    )
+    fp8_base_matmuls: bool = Field(
+        default=False,
+        description="fp8BaseMatmuls runs the frozen base weight's matmuls of each fused LoRA projection (forward, "
+        "recomputation and input gradient) in float8 e4m3 with one scale per token and per channel, on GPUs with "
+        "fp8 tensor cores (compute capability 8.9 or newer: L4, L40S, H100, H200, B200; older GPUs keep bf16 and "
+        "say so in the log). The 4-bit weight stays 4-bit in memory; the adapter, attention and the loss stay in "
+        "bf16. Needs training.fusedLora (unset or true). Default false.",
     )
 
     @property

@@ -1,0 +1,127 @@
+"""`training.fp8BaseMatmuls` on CUDA: the Triton quantization kernel, cuBLAS' row-wise scaled e4m3 matmul, the trainer.
+
+The CPU suite (tests/trainer/test_fp8_matmul.py) checks the algebra with PyTorch's ops and its
+CPU `_scaled_mm`; here the kernel is compared with those ops, and the 8-layer width-1024 Llama
+and the trainer run with the switch on. Speed is measured by bench/gpu_throughput.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.gpu.conftest import finetunejob, logged
+from tests.trainer.test_fused_lora import lora_model, relative, step
+
+pytestmark = pytest.mark.gpus(1)
+
+
+@pytest.mark.parametrize("shape", [(4096, 2048), (1000, 14336), (7, 80)])
+def test_kernel_quantizes_like_the_reference(shape: tuple[int, int]) -> None:
+    """Same scales; the same e4m3 values except rare ties of the division, one e4m3 step apart at most."""
+    import torch
+    from kubetune_trainer import fp8_matmul
+
+    if not fp8_matmul.available():
+        pytest.skip("this GPU has no e4m3 tensor cores")
+    t = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
+    t[0, 3] = 3e3
+    quantized, scale = fp8_matmul.quantize_rows(t)
+    expected, expected_scale = fp8_matmul.quantize_rows_reference(t)
+    assert relative(scale, expected_scale) < 1e-6
+    got, want = quantized.float(), expected.float()
+    differ = got != want
+    assert float(differ.float().mean()) < 1e-3
+    assert bool(((got - want).abs()[differ] <= want.abs()[differ] / 8 + 2.0**-9).all())
+
+
+def test_fused_projections_in_fp8_track_bf16_on_cuda(models: dict[str, Path]) -> None:
+    """The 8-layer width-1024 Llama, 4-bit: the loss within 1 %, logits and adapter gradients within e4m3's noise."""
+    import torch
+    from kubetune_trainer import fp8_matmul, fused_lora
+
+    if not fp8_matmul.available():
+        pytest.skip("this GPU has no e4m3 tensor cores")
+    ids = torch.randint(3, 900, (4, 256), generator=torch.Generator().manual_seed(6)).cuda()
+    model = lora_model(models["mid"], 4, 0.0, torch.bfloat16, "cuda")
+    fused_lora.apply(model)
+    loss0, logits0, grads0 = step(model, ids)
+    fused_lora.set_fp8_base(model, True)
+    loss1, logits1, grads1 = step(model, ids)
+    assert abs(float(loss1 - loss0)) / abs(float(loss0)) < 1e-2
+    # Random weights carry rounding noise through 8 layers (0.23 on an H200, the logits of one step);
+    # a wrong scale or layout would be ~1. The 1B shape's two layers: 0.06 out, 0.08 input gradient.
+    assert 0 < relative(logits1, logits0) < 0.35
+    errors = sorted(relative(grads1[name], grads0[name]) for name in grads0)
+    assert errors[len(errors) // 2] < 0.35, errors[-5:]
+
+
+def _train(job: dict[str, Any], folder: Path) -> list[float]:
+    """Run the trainer on `job` in `folder`; the logged losses."""
+    from kubetune_trainer import train as kt_train
+    from kubetune_trainer.signals import StopRequest
+
+    recipe = folder / "recipe.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    recipe.write_text(json.dumps(job), encoding="utf-8")
+    outcome = kt_train.train(kt_train.load_job(recipe), kt_train.Workspace(folder / "ws"), StopRequest())
+    assert outcome.status == "succeeded", outcome.message
+    return logged(folder / "ws", "loss")
+
+
+def test_loss_curve_with_fp8_follows_the_bf16_one(models: dict, toy_data: Path, tmp_path: Path) -> None:
+    """60 steps of the 8-layer width-1024 Llama on the toy task, same seed and data: bf16, then fp8 base matmuls.
+
+    The curves fall together; the gap at any step stays a small fraction of how far the loss fell.
+    """
+    from kubetune_trainer import fp8_matmul
+
+    if not fp8_matmul.available():
+        pytest.skip("this GPU has no e4m3 tensor cores")
+    curves = {}
+    for fp8 in (False, True):
+        job = finetunejob(f"curve-{fp8}", models["mid"], toy_data, training={
+            "maxSteps": 60, "saveSteps": 1000, "learningRate": 5e-4, "fp8BaseMatmuls": fp8})
+        job["spec"]["metricsPort"] = 19502 + fp8
+        curves[fp8] = _train(job, tmp_path / str(fp8))
+    bf16, fp8 = curves[False], curves[True]
+    fell = bf16[0] - min(bf16)
+    gaps = [abs(a - b) for a, b in zip(bf16, fp8, strict=True)]
+    print(f"bf16 {bf16[0]:.3f} -> {bf16[-1]:.3f}, fp8 {fp8[0]:.3f} -> {fp8[-1]:.3f}, "
+          f"largest gap {max(gaps):.4f} ({max(gaps) / fell:.1%} of the fall), mean gap {sum(gaps) / len(gaps):.4f}")
+    assert bf16[-1] < bf16[0] * 0.7 and fp8[-1] < fp8[0] * 0.7
+    assert max(gaps) < 0.05 * fell, gaps
+
+
+def test_trainer_trains_with_fp8_base_matmuls(
+    models: dict, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recipe switch reaches every fused projection, and the loss falls as it does in bf16."""
+    from kubetune_trainer import fp8_matmul, fused_lora
+    from kubetune_trainer import train as kt_train
+    from kubetune_trainer.signals import StopRequest
+
+    if not fp8_matmul.available():
+        pytest.skip("this GPU has no e4m3 tensor cores")
+    seen: dict[str, Any] = {}
+    build = kt_train.build_trainer
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        trainer = build(*args, **kwargs)
+        seen["fp8"] = sum(bool(getattr(m, fused_lora.FP8_BASE, False)) for m in trainer.model.modules())
+        return trainer
+
+    monkeypatch.setattr(kt_train, "build_trainer", spy)
+    job = finetunejob("fp8", models["tiny"], toy_data, training={"maxSteps": 30, "saveSteps": 100,
+                                                                 "fp8BaseMatmuls": True})
+    job["spec"]["metricsPort"] = 19501
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(job), encoding="utf-8")
+    outcome = kt_train.train(kt_train.load_job(recipe), kt_train.Workspace(tmp_path / "ws"), StopRequest())
+    assert outcome.status == "succeeded", outcome.message
+    assert seen["fp8"] == 14, "2 layers x (q, k, v, o, gate, up, down)"
+    losses = logged(tmp_path / "ws", "loss")
+    assert losses[-1] < losses[0] * 0.8, losses

@@ -1,0 +1,124 @@
+"""`training.fp8BaseMatmuls`: e4m3 base matmuls with row-wise scales, checked on the CPU through PyTorch's `_scaled_mm`.
+
+The Triton quantization kernel runs on GPUs only: Triton's interpreter casts to e4m3 wrongly
+(124.4 became 64 where the hardware gives 128), so tests/gpu/test_fp8_gpu.py compares the
+kernel with the PyTorch path checked here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.trainer.test_fused_lora import lora_model, relative, step
+
+E4M3_HALF_ULP = 2.0**-4
+"""e4m3 keeps 3 mantissa bits: rounding moves a normal value by at most 1/16 of itself."""
+
+
+def _rows(*shape: int, seed: int = 0) -> Any:
+    import torch
+
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_each_row_is_rounded_to_e4m3_on_its_own_scale() -> None:
+    """A row's scale is its own maximum / 448; an outlier in one row costs the other rows nothing."""
+    from kubetune_trainer.fp8_matmul import E4M3_MAX, quantize_rows
+
+    t = _rows(6, 96)
+    t[2, 7] = 1e4
+    quantized, scale = quantize_rows(t)
+    assert quantized.shape == t.shape and scale.shape == (6, 1)
+    assert float(scale[2]) == pytest.approx(1e4 / E4M3_MAX)
+    alone, alone_scale = quantize_rows(t[3:4])
+    assert float(alone_scale) == float(scale[3]) and bool((alone.float() == quantized[3:4].float()).all())
+    error = (quantized.float() * scale - t).abs()
+    bound = t.abs() * E4M3_HALF_ULP + scale * 2.0**-9  # the second term: e4m3's subnormals near zero
+    assert bool((error <= bound).all()), float((error - bound).max())
+    assert float(error.max()) > 0, "nothing was rounded: the values did not go through e4m3"
+
+
+@pytest.mark.parametrize("product", ["x @ W^T", "g @ W"])
+def test_fp8_products_are_within_e4m3_rounding_of_the_exact_one(product: str) -> None:
+    """Both products of a projection (forward, input gradient) against float64: e4m3's error, nothing worse."""
+    import torch
+    from kubetune_trainer import fp8_matmul
+
+    weight = (_rows(48, 80, seed=1) * 0.05).bfloat16()  # (out, in)
+    if product == "x @ W^T":
+        x = _rows(3, 10, 80, seed=2).bfloat16()
+        got = fp8_matmul.mm_weight_t(x, x.reshape(-1, 80), weight)
+        exact = x.reshape(-1, 80).double() @ weight.double().t()
+    else:
+        grad = _rows(30, 48, seed=3).bfloat16()
+        got = fp8_matmul.mm_weight(grad, weight)
+        exact = grad.double() @ weight.double()
+    assert got.dtype == torch.bfloat16 and got.shape == exact.shape
+    error = relative(got, exact)
+    assert 1e-3 < error < 4e-2, error  # bf16 alone would be ~3e-3 from rounding the output
+
+
+def test_the_input_gradient_in_row_slices_is_the_same_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row-wise scales make slicing exact: 7-row slices give the same bits as one slice."""
+    from kubetune_trainer import fp8_matmul
+
+    grad, weight = _rows(30, 48, seed=6).bfloat16(), (_rows(48, 80, seed=7) * 0.05).bfloat16()
+    whole = fp8_matmul.mm_weight(grad, weight)
+    monkeypatch.setattr(fp8_matmul, "GRAD_CHUNK_ROWS", 7)
+    assert bool((fp8_matmul.mm_weight(grad, weight) == whole).all())
+
+
+def test_a_shared_input_is_quantized_once_and_a_changed_one_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """q, k and v read one input: one quantization; an in-place change of it is seen (the version counter)."""
+    from kubetune_trainer import fp8_matmul
+
+    calls: list[tuple[int, ...]] = []
+    original = fp8_matmul.quantize_rows
+    monkeypatch.setattr(fp8_matmul, "quantize_rows", lambda t: calls.append(tuple(t.shape)) or original(t))
+    fp8_matmul.forget_input()
+    x = _rows(4, 32, seed=4).bfloat16()
+    weights = [(_rows(16, 32, seed=5 + i) * 0.1).bfloat16() for i in range(3)]
+    first = [fp8_matmul.mm_weight_t(x, x.view(-1, 32), w) for w in weights]
+    assert calls.count((4, 32)) == 1 and len(calls) == 4, calls
+    x.mul_(2)
+    again = fp8_matmul.mm_weight_t(x, x.view(-1, 32), weights[0])
+    assert calls.count((4, 32)) == 2
+    assert relative(again, first[0] * 2) < 1e-6
+
+
+@pytest.mark.parametrize("bits", [4, 16])
+def test_fused_projections_in_fp8_track_the_bf16_ones(
+    tiny_llama: Path, bits: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole tiny Llama in bf16: fp8 base matmuls change the loss and adapter gradients by e4m3's rounding only.
+
+    Each layer quantizes 4 distinct inputs and 7 weights in the forward (q/k/v and gate/up share
+    their input) and 7 gradients and 7 weights in the backward, except the first layer's q/k/v,
+    whose input (the frozen embeddings) needs no gradient.
+    """
+    import torch
+    from kubetune_trainer import fp8_matmul, fused_lora
+
+    ids = torch.randint(3, 900, (2, 32), generator=torch.Generator().manual_seed(12))
+    model = lora_model(tiny_llama, bits, 0.0, torch.bfloat16)
+    fused_lora.apply(model)
+    try:
+        loss0, logits0, grads0 = step(model, ids)
+        calls = []
+        original = fp8_matmul.quantize_rows
+        monkeypatch.setattr(fp8_matmul, "quantize_rows", lambda t: calls.append(t.shape) or original(t))
+        fused_lora.set_fp8_base(model, True)
+        loss1, logits1, grads1 = step(model, ids)
+    finally:
+        fused_lora.remove(model)
+    assert len(calls) == (4 + 7 + 7 + 7) * model.config.num_hidden_layers - 2 * 3
+    # e4m3 rounds 16x coarser than bf16. On this random 2-layer model (16-bit base) bf16 alone moves
+    # the logits 2 % and the adapter gradients 3 % (median) from a float32 run; fp8 moves them 15 %
+    # and 26 % from bf16, and the loss under 0.2 %. A wrong scale or layout would be off by ~100 %.
+    assert 0 < relative(logits1, logits0) < 0.25
+    assert abs(float(loss1 - loss0)) / float(loss0) < 1e-2
+    errors = sorted(relative(grads1[name], grads0[name]) for name in grads0)
+    assert errors[len(errors) // 2] < 0.35, errors
