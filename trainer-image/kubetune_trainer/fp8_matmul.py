@@ -20,8 +20,8 @@ autograd node, so only the two primitives below are needed.
 from __future__ import annotations
 
 import functools
-import threading
 import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -32,9 +32,6 @@ E4M3_MAX = 448.0
 
 MIN_CAPABILITY = (8, 9)
 """CUDA compute capability with e4m3 tensor cores (Ada 8.9, Hopper 9.0 and newer)."""
-
-GRAD_CHUNK_ROWS = 8192
-"""Rows of an input gradient quantized at a time (`mm_weight`): big enough to keep the matmul efficient."""
 
 KERNEL_MAX_COLS = 32768
 """Rows up to this wide are quantized by the Triton kernel in one block; wider ones by PyTorch ops."""
@@ -90,31 +87,43 @@ def _quantize_rows_kernel(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return quantized, scales
 
 
-class _LastInput(threading.local):
-    """The last forward input quantized, by identity: q, k and v (and gate and up) share one input."""
+@dataclass
+class _QuantizedInput:
+    """The last forward input quantized: q, k and v (and gate and up) share one input tensor."""
 
-    source: Any = None
-    quantized: Any = None
+    source: weakref.ref[Any]
+    version: int
+    quantized: tuple[Any, Any]
 
 
-_LAST_INPUT = _LastInput()
+# One entry for the process, not per thread: the forward runs on the training thread and the
+# recomputed forward on autograd's device thread, never at the same time.
+_LAST_INPUT: list[_QuantizedInput] = []
+
+
+def _forget_dead(source: weakref.ref[Any]) -> None:
+    """Free the cached copy the moment its input is freed (under checkpointing, right after its layer)."""
+    if _LAST_INPUT and _LAST_INPUT[0].source is source:
+        _LAST_INPUT.clear()
 
 
 def _quantized_input(x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`rows` (the (tokens, features) view of `x`) quantized, reusing the last result for the same `x`."""
-    # A weak reference: the cache never keeps an activation alive, and a freed one cannot match.
-    # The version counter catches an in-place change of the same tensor.
-    last = _LAST_INPUT.source
-    if last is not None and last[0]() is x and last[1] == x._version:
-        return _LAST_INPUT.quantized
+    """`rows` (the (tokens, features) view of `x`) quantized, reusing the last result for the same `x`.
+
+    Matched by identity through a weak reference, so the cache neither keeps an activation alive
+    nor outlives it (the last layer's e4m3 copy would otherwise sit beside the loss's peak), and
+    by the version counter, which an in-place change of `x` bumps.
+    """
+    if _LAST_INPUT and _LAST_INPUT[0].source() is x and _LAST_INPUT[0].version == x._version:
+        return _LAST_INPUT[0].quantized
     quantized = quantize_rows(rows)
-    _LAST_INPUT.source, _LAST_INPUT.quantized = (weakref.ref(x), x._version), quantized
+    _LAST_INPUT[:] = [_QuantizedInput(weakref.ref(x, _forget_dead), x._version, quantized)]
     return quantized
 
 
 def forget_input() -> None:
     """Drop the cached quantized input (the backward calls it: a cached e4m3 activation is dead weight there)."""
-    _LAST_INPUT.source = _LAST_INPUT.quantized = None
+    _LAST_INPUT.clear()
 
 
 def mm_weight_t(x: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -127,19 +136,9 @@ def mm_weight_t(x: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor) -> to
 
 
 def mm_weight(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """grad @ weight in bf16 through e4m3 (the input gradient; scales per gradient row and per input channel).
-
-    The gradient is quantized and multiplied GRAD_CHUNK_ROWS rows at a time, straight into the
-    output's rows: its whole e4m3 copy (256 MiB for the 1B's gate and up gradients) would
-    otherwise sit beside the backward's own peak.
-    """
+    """grad @ weight in bf16 through e4m3 (the input gradient; scales per gradient row and per input channel)."""
     import torch
 
+    q_grad, s_grad = quantize_rows(grad)
     q_weight_t, s_weight_t = quantize_rows(weight.t().contiguous())
-    out = torch.empty((grad.shape[0], weight.shape[1]), dtype=grad.dtype, device=grad.device)
-    for start in range(0, grad.shape[0], GRAD_CHUNK_ROWS):
-        rows = slice(start, start + GRAD_CHUNK_ROWS)
-        q_grad, s_grad = quantize_rows(grad[rows])
-        torch._scaled_mm(q_grad, q_weight_t.t(), scale_a=s_grad, scale_b=s_weight_t.t(), out_dtype=grad.dtype,
-                         out=out[rows])
-    return out
+    return torch._scaled_mm(q_grad, q_weight_t.t(), scale_a=s_grad, scale_b=s_weight_t.t(), out_dtype=grad.dtype)
