@@ -290,7 +290,9 @@ def plan_fp8(shape_small: str, shape_large: str | None) -> list[Case]:
                   kt(f"kt-{b}-4bit-mb8-fce-fp8-offload", b, 4, "fixed", 8, "fusedCrossEntropy + fp8BaseMatmuls + "
                      "offloadActivations", offloadActivations=True, **fp8),
                   kt(f"kt-{b}-4bit-mb8-d0-fce-fp8", b, 4, "fixed", 8, "dropout 0, fusedCrossEntropy + "
-                     "fp8BaseMatmuls", 0.0, **fp8)]
+                     "fp8BaseMatmuls", 0.0, **fp8),
+                  kt(f"kt-{b}-4bit-mb8-d0-fce-fp8-offload", b, 4, "fixed", 8, "dropout 0, fusedCrossEntropy + "
+                     "fp8BaseMatmuls + offloadActivations", 0.0, offloadActivations=True, **fp8)]
     return cases
 
 
