@@ -33,11 +33,6 @@ E4M3_MAX = 448.0
 MIN_CAPABILITY = (8, 9)
 """CUDA compute capability with e4m3 tensor cores (Ada 8.9, Hopper 9.0 and newer)."""
 
-FAST_ACCUMULATION_FORWARD = True
-"""Let Hopper accumulate the forward's e4m3 products without promoting partial sums to fp32 every
-few steps (torchao's float8 default for the output matmul); the input gradient keeps the promotion,
-as torchao's does, since gradients span a wider range."""
-
 KERNEL_MAX_COLS = 32768
 """Rows up to this wide are quantized by the Triton kernel in one block; wider ones by PyTorch ops."""
 
@@ -137,8 +132,7 @@ def mm_weight_t(x: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor) -> to
 
     q_rows, s_rows = _quantized_input(x, rows)
     q_weight, s_weight = quantize_rows(weight)
-    return torch._scaled_mm(q_rows, q_weight.t(), scale_a=s_rows, scale_b=s_weight.t(), out_dtype=rows.dtype,
-                            use_fast_accum=FAST_ACCUMULATION_FORWARD)
+    return torch._scaled_mm(q_rows, q_weight.t(), scale_a=s_rows, scale_b=s_weight.t(), out_dtype=rows.dtype)
 
 
 def mm_weight(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
