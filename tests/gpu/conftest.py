@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,27 @@ def logged(workspace: Path, key: str) -> list[float]:
     """Values of `key` in the trainer's log history (output/summary.json)."""
     summary = json.loads((workspace / "output" / "summary.json").read_text())
     return [entry[key] for entry in summary["logHistory"] if key in entry]
+
+
+def train_in_process(job: dict[str, Any], folder: Path, monkeypatch: pytest.MonkeyPatch,
+                     counts: Callable[[Any], bool] = lambda module: False) -> tuple[int, list[float]]:
+    """Run `kubetune_trainer.train.train` on `job` in `folder`; how many modules of the built model
+    `counts` accepts (seen through the `build_trainer` seam), and the logged losses."""
+    from kubetune_trainer import train as kt_train
+    from kubetune_trainer.signals import StopRequest
+
+    seen: list[int] = []
+    build = kt_train.build_trainer
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        trainer = build(*args, **kwargs)
+        seen.append(sum(bool(counts(module)) for module in trainer.model.modules()))
+        return trainer
+
+    monkeypatch.setattr(kt_train, "build_trainer", spy)
+    folder.mkdir(parents=True, exist_ok=True)
+    recipe = folder / "recipe.json"
+    recipe.write_text(json.dumps(job), encoding="utf-8")
+    outcome = kt_train.train(kt_train.load_job(recipe), kt_train.Workspace(folder / "ws"), StopRequest())
+    assert outcome.status == "succeeded", outcome.message
+    return seen[0], logged(folder / "ws", "loss")

@@ -7,13 +7,11 @@ and the trainer run with the switch on. Speed is measured by bench/gpu_throughpu
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.gpu.conftest import finetunejob, logged
+from tests.gpu.conftest import finetunejob, train_in_process
 from tests.trainer.test_fused_lora import flat, lora_model, relative, step
 
 pytestmark = pytest.mark.gpus(1)
@@ -61,20 +59,9 @@ def test_fused_projections_in_fp8_track_bf16_on_cuda(models: dict[str, Path]) ->
     assert float(cosine) > 0.7, float(cosine)
 
 
-def _train(job: dict[str, Any], folder: Path) -> list[float]:
-    """Run the trainer on `job` in `folder`; the logged losses."""
-    from kubetune_trainer import train as kt_train
-    from kubetune_trainer.signals import StopRequest
-
-    recipe = folder / "recipe.json"
-    folder.mkdir(parents=True, exist_ok=True)
-    recipe.write_text(json.dumps(job), encoding="utf-8")
-    outcome = kt_train.train(kt_train.load_job(recipe), kt_train.Workspace(folder / "ws"), StopRequest())
-    assert outcome.status == "succeeded", outcome.message
-    return logged(folder / "ws", "loss")
-
-
-def test_loss_curve_with_fp8_follows_the_bf16_one(models: dict, toy_data: Path, tmp_path: Path) -> None:
+def test_loss_curve_with_fp8_follows_the_bf16_one(
+    models: dict, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """60 steps of the 8-layer width-1024 Llama on the toy task, same seed and data: bf16, then fp8 base matmuls.
 
     The curves fall together; the gap at any step stays a small fraction of how far the loss fell.
@@ -88,7 +75,7 @@ def test_loss_curve_with_fp8_follows_the_bf16_one(models: dict, toy_data: Path, 
         job = finetunejob("curve-fp8" if fp8 else "curve-bf16", models["mid"], toy_data, training={
             "maxSteps": 60, "saveSteps": 1000, "learningRate": 5e-4, "fp8BaseMatmuls": fp8})
         job["spec"]["metricsPort"] = 19502 + fp8
-        curves[fp8] = _train(job, tmp_path / str(fp8))
+        curves[fp8] = train_in_process(job, tmp_path / str(fp8), monkeypatch)[1]
     bf16, fp8 = curves[False], curves[True]
     fell = bf16[0] - min(bf16)
     gaps = [abs(a - b) for a, b in zip(bf16, fp8, strict=True)]
@@ -103,27 +90,12 @@ def test_trainer_trains_with_fp8_base_matmuls(
 ) -> None:
     """The recipe switch reaches every fused projection, and the loss falls as it does in bf16."""
     from kubetune_trainer import fp8_matmul, fused_lora
-    from kubetune_trainer import train as kt_train
-    from kubetune_trainer.signals import StopRequest
 
     if not fp8_matmul.available():
         pytest.skip("this GPU has no e4m3 tensor cores")
-    seen: dict[str, Any] = {}
-    build = kt_train.build_trainer
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        trainer = build(*args, **kwargs)
-        seen["fp8"] = sum(bool(getattr(m, fused_lora.FP8_BASE, False)) for m in trainer.model.modules())
-        return trainer
-
-    monkeypatch.setattr(kt_train, "build_trainer", spy)
     job = finetunejob("fp8", models["tiny"], toy_data, training={"maxSteps": 30, "saveSteps": 100,
                                                                  "fp8BaseMatmuls": True})
     job["spec"]["metricsPort"] = 19501
-    recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps(job), encoding="utf-8")
-    outcome = kt_train.train(kt_train.load_job(recipe), kt_train.Workspace(tmp_path / "ws"), StopRequest())
-    assert outcome.status == "succeeded", outcome.message
-    assert seen["fp8"] == 14, "2 layers x (q, k, v, o, gate, up, down)"
-    losses = logged(tmp_path / "ws", "loss")
+    on_fp8, losses = train_in_process(job, tmp_path, monkeypatch, lambda m: getattr(m, fused_lora.FP8_BASE, False))
+    assert on_fp8 == 14, "2 layers x (q, k, v, o, gate, up, down)"
     assert losses[-1] < losses[0] * 0.8, losses

@@ -7,14 +7,17 @@ Speed is measured by bench/gpu_throughput.py, never asserted here.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.gpu.conftest import finetunejob, logged
-from tests.trainer.test_fused_lora import assert_bf16_as_close_as_peft, lora_model, plain_and_fused, relative
+from tests.gpu.conftest import finetunejob, train_in_process
+from tests.trainer.test_fused_lora import (
+    assert_bf16_as_close_as_peft,
+    lora_model,
+    plain_and_fused,
+    relative,
+)
 
 pytestmark = pytest.mark.gpus(1)
 
@@ -46,24 +49,8 @@ def test_trainer_fuses_every_projection_and_trains(
     models: dict, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`kubetune_trainer.train.train` with the recipe default: 7 fused projections per layer, loss falls."""
-    from kubetune_trainer import train as kt_train
-    from kubetune_trainer.signals import StopRequest
-
-    seen: dict[str, Any] = {}
-    build = kt_train.build_trainer
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        trainer = build(*args, **kwargs)
-        seen["fused"] = sum(type(m).__name__.startswith("Fused") for m in trainer.model.modules())
-        return trainer
-
-    monkeypatch.setattr(kt_train, "build_trainer", spy)
     job = finetunejob("fused", models["tiny"], toy_data, training={"maxSteps": 30, "saveSteps": 100})
     job["spec"]["metricsPort"] = 19500
-    recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps(job), encoding="utf-8")
-    outcome = kt_train.train(kt_train.load_job(recipe), kt_train.Workspace(tmp_path / "ws"), StopRequest())
-    assert outcome.status == "succeeded", outcome.message
-    assert seen["fused"] == 14, "2 layers x (q, k, v, o, gate, up, down)"
-    losses = logged(tmp_path / "ws", "loss")
+    fused, losses = train_in_process(job, tmp_path, monkeypatch, lambda m: type(m).__name__.startswith("Fused"))
+    assert fused == 14, "2 layers x (q, k, v, o, gate, up, down)"
     assert losses[-1] < losses[0] * 0.8, losses
