@@ -114,3 +114,49 @@ def test_fused_projections_in_fp8_track_the_bf16_ones(
     assert abs(float(loss1 - loss0)) / float(loss0) < 1e-2
     errors = sorted(relative(grads1[name], grads0[name]) for name in grads0)
     assert errors[len(errors) // 2] < 0.35, errors
+
+
+def _scaled_mms_in_backward(model: Any, ids: Any) -> tuple[float, dict[str, Any], int]:
+    """Loss, adapter gradients, and how many e4m3 matmuls the backward (with its recomputation) ran."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = [0]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            seen[0] += func is torch.ops.aten._scaled_mm.default
+            return func(*args, **(kwargs or {}))
+
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(7)
+    loss = model(input_ids=ids, labels=ids).loss
+    with Count():
+        loss.backward()
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    return float(loss), grads, seen[0]
+
+
+def test_selective_checkpointing_keeps_the_fp8_down_projection(tiny_llama: Path) -> None:
+    """With fp8 base matmuls, SAC keeps each layer's down projection output: one e4m3 matmul less per layer
+    in the backward than full checkpointing, and the same loss and gradients."""
+    import torch
+
+    from kubetune_trainer import fused_lora, speed
+
+    ids = torch.randint(3, 900, (2, 32), generator=torch.Generator().manual_seed(13))
+    model = lora_model(tiny_llama, 4, 0.0, torch.bfloat16)
+    fused_lora.apply(model)
+    fused_lora.set_fp8_base(model, True)
+    model.enable_input_require_grads()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    loss0, grads0, full = _scaled_mms_in_backward(model, ids)
+    layers = speed.enable_selective_checkpointing(model)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    loss1, grads1, selective = _scaled_mms_in_backward(model, ids)
+    fused_lora.remove(model)
+    assert layers == model.config.num_hidden_layers
+    assert full == 7 * layers + 7 * layers, "every projection recomputed, then its input gradient"
+    assert selective == full - layers
+    assert loss1 == loss0
+    assert max(relative(grads1[name], grads0[name]) for name in grads0) < 1e-6

@@ -2,7 +2,7 @@
 
 Hopper's and Ada's tensor cores multiply e4m3 at twice bf16's rate. A LoRA projection multiplies
 by its frozen base weight three times a step (the forward, its recomputation under gradient
-checkpointing, and the input gradient), and on a 1B model those matmuls are most of the step.
+checkpointing, and the input gradient); on a 1B model those are the largest share of the step.
 Here each of them goes through `torch._scaled_mm` with row-wise scales: every activation row
 (token), gradient row, and weight row (output channel for the forward, input channel for the
 input gradient) gets its own fp32 scale, so an outlier costs precision only to its own row.
