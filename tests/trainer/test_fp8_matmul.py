@@ -141,7 +141,6 @@ def test_selective_checkpointing_keeps_the_fp8_down_projection(tiny_llama: Path)
     """With fp8 base matmuls, SAC keeps each layer's down projection output: one e4m3 matmul less per layer
     in the backward than full checkpointing, and the same loss and gradients."""
     import torch
-
     from kubetune_trainer import fused_lora, speed
 
     ids = torch.randint(3, 900, (2, 32), generator=torch.Generator().manual_seed(13))
