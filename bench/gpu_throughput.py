@@ -902,7 +902,7 @@ def layer_bench(args: argparse.Namespace) -> int:
                     fused_lora.set_fp8_base(model, True)
                 x = x0.clone().requires_grad_(True)
 
-                def step() -> Any:
+                def step(stack: Any = stack, x: Any = x) -> Any:  # bound now: the loops rebind both names
                     torch.manual_seed(0)
                     out = stack(inputs_embeds=x).last_hidden_state
                     out.backward(grad_out)
@@ -923,7 +923,8 @@ def layer_bench(args: argparse.Namespace) -> int:
                     times.append(time.perf_counter() - start)
                 peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0
                 if args.layer_profile and on_gpu:
-                    _profile_layer_step(step, Path(args.out) / f"layer-{bits}bit-d{dropout}-{path}.txt")
+                    name = f"layer-{bits}bit-d{dropout}-{path.replace('+', '-')}.txt"  # no '+': the device's $OUT drops it
+                    _profile_layer_step(step, Path(args.out) / name)
                 ms = statistics.median(times) * 1e3 / config["num_hidden_layers"]
                 got = {"out": out.detach().double(), "grad": x.grad.detach().double()}
                 if path == "peft":
