@@ -354,7 +354,7 @@ def apply_from_recipe(model: Any, spec: FineTuneJobSpec) -> None:
 
     if spec.training.fused_lora is False or not torch.cuda.is_available():
         return
-    if spec.method.quantization.bits == 8 or (spec.deepspeed is not None and spec.deepspeed.zero_stage == 3):
+    if not spec.has_fused_path:
         # Unset (the default) means "where it applies"; an explicit true was refused by the recipe already.
         log.info("training.fusedLora: not applied (8-bit base or ZeRO-3); peft's LoRA forward")
         return

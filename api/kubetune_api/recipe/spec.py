@@ -55,6 +55,11 @@ MUTABLE_SPEC_FIELDS = ("suspend",)
 _HAS_VALIDATION = "(!has(self.dataset.validationSplit) || self.dataset.validationSplit > 0.0)"
 _ON_GPUS = "(!has(self.resources) || !has(self.resources.gpusPerWorker) || self.resources.gpusPerWorker > 0)"
 _SAVE_STEPS_DEFAULT = TrainingSpec.model_fields["save_steps"].default
+_NO_FUSED_PATH = (
+    "((has(self.method) && has(self.method.quantization) && has(self.method.quantization.bits) && "
+    "self.method.quantization.bits == 8) || (has(self.deepspeed) && self.deepspeed.zeroStage == 3))"
+)
+"""CEL of `FineTuneJobSpec.has_fused_path` negated: an 8-bit base or ZeRO-3's sharded weights."""
 SPEC_RULES = (
     CrossFieldRule(
         "!has(self.method) || !has(self.method.type) || self.method.type != 'dpo' || "
@@ -109,14 +114,10 @@ SPEC_RULES = (
         or s.training.optimizer.value not in BNB_OPTIMIZERS,
     ),
     CrossFieldRule(
-        "!has(self.training) || !has(self.training.fusedLora) || !self.training.fusedLora || "
-        "!(has(self.method) && has(self.method.quantization) && has(self.method.quantization.bits) && "
-        "self.method.quantization.bits == 8) && !(has(self.deepspeed) && self.deepspeed.zeroStage == 3)",
+        f"!has(self.training) || !has(self.training.fusedLora) || !self.training.fusedLora || !{_NO_FUSED_PATH}",
         FUSED_LORA_REFUSAL,
         ".training.fusedLora",
-        lambda s: not s.training.fused_lora or not (
-            s.method.quantization.bits == 8 or (s.deepspeed is not None and s.deepspeed.zero_stage == 3)
-        ),
+        lambda s: not s.training.fused_lora or s.has_fused_path,
     ),
     CrossFieldRule(
         f"!has(self.training) || !has(self.training.evalSteps) || {_HAS_VALIDATION}",
@@ -162,16 +163,11 @@ SPEC_RULES = (
     ),
     CrossFieldRule(
         f"!has(self.training) || !has(self.training.fp8BaseMatmuls) || !self.training.fp8BaseMatmuls || "
-        f"({_ON_GPUS} && !(has(self.method) && has(self.method.quantization) && "
-        "has(self.method.quantization.bits) && self.method.quantization.bits == 8) && "
-        "!(has(self.deepspeed) && self.deepspeed.zeroStage == 3))",
+        f"({_ON_GPUS} && !{_NO_FUSED_PATH})",
         "training.fp8BaseMatmuls needs the fused LoRA projections on GPUs: set resources.gpusPerWorker >= 1, a "
         "4-bit or 16-bit base (method.quantization.bits) and deepspeed.zeroStage < 3, or set fp8BaseMatmuls false",
         ".training.fp8BaseMatmuls",
-        lambda s: not s.training.fp8_base_matmuls or (
-            s.resources.gpus_per_worker > 0 and s.method.quantization.bits != 8
-            and (s.deepspeed is None or s.deepspeed.zero_stage != 3)
-        ),
+        lambda s: not s.training.fp8_base_matmuls or (s.resources.gpus_per_worker > 0 and s.has_fused_path),
     ),
     CrossFieldRule(
         "!has(self.model.tokenSecretRef) || !has(self.env) || !self.env.exists(e, e.name == 'HF_TOKEN')",
@@ -259,6 +255,11 @@ class FineTuneJobSpec(KubeModel):
     metrics_port: int = Field(
         default=9090, ge=1024, le=65535, description="metricsPort is where rank 0 serves Prometheus metrics; default 9090."
     )
+
+    @property
+    def has_fused_path(self) -> bool:
+        """Whether the fused LoRA projections can run: not on an 8-bit base, not on ZeRO-3's sharded weights."""
+        return self.method.quantization.bits != 8 and (self.deepspeed is None or self.deepspeed.zero_stage != 3)
 
 
 class ObjectMeta(KubeModel):
