@@ -296,8 +296,34 @@ def plan_fp8(shape_small: str, shape_large: str | None) -> list[Case]:
     return cases
 
 
+def plan_adapter(shape_small: str, shape_large: str | None) -> list[Case]:
+    """Issue 15, round 5: the adapter inside the e4m3 matmul, the transposing quantizer, and the 8-bit optimizers."""
+    s = shape_small
+    fp8 = {"fusedCrossEntropy": True, "fp8BaseMatmuls": True}
+    best = {**fp8, "offloadActivations": True}
+    cases = [
+        us(f"us-{s}-4bit-mb16-d0", s, 4, "fixed", 16, "Unsloth, LoRA dropout 0 (its default)"),
+        kt(f"kt-{s}-4bit-mb16-d0-fce-fp8-offload", s, 4, "fixed", 16, "dropout 0, fusedCrossEntropy + "
+           "fp8BaseMatmuls + offloadActivations", 0.0, **best),
+        kt(f"kt-{s}-4bit-mb16-d0-fce-fp8-offload-adamw8", s, 4, "fixed", 16, "the same, optimizer adamw_8bit "
+           "(not paged)", 0.0, optimizer="adamw_8bit", **best),
+        kt(f"kt-{s}-4bit-mb16-fce-fp8-offload-adamw8", s, 4, "fixed", 16, "dropout 0.05, the same", **best,
+           optimizer="adamw_8bit"),
+        kt(f"kt-{s}-4bit-mb16-d0-fce-fp8", s, 4, "fixed", 16, "dropout 0, fusedCrossEntropy + fp8BaseMatmuls", 0.0,
+           **fp8),
+    ]
+    if shape_large:
+        b = shape_large
+        cases += [us(f"us-{b}-4bit-mb8-d0", b, 4, "fixed", 8, "Unsloth, LoRA dropout 0"),
+                  kt(f"kt-{b}-4bit-mb8-d0-fce-fp8-offload", b, 4, "fixed", 8, "dropout 0, fusedCrossEntropy + "
+                     "fp8BaseMatmuls + offloadActivations", 0.0, **best),
+                  kt(f"kt-{b}-4bit-mb8-d0-fce-fp8-offload-adamw8", b, 4, "fixed", 8, "the same, optimizer "
+                     "adamw_8bit (not paged)", 0.0, optimizer="adamw_8bit", **best)]
+    return cases
+
+
 PLANS = {"all": plan, "fused": plan_fused, "levers": plan_levers, "final": plan_final, "unsloth": plan_unsloth,
-         "fp8": plan_fp8}
+         "fp8": plan_fp8, "adapter": plan_adapter}
 
 
 # ---------------------------------------------------------------- tokenizer, models, data
@@ -466,9 +492,46 @@ def profile_callback(step: int, sink: Path) -> Any:
     return StepProfiler()
 
 
+def host_timing(trainer: Any, step: int, sink: Path) -> None:
+    """Measure how long the host takes to enqueue optimizer step `step`'s forward and backward (0-based warm-up step).
+
+    A GPU sleep longer than the step is queued first, so the GPU never waits for the host: the time
+    `training_step` takes on the host is then its own launch cost (Python, dispatch, kernel launches),
+    unless something in it synchronizes, which shows as a host time as long as the sleep. Set beside
+    the step's wall time, it says whether the step is bound by the host or by the GPU.
+    """
+    import torch
+
+    original = trainer.training_step
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        if trainer.state.global_step != step:
+            return original(*args, **kwargs)
+        torch.cuda.synchronize()
+        cycles = 4_000_000_000
+        started = time.perf_counter()
+        torch.cuda._sleep(cycles)
+        torch.cuda.synchronize()
+        sleep_s = time.perf_counter() - started
+        torch.cuda._sleep(cycles)
+        started = time.perf_counter()
+        loss = original(*args, **kwargs)
+        host_s = time.perf_counter() - started
+        torch.cuda.synchronize()
+        busy_s = time.perf_counter() - started - sleep_s  # the step's GPU work after the sleep ended
+        sink.write_text(json.dumps({"host_s": host_s, "sleep_s": sleep_s, "gpu_s": busy_s,
+                                    "synchronized": host_s > 0.9 * sleep_s}))
+        return loss
+
+    trainer.training_step = timed
+
+
 def _instrument(trainer: Any, device: str) -> tuple[Any, TokenCounter]:
     timer = timing_callback(device)
     trainer.add_callback(timer)
+    host = os.environ.get("KT_BENCH_HOST_TIME")
+    if host and device == "cuda":
+        host_timing(trainer, int(os.environ.get("KT_BENCH_PROFILE_STEP", "1")), Path(host))
     profile = os.environ.get("KT_BENCH_PROFILE")
     if profile and device == "cuda":
         trainer.add_callback(profile_callback(int(os.environ.get("KT_BENCH_PROFILE_STEP", "1")), Path(profile)))
@@ -628,6 +691,7 @@ def measure(case: Case, args: argparse.Namespace) -> dict[str, Any]:
         "grad_norms": grads,
         "wall_s": wall,
         "first_step_s": timer.first_step_end - PROCESS_START if timer.first_step_end else None,
+        "host": json.loads(Path(host).read_text()) if (host := os.environ.get("KT_BENCH_HOST_TIME")) else None,
         "fused_modules": sum(type(module).__name__.startswith("Fused") for module in trainer.model.modules()),
     }
 
@@ -681,8 +745,10 @@ def run_case_process(case: Case, args: argparse.Namespace, timeout: float) -> di
                "--warmup", str(args.warmup)]
     env = dict(os.environ)
     if args.profile and any(word in case.name for word in args.profile.split(",")):
-        env.update(KT_BENCH_PROFILE=str(Path(args.out) / "cases" / f"{case.name}.profile.txt"),
-                   KT_BENCH_PROFILE_STEP=str(max(0, args.warmup - 1)))
+        env.update(KT_BENCH_PROFILE=str(Path(args.out) / "cases" / f"{case.name}.profile.txt"))
+    elif args.host_time and any(word in case.name for word in args.host_time.split(",")):
+        env.update(KT_BENCH_HOST_TIME=str(Path(args.out) / "cases" / f"{case.name}.host.json"))
+    env["KT_BENCH_PROFILE_STEP"] = str(max(0, args.warmup - 1))
     if case.trainer == "unsloth":  # its pinned transformers/TRL/datasets first, the rest from the main stack
         env["PYTHONPATH"] = os.pathsep.join(p for p in (args.unsloth_site, env.get("PYTHONPATH", "")) if p)
     try:
@@ -972,6 +1038,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plan", choices=sorted(PLANS), default="all", help="which list of cases to run")
     parser.add_argument("--profile", default="", help="comma-separated substrings of case names to profile "
                         "(the last warm-up step; writes OUT/cases/NAME.profile.txt)")
+    parser.add_argument("--host-time", default="", help="comma-separated substrings of case names whose last "
+                        "warm-up step measures the host's launch time behind a GPU sleep (OUT/cases/NAME.host.json; "
+                        "not with --profile)")
     parser.add_argument("--layer", action="store_true", help="time one decoder layer: peft's LoRA vs fused, then exit")
     parser.add_argument("--layer-profile", action="store_true", help="with --layer: a kernel table per path in --out")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)

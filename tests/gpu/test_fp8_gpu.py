@@ -8,6 +8,7 @@ and the trainer run with the switch on. Speed is measured by bench/gpu_throughpu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,23 +18,70 @@ from tests.trainer.test_fused_lora import flat, lora_model, relative, step
 pytestmark = pytest.mark.gpus(1)
 
 
-@pytest.mark.parametrize("shape", [(4096, 2048), (1000, 14336), (7, 80)])
-def test_kernel_quantizes_like_the_reference(shape: tuple[int, int]) -> None:
-    """Same scales; the same e4m3 values except rare ties of the division, one e4m3 step apart at most."""
+def _assert_same_e4m3(got: Any, want: Any) -> None:
+    """The same e4m3 values except rare ties of the division, one e4m3 step apart at most."""
+    got, want = got.float(), want.float()
+    differ = got != want
+    assert float(differ.float().mean()) < 1e-3
+    assert bool(((got - want).abs()[differ] <= want.abs()[differ] / 8 + 2.0**-9).all())
+
+
+def _outlier_rows(shape: tuple[int, int], seed: int = 1) -> Any:
+    import torch
+
+    t = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to("cuda", torch.bfloat16)
+    t[0, min(3, shape[1] - 1)] = 3e3
+    return t
+
+
+SHAPES = [(4096, 2048), (1000, 14336), (7, 80)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("layout", ["rows", "rows with B columns", "columns"])
+def test_kernels_quantize_like_the_reference(shape: tuple[int, int], layout: str) -> None:
+    """Each Triton kernel against the PyTorch path the CPU suite checks: same scales, same e4m3 values."""
     import torch
     from kubetune_trainer import fp8_matmul
 
     if not fp8_matmul.available():
         pytest.skip("this GPU has no e4m3 tensor cores")
-    t = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
-    t[0, 3] = 3e3
-    quantized, scale = fp8_matmul.quantize_rows(t)
-    expected, expected_scale = fp8_matmul.quantize_rows_reference(t)
+    t = _outlier_rows(shape)
+    if layout == "columns":
+        quantized, scale = fp8_matmul.quantize_columns(t)
+        expected, expected_scale = fp8_matmul.quantize_rows_reference(t.t().contiguous())
+    else:
+        extra = None
+        if layout == "rows with B columns":
+            factors = torch.logspace(-1, 2, 20, device="cuda")
+            extra = fp8_matmul.ExtraColumns(_outlier_rows((shape[0], 20), seed=2) * 0.01, factors, 2.0)
+        quantized, scale = fp8_matmul.quantize_rows(t, extra)
+        expected, expected_scale = fp8_matmul.quantize_rows_reference(t, extra)
+    assert quantized.shape == expected.shape and scale.shape == expected_scale.shape
     assert relative(scale, expected_scale) < 1e-6
-    got, want = quantized.float(), expected.float()
-    differ = got != want
-    assert float(differ.float().mean()) < 1e-3
-    assert bool(((got - want).abs()[differ] <= want.abs()[differ] / 8 + 2.0**-9).all())
+    _assert_same_e4m3(quantized, expected)
+
+
+@pytest.mark.parametrize("rank", [16, 20])
+def test_adapter_input_kernel_writes_like_the_reference(rank: int) -> None:
+    """x·A^T beside the quantized input: the same factors and e4m3 columns as the PyTorch path, the padding zero."""
+    import torch
+    from kubetune_trainer import fp8_matmul
+
+    if not fp8_matmul.available():
+        pytest.skip("this GPU has no e4m3 tensor cores")
+    x = _outlier_rows((3000, 256))
+    xa = _outlier_rows((3000, rank), seed=3) * torch.logspace(-2, 1, rank, device="cuda").bfloat16()
+    width = fp8_matmul.padded(rank)
+    results = []
+    for device in ("cuda", "cpu"):
+        quantized, scales = fp8_matmul.quantize_rows_reference(x.to(device), reserve=width)
+        factors = fp8_matmul.write_adapter_input(quantized, scales, xa.to(device), 256)
+        results.append((quantized.cpu(), factors.cpu()))
+    (got, got_factors), (want, want_factors) = results
+    assert relative(got_factors, want_factors) < 1e-6
+    _assert_same_e4m3(got[:, 256:], want[:, 256:])
+    assert bool((got[:, 256 + rank:].float() == 0).all())
 
 
 def test_fused_projections_in_fp8_track_bf16_on_cuda(models: dict[str, Path]) -> None:

@@ -61,13 +61,61 @@ def test_fp8_products_are_within_e4m3_rounding_of_the_exact_one(product: str) ->
     assert 1e-3 < error < 4e-2, error  # bf16 alone would be ~3e-3 from rounding the output
 
 
+def _lora_term(tokens: int, rank: int, out: int, seed: int) -> tuple[Any, Any]:
+    """xa (tokens, r) with columns and tokens of very different sizes, and B (out, r), both bf16."""
+    import torch
+
+    xa = _rows(tokens, rank, seed=seed) * torch.logspace(-2, 1, rank)  # column sizes over three decades
+    xa[3] *= 40  # one token far above the others
+    return xa.bfloat16(), (_rows(out, rank, seed=seed + 1) * 0.01).bfloat16()
+
+
+@pytest.mark.parametrize("rank", [16, 8, 20])
+def test_the_adapter_term_rides_inside_the_e4m3_matmul(rank: int) -> None:
+    """[x | xa] @ [W | s·B]^T: the sum of both products within e4m3's rounding, and the adapter's part kept.
+
+    Ranks that are not a multiple of 16 are zero-padded; the factors keep large xa columns and
+    tokens within e4m3's range (a clamp would show as an error far above rounding).
+    """
+    from kubetune_trainer import fp8_matmul
+
+    fp8_matmul.forget_input()
+    x = _rows(40, 64, seed=6).bfloat16()
+    weight = (_rows(32, 64, seed=7) * 0.05).bfloat16()
+    xa, lora_b = _lora_term(40, rank, 32, seed=8)
+    got = fp8_matmul.mm_weight_t(x, x, weight, (xa, lora_b, 2.0))
+    base = x.double() @ weight.double().t()
+    term = 2.0 * xa.double() @ lora_b.double().t()
+    assert got.shape == base.shape
+    assert 1e-3 < relative(got, base + term) < 4e-2
+    adapter_part = got.double() - fp8_matmul.mm_weight_t(x, x, weight).double()
+    assert relative(adapter_part, term) < 0.15, relative(adapter_part, term)  # the base's rounding shows here too
+
+
+def test_readers_of_one_input_each_get_their_own_adapter() -> None:
+    """q, k and v share the quantized input and write their xa into the same spare columns, one after the other."""
+    from kubetune_trainer import fp8_matmul
+
+    fp8_matmul.forget_input()
+    x = _rows(24, 48, seed=9).bfloat16()
+    weights = [(_rows(32, 48, seed=10 + i) * 0.05).bfloat16() for i in range(3)]
+    adapters = [(*_lora_term(24, 16, 32, seed=20 + 2 * i), 2.0) for i in range(3)]
+    shared = [fp8_matmul.mm_weight_t(x, x, w, a) for w, a in zip(weights, adapters, strict=True)]
+    alone = []
+    for w, a in zip(weights, adapters, strict=True):
+        fp8_matmul.forget_input()
+        alone.append(fp8_matmul.mm_weight_t(x, x, w, a))
+    assert all(bool((s == a).all()) for s, a in zip(shared, alone, strict=True))
+
+
 def test_a_shared_input_is_quantized_once_and_a_changed_one_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """q, k and v read one input: one quantization; an in-place change is seen; the copy dies with its input."""
     from kubetune_trainer import fp8_matmul
 
     calls: list[tuple[int, ...]] = []
     original = fp8_matmul.quantize_rows
-    monkeypatch.setattr(fp8_matmul, "quantize_rows", lambda t: calls.append(tuple(t.shape)) or original(t))
+    monkeypatch.setattr(fp8_matmul, "quantize_rows",
+                        lambda t, *args, **kwargs: calls.append(tuple(t.shape)) or original(t, *args, **kwargs))
     fp8_matmul.forget_input()
     x = _rows(4, 32, seed=4).bfloat16()
     weights = [(_rows(16, 32, seed=5 + i) * 0.1).bfloat16() for i in range(3)]
@@ -87,9 +135,10 @@ def test_fused_projections_in_fp8_track_the_bf16_ones(
 ) -> None:
     """The whole tiny Llama in bf16: fp8 base matmuls change the loss and adapter gradients by e4m3's rounding only.
 
-    Each layer quantizes 4 distinct inputs and 7 weights in the forward (q/k/v and gate/up share
-    their input) and 7 gradients and 7 weights in the backward, except the first layer's q/k/v,
-    whose input (the frozen embeddings) needs no gradient.
+    Each layer quantizes 4 distinct inputs and 7 weights (with their B columns) in the forward
+    (q/k/v and gate/up share their input) and 7 gradients in the backward, except the first
+    layer's q/k/v, whose input (the frozen embeddings) needs no gradient; the backward's weights go
+    through `quantize_columns`.
     """
     import torch
     from kubetune_trainer import fp8_matmul, fused_lora
@@ -101,12 +150,13 @@ def test_fused_projections_in_fp8_track_the_bf16_ones(
         loss0, logits0, grads0 = step(model, ids)
         calls = []
         original = fp8_matmul.quantize_rows
-        monkeypatch.setattr(fp8_matmul, "quantize_rows", lambda t: calls.append(t.shape) or original(t))
+        monkeypatch.setattr(fp8_matmul, "quantize_rows",
+                            lambda t, *args, **kwargs: calls.append(t.shape) or original(t, *args, **kwargs))
         fused_lora.set_fp8_base(model, True)
         loss1, logits1, grads1 = step(model, ids)
     finally:
         fused_lora.remove(model)
-    assert len(calls) == (4 + 7 + 7 + 7) * model.config.num_hidden_layers - 2 * 3
+    assert len(calls) == (4 + 7 + 7) * model.config.num_hidden_layers - 3
     # e4m3 rounds 16x coarser than bf16. On this random 2-layer model (16-bit base) bf16 alone moves
     # the logits 2 % and the adapter gradients 3 % (median) from a float32 run; fp8 moves them 15 %
     # and 26 % from bf16, and the loss under 0.2 %. A wrong scale or layout would be off by ~100 %.

@@ -5,17 +5,81 @@ import triton.language as tl
 
 
 @triton.jit
-def quantize_rows(src, dst, scales, cols, src_stride, dst_stride, FP8_MAX: tl.constexpr, BLOCK: tl.constexpr):
+def quantize_rows(src, dst, scales, cols, src_stride, dst_stride, extra, extra_stride, factors, multiplier, extra_cols,
+                  extra_width, FP8_MAX: tl.constexpr, BLOCK: tl.constexpr, EXTRA: tl.constexpr):
     """dst[row] = src[row] / scale[row] in e4m3 with scale[row] = max|src[row]| / FP8_MAX; one program per row.
 
     The row is read once (it fits the block): the maximum and the scaled cast come from the same
     registers, where PyTorch's ops take five passes over memory (abs, amax, divide, clamp, cast).
+    With EXTRA > 0 the row goes on with `extra[row, k] · factors[k] · multiplier` (k < extra_cols),
+    zero-padded to `extra_width` columns, under the same scale: the LoRA B columns of a weight.
     """
     row = tl.program_id(0).to(tl.int64)
     offsets = tl.arange(0, BLOCK)
     inside = offsets < cols
     values = tl.load(src + row * src_stride + offsets, mask=inside, other=0.0).to(tl.float32)
-    scale = tl.maximum(tl.max(tl.abs(values), axis=0), 1e-12) / FP8_MAX
+    amax = tl.max(tl.abs(values), axis=0)
+    if EXTRA > 0:
+        k = tl.arange(0, EXTRA)
+        used = k < extra_cols
+        more = tl.load(extra + row * extra_stride + k, mask=used, other=0.0).to(tl.float32)
+        more = more * tl.load(factors + k, mask=used, other=0.0) * multiplier
+        amax = tl.maximum(amax, tl.max(tl.abs(more), axis=0))
+    scale = tl.maximum(amax, 1e-12) / FP8_MAX
     quantized = tl.clamp(values / scale, -FP8_MAX, FP8_MAX)
     tl.store(dst + row * dst_stride + offsets, quantized.to(dst.dtype.element_ty), mask=inside)
+    if EXTRA > 0:
+        more = tl.clamp(more / scale, -FP8_MAX, FP8_MAX)
+        tl.store(dst + row * dst_stride + cols + k, more.to(dst.dtype.element_ty), mask=k < extra_width)
     tl.store(scales + row, scale)
+
+
+@triton.jit
+def quantize_adapter_input(xa, scales, dst, factors, rows, rank, width, xa_stride, dst_stride, offset,
+                           FP8_MAX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Write x·A^T beside the quantized input, under each token's scale: one program for the whole (tokens, r).
+
+    Column k goes in as xa[i, k] / (factors[k] · scales[i]), where factors[k] is the smallest value
+    that keeps every token's entry within e4m3's range; the weight side multiplies B's column k by
+    factors[k], so the product is unchanged. Zero-padded to `width` columns. One program: the
+    factors are a maximum over all tokens, and (tokens, r) is a few MB.
+    """
+    k = tl.arange(0, BLOCK_K)
+    used = k < rank
+    top = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for start in range(0, rows, BLOCK_R):
+        i = start + tl.arange(0, BLOCK_R)
+        inside = (i < rows)[:, None] & used[None, :]
+        values = tl.load(xa + i[:, None].to(tl.int64) * xa_stride + k[None, :], mask=inside, other=0.0)
+        scale = tl.load(scales + i, mask=i < rows, other=1.0)
+        top = tl.maximum(top, tl.max(tl.abs(values.to(tl.float32)) / scale[:, None], axis=0))
+    factor = tl.maximum(top, 1e-30) / FP8_MAX
+    tl.store(factors + k, factor, mask=used)
+    for start in range(0, rows, BLOCK_R):
+        i = start + tl.arange(0, BLOCK_R)
+        inside = (i < rows)[:, None] & used[None, :]
+        values = tl.load(xa + i[:, None].to(tl.int64) * xa_stride + k[None, :], mask=inside, other=0.0)
+        scale = tl.load(scales + i, mask=i < rows, other=1.0)
+        quantized = tl.clamp(values.to(tl.float32) / (scale[:, None] * factor[None, :]), -FP8_MAX, FP8_MAX)
+        written = (i < rows)[:, None] & (k < width)[None, :]
+        tl.store(dst + i[:, None].to(tl.int64) * dst_stride + offset + k[None, :],
+                 quantized.to(dst.dtype.element_ty), mask=written)
+
+
+@triton.jit
+def quantize_columns(src, scales, dst, rows, cols, src_stride, dst_stride, FP8_MAX: tl.constexpr,
+                     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dst[c, r] = src[r, c] / scales[c] in e4m3: a (BLOCK_R, BLOCK_C) tile per program, written transposed.
+
+    The input gradient multiplies by the weight's transpose, scaled per input channel (a column of
+    the weight). Writing the transposed e4m3 copy tile by tile reads the weight once here (and once
+    for the column maxima), where `weight.t().contiguous()` then a row kernel wrote and re-read a
+    transposed bf16 copy, through PyTorch's strided copy (the slowest elementwise kernel of the step).
+    """
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    inside = (r < rows)[:, None] & (c < cols)[None, :]
+    values = tl.load(src + r[:, None].to(tl.int64) * src_stride + c[None, :], mask=inside, other=0.0).to(tl.float32)
+    scale = tl.load(scales + c, mask=c < cols, other=1.0)
+    quantized = tl.clamp(values / scale[None, :], -FP8_MAX, FP8_MAX).to(dst.dtype.element_ty)
+    tl.store(dst + c[None, :].to(tl.int64) * dst_stride + r[:, None], quantized, mask=inside)

@@ -33,6 +33,15 @@ E4M3_MAX = 448.0
 MIN_CAPABILITY = (8, 9)
 """CUDA compute capability with e4m3 tensor cores (Ada 8.9, Hopper 9.0 and newer)."""
 
+ALIGN = 16
+"""`_scaled_mm` takes inner and output dimensions that are multiples of this."""
+
+ADAPTER_ROWS = 256
+"""Tokens per loop step of the one-program kernel that writes x·A^T beside the quantized input."""
+
+TILE = 64
+"""Rows and columns per program of the transposing kernel (`quantize_columns`)."""
+
 KERNEL_MAX_COLS = 32768
 """Rows up to this wide are quantized by the Triton kernel in one block; wider ones by PyTorch ops."""
 
@@ -54,37 +63,134 @@ def fits(rows: torch.Tensor, weight: torch.Tensor) -> bool:
     return rows.dtype == torch.bfloat16 and weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0
 
 
-def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`t` (rows, cols) as e4m3 and fp32 scales (rows, 1) with t ≈ e4m3 · scale, row by row."""
+def padded(n: int) -> int:
+    """`n` rounded up to a multiple of 16 (what `_scaled_mm` wants of every dimension but the rows)."""
+    return -(-n // ALIGN) * ALIGN
+
+
+@dataclass(frozen=True)
+class ExtraColumns:
+    """Columns appended to every row of a matrix before it is quantized: `values[:, k] · factors[k] · multiplier`.
+
+    Zero-padded to `width` columns; they share the row's scale. This is how LoRA's B joins the
+    weight it is added to (`mm_weight_t`).
+    """
+
+    values: torch.Tensor
+    factors: torch.Tensor
+    multiplier: float
+
+    @property
+    def width(self) -> int:
+        """The columns appended, padding included."""
+        return padded(self.values.shape[1])
+
+    def dense(self) -> torch.Tensor:
+        """The appended columns in fp32, padding included (the PyTorch path)."""
+        import torch
+
+        wide = self.values.float() * self.factors * self.multiplier
+        return torch.nn.functional.pad(wide, (0, self.width - wide.shape[1]))
+
+
+def quantize_rows(t: torch.Tensor, extra: ExtraColumns | None = None,
+                  reserve: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`t` (rows, cols) as e4m3 and fp32 scales (rows, 1) with t ≈ e4m3 · scale, row by row.
+
+    `extra` appends columns under the same scales; `reserve` leaves that many columns after `t`'s
+    unwritten, for `write_adapter_input`.
+    """
     if t.is_cuda and t.shape[1] <= KERNEL_MAX_COLS and t.stride(1) == 1:
-        return _quantize_rows_kernel(t)
-    return quantize_rows_reference(t)
+        return _quantize_rows_kernel(t, extra, reserve)
+    return quantize_rows_reference(t, extra, reserve)
 
 
-def quantize_rows_reference(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rows_reference(t: torch.Tensor, extra: ExtraColumns | None = None,
+                            reserve: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """`quantize_rows` in PyTorch ops: the CPU's path, wide rows' path, and the kernel's reference in tests."""
     import torch
 
-    wide = t.float()
+    wide = t.float() if extra is None else torch.cat([t.float(), extra.dense()], dim=1)
     scale = wide.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / E4M3_MAX
-    return (wide / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn), scale
+    quantized = (wide / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    if reserve:
+        quantized = torch.nn.functional.pad(quantized.view(torch.uint8), (0, reserve)).view(torch.float8_e4m3fn)
+    return quantized, scale
 
 
-def _quantize_rows_kernel(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantize_rows_kernel(t: torch.Tensor, extra: ExtraColumns | None,
+                          reserve: int) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
     import triton
 
     from kubetune_trainer import fp8_kernels
 
     rows, cols = t.shape
-    quantized = torch.empty((rows, cols), dtype=torch.float8_e4m3fn, device=t.device)
+    width = extra.width if extra is not None else reserve
+    quantized = torch.empty((rows, cols + width), dtype=torch.float8_e4m3fn, device=t.device)
     scales = torch.empty((rows, 1), dtype=torch.float32, device=t.device)
     block = triton.next_power_of_2(cols)
     warps = 4 if block <= 2048 else 8 if block <= 8192 else 16
+    if extra is None:  # the extra pointers are not read (EXTRA=0): any tensor will do
+        values, factors, multiplier, extra_block = t, scales, 1.0, 0
+    else:
+        values, factors, multiplier = extra.values, extra.factors, extra.multiplier
+        extra_block = triton.next_power_of_2(width)
     fp8_kernels.quantize_rows[(rows,)](
-        t, quantized, scales, cols, t.stride(0), quantized.stride(0), FP8_MAX=E4M3_MAX, BLOCK=block, num_warps=warps
+        t, quantized, scales, cols, t.stride(0), quantized.stride(0), values, values.stride(0), factors, multiplier,
+        values.shape[1], width if extra is not None else 0, FP8_MAX=E4M3_MAX, BLOCK=block, EXTRA=extra_block,
+        num_warps=warps,
     )
     return quantized, scales
+
+
+def write_adapter_input(quantized: torch.Tensor, scales: torch.Tensor, xa: torch.Tensor, offset: int) -> torch.Tensor:
+    """Write `xa` (tokens, r) into `quantized`'s columns from `offset` under the rows' `scales`; returns the factors.
+
+    Column k goes in divided by factors[k] (r fp32 values, the least that keeps it in e4m3's range):
+    B's column k must be multiplied by the same factor for the product to be unchanged. The
+    columns after r, up to the end of the row, are zeroed.
+    """
+    import torch
+
+    width = quantized.shape[1] - offset
+    if quantized.is_cuda:
+        import triton
+
+        from kubetune_trainer import fp8_kernels
+
+        factors = torch.empty(xa.shape[1], dtype=torch.float32, device=xa.device)
+        fp8_kernels.quantize_adapter_input[(1,)](
+            xa, scales, quantized, factors, xa.shape[0], xa.shape[1], width, xa.stride(0), quantized.stride(0), offset,
+            FP8_MAX=E4M3_MAX, BLOCK_R=ADAPTER_ROWS, BLOCK_K=triton.next_power_of_2(width), num_warps=8,
+        )
+        return factors
+    ratio = xa.float() / scales
+    factors = ratio.abs().amax(dim=0).clamp(min=1e-30) / E4M3_MAX
+    part = (ratio / factors).clamp(-E4M3_MAX, E4M3_MAX)
+    quantized[:, offset:] = torch.nn.functional.pad(part, (0, width - part.shape[1])).to(torch.float8_e4m3fn)
+    return factors
+
+
+def quantize_columns(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quantize_rows(t.t())` without a transposed copy of `t`: e4m3 (cols, rows) and one fp32 scale per column."""
+    if not (t.is_cuda and t.stride(1) == 1):
+        return quantize_rows_reference(t.t().contiguous())
+    import torch
+    import triton
+
+    from kubetune_trainer import fp8_kernels
+
+    rows, cols = t.shape
+    # max |t| per column in one reduction (no |t| copy); the kernel then writes each tile transposed.
+    scales = torch.linalg.vector_norm(t, ord=float("inf"), dim=0, dtype=torch.float32).clamp_(min=1e-12).div_(E4M3_MAX)
+    quantized = torch.empty((cols, rows), dtype=torch.float8_e4m3fn, device=t.device)
+    grid = (triton.cdiv(rows, TILE), triton.cdiv(cols, TILE))
+    fp8_kernels.quantize_columns[grid](
+        t, scales, quantized, rows, cols, t.stride(0), quantized.stride(0), FP8_MAX=E4M3_MAX, BLOCK_R=TILE,
+        BLOCK_C=TILE
+    )
+    return quantized, scales.unsqueeze(1)
 
 
 @dataclass
@@ -93,6 +199,7 @@ class _QuantizedInput:
 
     source: weakref.ref[Any]
     version: int
+    reserve: int
     quantized: tuple[Any, Any]
 
 
@@ -107,17 +214,19 @@ def _forget_dead(source: weakref.ref[Any]) -> None:
         _LAST_INPUT.clear()
 
 
-def _quantized_input(x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantized_input(x: torch.Tensor, rows: torch.Tensor, reserve: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`rows` (the (tokens, features) view of `x`) quantized, reusing the last result for the same `x`.
 
     Matched by identity through a weak reference, so the cache neither keeps an activation alive
     nor outlives it (the last layer's e4m3 copy would otherwise sit beside the loss's peak), and
-    by the version counter, which an in-place change of `x` bumps.
+    by the version counter, which an in-place change of `x` bumps. `reserve` columns after the
+    input's are each reader's own (its x·A^T, written by `write_adapter_input` just before its matmul).
     """
-    if _LAST_INPUT and _LAST_INPUT[0].source() is x and _LAST_INPUT[0].version == x._version:
-        return _LAST_INPUT[0].quantized
-    quantized = quantize_rows(rows)
-    _LAST_INPUT[:] = [_QuantizedInput(weakref.ref(x, _forget_dead), x._version, quantized)]
+    last = _LAST_INPUT[0] if _LAST_INPUT else None
+    if last and last.source() is x and last.version == x._version and last.reserve == reserve:
+        return last.quantized
+    quantized = quantize_rows(rows, reserve=reserve)
+    _LAST_INPUT[:] = [_QuantizedInput(weakref.ref(x, _forget_dead), x._version, reserve, quantized)]
     return quantized
 
 
@@ -126,12 +235,25 @@ def forget_input() -> None:
     _LAST_INPUT.clear()
 
 
-def mm_weight_t(x: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """rows @ weight^T in bf16 through e4m3 (the forward; `weight` is (out, in), `rows` a view of `x`)."""
+def mm_weight_t(x: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
+                adapter: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> torch.Tensor:
+    """rows @ weight^T in bf16 through e4m3 (the forward; `weight` is (out, in), `rows` a view of `x`).
+
+    `adapter` = (xa, B, scaling) adds the LoRA term scaling · xa @ B^T inside the same matmul:
+    [rows | xa] @ [weight | scaling · B]^T, where the separate accumulate into the output would
+    read and write the whole output again. xa's columns share the input rows' scales (rescaled by
+    per-column factors that B's columns take back), B's columns the weight rows' scales.
+    """
     import torch
 
-    q_rows, s_rows = _quantized_input(x, rows)
-    q_weight, s_weight = quantize_rows(weight)
+    if adapter is None:
+        q_rows, s_rows = _quantized_input(x, rows, 0)
+        q_weight, s_weight = quantize_rows(weight)
+    else:
+        xa, lora_b, scaling = adapter
+        q_rows, s_rows = _quantized_input(x, rows, padded(xa.shape[1]))
+        factors = write_adapter_input(q_rows, s_rows, xa, rows.shape[1])
+        q_weight, s_weight = quantize_rows(weight, ExtraColumns(lora_b, factors, scaling))
     return torch._scaled_mm(q_rows, q_weight.t(), scale_a=s_rows, scale_b=s_weight.t(), out_dtype=rows.dtype)
 
 
@@ -140,5 +262,5 @@ def mm_weight(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     import torch
 
     q_grad, s_grad = quantize_rows(grad)
-    q_weight_t, s_weight_t = quantize_rows(weight.t().contiguous())
+    q_weight_t, s_weight_t = quantize_columns(weight)
     return torch._scaled_mm(q_grad, q_weight_t.t(), scale_a=s_grad, scale_b=s_weight_t.t(), out_dtype=grad.dtype)

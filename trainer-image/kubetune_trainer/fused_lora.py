@@ -9,7 +9,8 @@ matmuls themselves are the same.
 
 Here one `torch.autograd.Function` per projection (q, k, v, o, gate, up, down) does:
 
-    forward   out = x @ W^T (+ bias);  xa = dropout(x) @ A^T;  out += scaling * xa @ B^T  (addmm, in place)
+    forward   out = x @ W^T (+ bias);  xa = dropout(x) @ A^T;  out += scaling * xa @ B^T  (addmm, in place;
+              in fp8 one matmul: [x | xa] @ [W | scaling * B]^T)
     backward  dx = g @ W + dropout'(scaling * (g @ B) @ A);  dA = (scaling * g @ B)^T @ dropout(x);
               dB = scaling * g^T @ xa
 
@@ -163,15 +164,15 @@ def _build_function() -> Any:
             fp8 = fp8 and fp8_matmul.fits(rows, weight)
             if keep_base_output:  # selective checkpointing keeps this matmul's output: mark it, never write into it
                 BASE_OUTPUT_MARK.pending = True
-            if fp8:
-                out = fp8_matmul.mm_weight_t(x, rows, weight)
+            if fp8:  # the adapter's term rides inside the e4m3 matmul: [x | xa] @ [W | s·B]^T
+                out = fp8_matmul.mm_weight_t(x, rows, weight, (xa, lora_b, scaling))
                 out = out if bias is None else out + bias
             else:
                 out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
             BASE_OUTPUT_MARK.pending = False  # read during the matmul's dispatch only (outside SAC nobody reads it)
-            if keep_base_output:
+            if keep_base_output and not fp8:
                 out = torch.addmm(out, xa, lora_b.t(), alpha=scaling)
-            else:
+            elif not fp8:
                 out.addmm_(xa, lora_b.t(), alpha=scaling)
             ctx.save_for_backward(x, lora_a, lora_b, xa, mask)
             ctx.base, ctx.scaling, ctx.p, ctx.has_bias, ctx.seed = base, scaling, p, bias is not None, seed
