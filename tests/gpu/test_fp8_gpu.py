@@ -84,6 +84,26 @@ def test_adapter_input_kernel_writes_like_the_reference(rank: int) -> None:
     assert bool((got[:, 256 + rank:].float() == 0).all())
 
 
+def _adapters_as_trained(model: Any, b_std: float = 0.01) -> None:
+    """peft's initial A (Kaiming-uniform) and a B grown to `b_std`: an update of a few % of the base weights.
+
+    `lora_model`'s random A and B (0.1 each) make the adapter's update 4x the base weights, where no
+    fine-tune goes; with the adapter inside the e4m3 matmul its columns then set the weights' scales.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(5)
+    for name, param in model.named_parameters():
+        if "lora_A" in name:
+            bound = param.shape[1] ** -0.5
+            values = (torch.rand(param.shape, generator=generator) * 2 - 1) * bound
+        elif "lora_B" in name:
+            values = torch.randn(param.shape, generator=generator) * b_std
+        else:
+            continue
+        param.data = values.to(device=param.device, dtype=param.dtype)
+
+
 def test_fused_projections_in_fp8_track_bf16_on_cuda(models: dict[str, Path]) -> None:
     """The 8-layer width-1024 Llama, 4-bit: the loss within 1 %, logits and adapter gradients within e4m3's noise."""
     import torch
@@ -93,18 +113,18 @@ def test_fused_projections_in_fp8_track_bf16_on_cuda(models: dict[str, Path]) ->
         pytest.skip("this GPU has no e4m3 tensor cores")
     ids = torch.randint(3, 900, (4, 256), generator=torch.Generator().manual_seed(6)).cuda()
     model = lora_model(models["mid"], 4, 0.0, torch.bfloat16, "cuda")
+    _adapters_as_trained(model)
     fused_lora.apply(model)
     loss0, logits0, grads0 = step(model, ids)
     fused_lora.set_fp8_base(model, True)
     loss1, logits1, grads1 = step(model, ids)
     assert abs(float(loss1 - loss0)) / abs(float(loss0)) < 1e-2
-    # Random weights and adapters carry rounding noise through 8 layers: on an H200 the logits of
-    # one step moved 0.23 and the adapter gradients 0.6 (median) from bf16, where the 1B shape's two
-    # layers move 0.06 (output) and 0.08 (input gradient). So the gradients are judged by the
-    # loss curve below, and here only that they still point the same way.
-    assert 0 < relative(logits1, logits0) < 0.35
+    # Rounding noise grows through 8 random layers: on the CPU (16-bit base) the logits move 0.16
+    # and the adapter gradients 0.23 (median) from bf16, cosine 0.98, with the adapter inside the
+    # e4m3 matmul or beside it alike. A wrong scale or layout is off by ~1.
+    assert 0 < relative(logits1, logits0) < 0.3
     cosine = torch.nn.functional.cosine_similarity(flat(grads1), flat(grads0), dim=0)
-    assert float(cosine) > 0.7, float(cosine)
+    assert float(cosine) > 0.9, float(cosine)
 
 
 def test_loss_curve_with_fp8_follows_the_bf16_one(

@@ -35,35 +35,41 @@ def quantize_rows(src, dst, scales, cols, src_stride, dst_stride, extra, extra_s
 
 
 @triton.jit
+def adapter_factors(xa, scales, factors, rows, rank, xa_stride, FP8_MAX: tl.constexpr, BLOCK_R: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
+    """factors[k] = max over tokens of |xa[i, k]| / (FP8_MAX · scales[i]); a block of tokens per program.
+
+    The smallest factor per column that keeps xa[i, k] / (factors[k] · scales[i]) within e4m3's
+    range for every token. Each program folds its block into `factors` (zeroed first) with an
+    atomic maximum: exact, since the values are non-negative.
+    """
+    i = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    k = tl.arange(0, BLOCK_K)
+    inside = (i < rows)[:, None] & (k < rank)[None, :]
+    values = tl.load(xa + i[:, None].to(tl.int64) * xa_stride + k[None, :], mask=inside, other=0.0).to(tl.float32)
+    scale = tl.load(scales + i, mask=i < rows, other=1.0)
+    top = tl.max(tl.abs(values) / (scale[:, None] * FP8_MAX), axis=0)
+    tl.atomic_max(factors + k, top, mask=k < rank)
+
+
+@triton.jit
 def quantize_adapter_input(xa, scales, dst, factors, rows, rank, width, xa_stride, dst_stride, offset,
                            FP8_MAX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Write x·A^T beside the quantized input, under each token's scale: one program for the whole (tokens, r).
+    """dst[i, offset + k] = xa[i, k] / (factors[k] · scales[i]) in e4m3, zero-padded to `width` columns.
 
-    Column k goes in as xa[i, k] / (factors[k] · scales[i]), where factors[k] is the smallest value
-    that keeps every token's entry within e4m3's range; the weight side multiplies B's column k by
-    factors[k], so the product is unchanged. Zero-padded to `width` columns. One program: the
-    factors are a maximum over all tokens, and (tokens, r) is a few MB.
+    x·A^T written beside the quantized input under each token's scale; B's column k is multiplied
+    by factors[k] on the weight side, so the product is unchanged.
     """
+    i = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     k = tl.arange(0, BLOCK_K)
-    used = k < rank
-    top = tl.zeros([BLOCK_K], dtype=tl.float32)
-    for start in range(0, rows, BLOCK_R):
-        i = start + tl.arange(0, BLOCK_R)
-        inside = (i < rows)[:, None] & used[None, :]
-        values = tl.load(xa + i[:, None].to(tl.int64) * xa_stride + k[None, :], mask=inside, other=0.0)
-        scale = tl.load(scales + i, mask=i < rows, other=1.0)
-        top = tl.maximum(top, tl.max(tl.abs(values.to(tl.float32)) / scale[:, None], axis=0))
-    factor = tl.maximum(top, 1e-30) / FP8_MAX
-    tl.store(factors + k, factor, mask=used)
-    for start in range(0, rows, BLOCK_R):
-        i = start + tl.arange(0, BLOCK_R)
-        inside = (i < rows)[:, None] & used[None, :]
-        values = tl.load(xa + i[:, None].to(tl.int64) * xa_stride + k[None, :], mask=inside, other=0.0)
-        scale = tl.load(scales + i, mask=i < rows, other=1.0)
-        quantized = tl.clamp(values.to(tl.float32) / (scale[:, None] * factor[None, :]), -FP8_MAX, FP8_MAX)
-        written = (i < rows)[:, None] & (k < width)[None, :]
-        tl.store(dst + i[:, None].to(tl.int64) * dst_stride + offset + k[None, :],
-                 quantized.to(dst.dtype.element_ty), mask=written)
+    inside = (i < rows)[:, None] & (k < rank)[None, :]
+    values = tl.load(xa + i[:, None].to(tl.int64) * xa_stride + k[None, :], mask=inside, other=0.0).to(tl.float32)
+    scale = tl.load(scales + i, mask=i < rows, other=1.0)
+    factor = tl.maximum(tl.load(factors + k, mask=k < rank, other=1.0), 1e-30)
+    quantized = tl.clamp(values / (scale[:, None] * factor[None, :]), -FP8_MAX, FP8_MAX)
+    written = (i < rows)[:, None] & (k < width)[None, :]
+    tl.store(dst + i[:, None].to(tl.int64) * dst_stride + offset + k[None, :], quantized.to(dst.dtype.element_ty),
+             mask=written)
 
 
 @triton.jit

@@ -36,8 +36,8 @@ MIN_CAPABILITY = (8, 9)
 ALIGN = 16
 """`_scaled_mm` takes inner and output dimensions that are multiples of this."""
 
-ADAPTER_ROWS = 256
-"""Tokens per loop step of the one-program kernel that writes x·A^T beside the quantized input."""
+ADAPTER_ROWS = 128
+"""Tokens per program of the kernels that write x·A^T beside the quantized input."""
 
 TILE = 64
 """Rows and columns per program of the transposing kernel (`quantize_columns`)."""
@@ -159,10 +159,15 @@ def write_adapter_input(quantized: torch.Tensor, scales: torch.Tensor, xa: torch
 
         from kubetune_trainer import fp8_kernels
 
-        factors = torch.empty(xa.shape[1], dtype=torch.float32, device=xa.device)
-        fp8_kernels.quantize_adapter_input[(1,)](
-            xa, scales, quantized, factors, xa.shape[0], xa.shape[1], width, xa.stride(0), quantized.stride(0), offset,
-            FP8_MAX=E4M3_MAX, BLOCK_R=ADAPTER_ROWS, BLOCK_K=triton.next_power_of_2(width), num_warps=8,
+        rows, rank = xa.shape
+        factors = torch.zeros(rank, dtype=torch.float32, device=xa.device)
+        grid = (triton.cdiv(rows, ADAPTER_ROWS),)
+        block = triton.next_power_of_2(width)
+        fp8_kernels.adapter_factors[grid](xa, scales, factors, rows, rank, xa.stride(0), FP8_MAX=E4M3_MAX,
+                                          BLOCK_R=ADAPTER_ROWS, BLOCK_K=block)
+        fp8_kernels.quantize_adapter_input[grid](
+            xa, scales, quantized, factors, rows, rank, width, xa.stride(0), quantized.stride(0), offset,
+            FP8_MAX=E4M3_MAX, BLOCK_R=ADAPTER_ROWS, BLOCK_K=block,
         )
         return factors
     ratio = xa.float() / scales
