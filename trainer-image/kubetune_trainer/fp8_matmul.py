@@ -9,12 +9,16 @@ input gradient) gets its own fp32 scale, so an outlier costs precision only to i
 That is the granularity torchao's "rowwise" float8 training recipe uses, in e4m3 throughout.
 
 Only the base matmuls change. The 4-bit weight is dequantized to bf16 as before and quantized
-per pass, never kept (no memory beyond one transient e4m3 copy of an activation); the LoRA
-matrices, their products, attention and the loss stay in bf16.
+per pass, never kept (no memory beyond one transient e4m3 copy of an activation). In the forward
+the adapter's product joins the same matmul, `[x | xa] @ [W | s·B]^T`, which saves a pass that
+reads and writes the whole output; the LoRA matrices and their gradients, attention and the loss
+stay in bf16.
 
 Why not torchao's `Float8Linear`: it converts trainable high-precision `nn.Linear` weights and
 keeps their gradients; this weight is NF4, frozen, and multiplied inside `fused_lora`'s own
-autograd node, so only the two primitives below are needed.
+autograd node, so only the primitives below are needed (they are written here, with Triton
+kernels in `fp8_kernels`, because no library quantizes a transposed weight or appends an
+adapter's columns under shared row scales).
 """
 
 from __future__ import annotations

@@ -195,7 +195,8 @@ class TrainingSpec(KubeModel):
         description="fp8BaseMatmuls runs the frozen base weight's matmuls of each fused LoRA projection (forward, "
         "recomputation and input gradient) in float8 e4m3 with one scale per token and per channel, on GPUs with "
         "fp8 tensor cores (compute capability 8.9 or newer, such as L4, L40S, H100 and H200; measured on H200; "
-        "older GPUs keep bf16 and say so in the log). The 4-bit weight stays 4-bit in memory; the adapter, attention and the loss stay in "
+        "older GPUs keep bf16 and say so in the log). The 4-bit weight stays 4-bit in memory. The adapter's product "
+        "joins the same e4m3 matmul in the forward; the adapter's weights and gradients, attention and the loss stay in "
         "bf16. Needs training.fusedLora (unset or true). Default false.",
     )
 
