@@ -1,8 +1,9 @@
 """`training.fp8BaseMatmuls`: e4m3 base matmuls with row-wise scales, checked on the CPU through PyTorch's `_scaled_mm`.
 
-The Triton quantization kernel runs on GPUs only: Triton's interpreter casts to e4m3 wrongly
-(124.4 became 64 where the hardware gives 128), so tests/gpu/test_fp8_gpu.py compares the
-kernel with the PyTorch path checked here.
+The Triton kernels run here under Triton's interpreter with float32 in place of e4m3 (the
+interpreter casts to e4m3 wrongly: 124.4 became 64 where the hardware gives 128), against the
+PyTorch path: that checks their indexing, masks, scales and factors; tests/gpu/test_fp8_gpu.py
+checks them with the cast on a GPU.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.trainer.test_fused_lora import lora_model, relative, step
+from tests.trainer.triton_interpreter import run_interpreted
 
 E4M3_HALF_ULP = 2.0**-4
 """e4m3 keeps 3 mantissa bits: rounding moves a normal value by at most 1/16 of itself."""
@@ -209,3 +211,39 @@ def test_selective_checkpointing_keeps_the_fp8_down_projection(tiny_llama: Path)
     assert selective == full - layers
     assert loss1 == loss0
     assert max(relative(grads1[name], grads0[name]) for name in grads0) < 1e-6
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(70, 200), (130, 64)])
+def test_kernels_scale_like_the_pytorch_path(rows: int, cols: int) -> None:
+    """Each kernel under the interpreter, unrounded: rows (alone, with B's columns, with spare columns),
+    columns (written transposed, 64x64 tiles with ragged edges), and xa with its factors."""
+    run_interpreted(__name__, "check_kernels_unrounded", rows, cols)
+
+
+def check_kernels_unrounded(rows: int, cols: int) -> None:
+    """The comparison, in the interpreter's process (float32 copies: the scaled values before the cast)."""
+    import torch
+    from kubetune_trainer import fp8_matmul
+
+    fp8_matmul.QUANTIZED_DTYPE = "float32"
+    t = _rows(rows, cols, seed=30)
+    t[1, 5] = 900.0
+    xa, lora_b = (part.float() for part in _lora_term(rows, 20, rows, seed=31))
+    extra = fp8_matmul.ExtraColumns(lora_b, torch.logspace(-1, 1, 20), 2.0)
+    cases = {
+        "rows": (fp8_matmul.quantize_rows(t), fp8_matmul.quantize_rows_reference(t)),
+        "rows with B": (fp8_matmul.quantize_rows(t, extra), fp8_matmul.quantize_rows_reference(t, extra)),
+        "columns": (fp8_matmul.quantize_columns(t), fp8_matmul.quantize_rows_reference(t.t().contiguous())),
+    }
+    for name, ((got, got_scale), (want, want_scale)) in cases.items():
+        assert got.shape == want.shape and got_scale.shape == want_scale.shape, name
+        torch.testing.assert_close(got_scale, want_scale, rtol=1e-6, atol=0, msg=name)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
+    quantized, scales = fp8_matmul.quantize_rows(t, reserve=fp8_matmul.padded(20))
+    expected = quantized.clone()
+    factors = fp8_matmul.write_adapter_input(quantized, scales, xa, cols)
+    want_factors = fp8_matmul.write_adapter_input_reference(expected, scales, xa, cols)
+    torch.testing.assert_close(factors, want_factors, rtol=1e-6, atol=0)
+    torch.testing.assert_close(quantized, expected, rtol=1e-5, atol=1e-5)
+    assert float(quantized[:, cols:].abs().max()) == pytest.approx(fp8_matmul.E4M3_MAX, rel=1e-5)
+    assert bool((quantized[:, cols + 20:] == 0).all())

@@ -8,25 +8,16 @@ by one against PyTorch ops with the mask the kernels draw, then inside a fused L
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
+from tests.trainer.triton_interpreter import run_interpreted
+
 
 def interpreted(check: str, *args: Any) -> None:
-    """Run `check(*args)` of this module in a fresh Python with `TRITON_INTERPRET=1` set from the start.
-
-    Triton decides at decoration time whether a kernel is interpreted; a process of its own keeps
-    the rest of the suite's Triton (and this check) independent of test order.
-    """
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    code = f"import {__name__} as t; t.{check}(*{args!r})"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    """Run `check(*args)` of this module under Triton's interpreter, in a process of its own."""
+    run_interpreted(__name__, check, *args)
 
 
 @pytest.mark.parametrize(("rows", "width", "rank"), [(130, 200, 8), (64, 256, 16)])

@@ -24,6 +24,7 @@ adapter's columns under shared row scales).
 from __future__ import annotations
 
 import functools
+import os
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
 
 E4M3_MAX = 448.0
 """The largest finite value of float8_e4m3fn."""
+
+QUANTIZED_DTYPE = "float8_e4m3fn"
+"""The torch dtype of the quantized copies. The CPU tests set "float32" to read the kernels' scaled
+values before the cast: Triton's interpreter casts to e4m3 wrongly (124.4 became 64 where the
+hardware gives 128); the cast itself is checked on GPUs (tests/gpu/test_fp8_gpu.py)."""
 
 MIN_CAPABILITY = (8, 9)
 """CUDA compute capability with e4m3 tensor cores (Ada 8.9, Hopper 9.0 and newer)."""
@@ -60,6 +66,17 @@ def available(device_index: int = 0) -> bool:
     if not torch.cuda.is_available() or not hasattr(torch, "_scaled_mm"):
         return False
     return torch.cuda.get_device_capability(device_index) >= MIN_CAPABILITY
+
+
+def _quantized_dtype() -> torch.dtype:
+    import torch
+
+    return getattr(torch, QUANTIZED_DTYPE)
+
+
+def _kernels_run(t: torch.Tensor) -> bool:
+    """Whether the Triton kernels take `t`: on CUDA, or anywhere under Triton's interpreter (the CPU tests)."""
+    return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def fits(rows: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -106,7 +123,7 @@ def quantize_rows(t: torch.Tensor, extra: ExtraColumns | None = None,
     `extra` appends columns under the same scales; `reserve` leaves that many columns after `t`'s
     unwritten, for `write_adapter_input`.
     """
-    if t.is_cuda and t.shape[1] <= KERNEL_MAX_COLS and t.stride(1) == 1:
+    if _kernels_run(t) and t.shape[1] <= KERNEL_MAX_COLS and t.stride(1) == 1:
         return _quantize_rows_kernel(t, extra, reserve)
     return quantize_rows_reference(t, extra, reserve)
 
@@ -118,10 +135,8 @@ def quantize_rows_reference(t: torch.Tensor, extra: ExtraColumns | None = None,
 
     wide = t.float() if extra is None else torch.cat([t.float(), extra.dense()], dim=1)
     scale = wide.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / E4M3_MAX
-    quantized = (wide / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-    if reserve:
-        quantized = torch.nn.functional.pad(quantized.view(torch.uint8), (0, reserve)).view(torch.float8_e4m3fn)
-    return quantized, scale
+    quantized = torch.nn.functional.pad((wide / scale).clamp(-E4M3_MAX, E4M3_MAX), (0, reserve))
+    return quantized.to(_quantized_dtype()), scale
 
 
 def _quantize_rows_kernel(t: torch.Tensor, extra: ExtraColumns | None,
@@ -133,7 +148,7 @@ def _quantize_rows_kernel(t: torch.Tensor, extra: ExtraColumns | None,
 
     rows, cols = t.shape
     width = extra.width if extra is not None else reserve
-    quantized = torch.empty((rows, cols + width), dtype=torch.float8_e4m3fn, device=t.device)
+    quantized = torch.empty((rows, cols + width), dtype=_quantized_dtype(), device=t.device)
     scales = torch.empty((rows, 1), dtype=torch.float32, device=t.device)
     block = triton.next_power_of_2(cols)
     warps = 4 if block <= 2048 else 8 if block <= 8192 else 16
@@ -157,35 +172,43 @@ def write_adapter_input(quantized: torch.Tensor, scales: torch.Tensor, xa: torch
     B's column k must be multiplied by the same factor for the product to be unchanged. The
     columns after r, up to the end of the row, are zeroed.
     """
+    if not _kernels_run(quantized):
+        return write_adapter_input_reference(quantized, scales, xa, offset)
+    import torch
+    import triton
+
+    from kubetune_trainer import fp8_kernels
+
+    width = quantized.shape[1] - offset
+    rows, rank = xa.shape
+    factors = torch.zeros(rank, dtype=torch.float32, device=xa.device)
+    grid = (triton.cdiv(rows, ADAPTER_ROWS),)
+    block = triton.next_power_of_2(width)
+    fp8_kernels.adapter_factors[grid](xa, scales, factors, rows, rank, xa.stride(0), FP8_MAX=E4M3_MAX,
+                                      BLOCK_R=ADAPTER_ROWS, BLOCK_K=block)
+    fp8_kernels.quantize_adapter_input[grid](
+        xa, scales, quantized, factors, rows, rank, width, xa.stride(0), quantized.stride(0), offset,
+        FP8_MAX=E4M3_MAX, BLOCK_R=ADAPTER_ROWS, BLOCK_K=block,
+    )
+    return factors
+
+
+def write_adapter_input_reference(quantized: torch.Tensor, scales: torch.Tensor, xa: torch.Tensor,
+                                  offset: int) -> torch.Tensor:
+    """`write_adapter_input` in PyTorch ops: the CPU's path and the kernels' reference in tests."""
     import torch
 
     width = quantized.shape[1] - offset
-    if quantized.is_cuda:
-        import triton
-
-        from kubetune_trainer import fp8_kernels
-
-        rows, rank = xa.shape
-        factors = torch.zeros(rank, dtype=torch.float32, device=xa.device)
-        grid = (triton.cdiv(rows, ADAPTER_ROWS),)
-        block = triton.next_power_of_2(width)
-        fp8_kernels.adapter_factors[grid](xa, scales, factors, rows, rank, xa.stride(0), FP8_MAX=E4M3_MAX,
-                                          BLOCK_R=ADAPTER_ROWS, BLOCK_K=block)
-        fp8_kernels.quantize_adapter_input[grid](
-            xa, scales, quantized, factors, rows, rank, width, xa.stride(0), quantized.stride(0), offset,
-            FP8_MAX=E4M3_MAX, BLOCK_R=ADAPTER_ROWS, BLOCK_K=block,
-        )
-        return factors
     ratio = xa.float() / scales
     factors = ratio.abs().amax(dim=0).clamp(min=1e-30) / E4M3_MAX
     part = (ratio / factors).clamp(-E4M3_MAX, E4M3_MAX)
-    quantized[:, offset:] = torch.nn.functional.pad(part, (0, width - part.shape[1])).to(torch.float8_e4m3fn)
+    quantized[:, offset:] = torch.nn.functional.pad(part, (0, width - part.shape[1])).to(quantized.dtype)
     return factors
 
 
 def quantize_columns(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`quantize_rows(t.t())` without a transposed copy of `t`: e4m3 (cols, rows) and one fp32 scale per column."""
-    if not (t.is_cuda and t.stride(1) == 1):
+    if not (_kernels_run(t) and t.stride(1) == 1):
         return quantize_rows_reference(t.t().contiguous())
     import torch
     import triton
@@ -195,7 +218,7 @@ def quantize_columns(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, cols = t.shape
     # max |t| per column in one reduction (no |t| copy); the kernel then writes each tile transposed.
     scales = torch.linalg.vector_norm(t, ord=float("inf"), dim=0, dtype=torch.float32).clamp_(min=1e-12).div_(E4M3_MAX)
-    quantized = torch.empty((cols, rows), dtype=torch.float8_e4m3fn, device=t.device)
+    quantized = torch.empty((cols, rows), dtype=_quantized_dtype(), device=t.device)
     grid = (triton.cdiv(rows, TILE), triton.cdiv(cols, TILE))
     fp8_kernels.quantize_columns[grid](
         t, scales, quantized, rows, cols, t.stride(0), quantized.stride(0), FP8_MAX=E4M3_MAX, BLOCK_R=TILE,
