@@ -531,10 +531,10 @@ def _instrument(trainer: Any, device: str) -> tuple[Any, TokenCounter]:
     trainer.add_callback(timer)
     host = os.environ.get("KT_BENCH_HOST_TIME")
     if host and device == "cuda":
-        host_timing(trainer, int(os.environ.get("KT_BENCH_PROFILE_STEP", "1")), Path(host))
+        host_timing(trainer, int(os.environ.get("KT_BENCH_WATCHED_STEP", "1")), Path(host))
     profile = os.environ.get("KT_BENCH_PROFILE")
     if profile and device == "cuda":
-        trainer.add_callback(profile_callback(int(os.environ.get("KT_BENCH_PROFILE_STEP", "1")), Path(profile)))
+        trainer.add_callback(profile_callback(int(os.environ.get("KT_BENCH_WATCHED_STEP", "1")), Path(profile)))
     counter = TokenCounter(trainer.data_collator)
     trainer.data_collator = counter
     return timer, counter
@@ -748,7 +748,7 @@ def run_case_process(case: Case, args: argparse.Namespace, timeout: float) -> di
         env.update(KT_BENCH_PROFILE=str(Path(args.out) / "cases" / f"{case.name}.profile.txt"))
     elif args.host_time and any(word in case.name for word in args.host_time.split(",")):
         env.update(KT_BENCH_HOST_TIME=str(Path(args.out) / "cases" / f"{case.name}.host.json"))
-    env["KT_BENCH_PROFILE_STEP"] = str(max(0, args.warmup - 1))
+    env["KT_BENCH_WATCHED_STEP"] = str(max(0, args.warmup - 1))
     if case.trainer == "unsloth":  # its pinned transformers/TRL/datasets first, the rest from the main stack
         env["PYTHONPATH"] = os.pathsep.join(p for p in (args.unsloth_site, env.get("PYTHONPATH", "")) if p)
     try:

@@ -170,10 +170,11 @@ def _build_function() -> Any:
             else:
                 out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
             BASE_OUTPUT_MARK.pending = False  # read during the matmul's dispatch only (outside SAC nobody reads it)
-            if keep_base_output and not fp8:
-                out = torch.addmm(out, xa, lora_b.t(), alpha=scaling)
-            elif not fp8:
-                out.addmm_(xa, lora_b.t(), alpha=scaling)
+            if not fp8:  # the adapter's term on its own (in fp8 it is already in `out`)
+                if keep_base_output:
+                    out = torch.addmm(out, xa, lora_b.t(), alpha=scaling)
+                else:
+                    out.addmm_(xa, lora_b.t(), alpha=scaling)
             ctx.save_for_backward(x, lora_a, lora_b, xa, mask)
             ctx.base, ctx.scaling, ctx.p, ctx.has_bias, ctx.seed = base, scaling, p, bias is not None, seed
             ctx.fp8 = fp8
