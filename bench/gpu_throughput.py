@@ -322,8 +322,31 @@ def plan_adapter(shape_small: str, shape_large: str | None) -> list[Case]:
     return cases
 
 
+def plan_host(shape_small: str, shape_large: str | None) -> list[Case]:
+    """Issue 15, round 6: the step's host-side costs (optimizer launches, the offload context), then the peer."""
+    s = shape_small
+    best = {"fusedCrossEntropy": True, "fp8BaseMatmuls": True, "offloadActivations": True}
+    fused_adam = {"optimizer": "adamw_torch_fused"}
+    cases = [
+        kt(f"kt-{s}-4bit-mb16-d0-fce-fp8-offload", s, 4, "fixed", 16, "dropout 0, fusedCrossEntropy + "
+           "fp8BaseMatmuls + offloadActivations", 0.0, **best),
+        kt(f"kt-{s}-4bit-mb16-d0-fce-fp8-offload-fusedadam", s, 4, "fixed", 16, "the same, optimizer "
+           "adamw_torch_fused", 0.0, **best, **fused_adam),
+        kt(f"kt-{s}-4bit-mb16-d0-fce-fp8-fusedadam", s, 4, "fixed", 16, "no offloading, optimizer adamw_torch_fused",
+           0.0, fusedCrossEntropy=True, fp8BaseMatmuls=True, **fused_adam),
+        us(f"us-{s}-4bit-mb16-d0", s, 4, "fixed", 16, "Unsloth, LoRA dropout 0 (its default)"),
+    ]
+    if shape_large:
+        b = shape_large
+        cases += [kt(f"kt-{b}-4bit-mb8-d0-fce-fp8-offload-fusedadam", b, 4, "fixed", 8, "dropout 0, "
+                     "fusedCrossEntropy + fp8BaseMatmuls + offloadActivations, adamw_torch_fused", 0.0, **best,
+                     **fused_adam),
+                  us(f"us-{b}-4bit-mb8-d0", b, 4, "fixed", 8, "Unsloth, LoRA dropout 0")]
+    return cases
+
+
 PLANS = {"all": plan, "fused": plan_fused, "levers": plan_levers, "final": plan_final, "unsloth": plan_unsloth,
-         "fp8": plan_fp8, "adapter": plan_adapter}
+         "fp8": plan_fp8, "adapter": plan_adapter, "host": plan_host}
 
 
 # ---------------------------------------------------------------- tokenizer, models, data
@@ -485,11 +508,101 @@ def profile_callback(step: int, sink: Path) -> Any:
             self.profiler.__exit__(None, None, None)
             events = self.profiler.key_averages()
             total = sum(e.self_device_time_total for e in events) / 1e3
-            sink.write_text(f"total self GPU time {total:.1f} ms\n"
+            sink.write_text(f"total self GPU time {total:.1f} ms\n" + gpu_idle(self.profiler.events())
                             + events.table(sort_by="self_device_time_total", row_limit=45, max_name_column_width=70))
             self.profiler = None
 
     return StepProfiler()
+
+
+def gpu_idle(events: Any, shown: int = 12) -> str:
+    """Where the GPU waited inside a profiled step: busy time (the union of kernel and copy intervals) against
+    the span from the first to the last, and the longest gaps with the kernel each gap followed.
+
+    Gaps are the host's share of the step: the GPU had nothing queued (launch cost, a synchronization).
+    """
+    from torch.autograd import DeviceType
+
+    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in events
+                   if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False))
+    if not spans:
+        return "no GPU events\n"
+    busy, gaps, reach, last = 0.0, [], spans[0][0], spans[0][2]
+    for start, end, name in spans:
+        if start > reach:
+            gaps.append((start - reach, last))
+        busy += max(0.0, end - max(start, reach))
+        if end > reach:
+            reach, last = end, name
+    span = reach - spans[0][0]
+    idle = sum(g for g, _ in gaps)
+    lines = [f"GPU busy {busy / 1e3:.1f} ms of a {span / 1e3:.1f} ms span; idle {idle / 1e3:.1f} ms in "
+             f"{len(gaps)} gaps ({sum(g for g, _ in gaps if g >= 20) / 1e3:.1f} ms in gaps of 20 us or more)"]
+    lines += [f"  gap {g:8.0f} us after {name[:90]}" for g, name in sorted(gaps, reverse=True)[:shown]]
+    return "\n".join(lines) + "\n"
+
+
+def memory_callback(step: int, sink: Path) -> Any:
+    """A TrainerCallback that records every CUDA allocation of optimizer step `step` and writes what was live at
+    the step's peak, grouped by the Python line that allocated it (the first frame outside torch).
+
+    The peak is the one `max_memory_allocated` reports when it falls in this step: the memory held
+    when the step began plus the most the step's own allocations added on top.
+    """
+    import torch
+    from transformers import TrainerCallback
+
+    class PeakRecorder(TrainerCallback):
+        def __init__(self) -> None:
+            self.base = 0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == step:
+                torch.cuda.synchronize()
+                self.base = torch.cuda.memory_allocated()
+                torch.cuda.memory._record_memory_history(context="alloc", stacks="python", max_entries=2_000_000)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step != step + 1:  # global_step is already incremented here
+                return
+            torch.cuda.synchronize()
+            trace = torch.cuda.memory._snapshot()["device_traces"][torch.cuda.current_device()]
+            torch.cuda.memory._record_memory_history(enabled=None)
+            sink.write_text(peak_report(trace, self.base))
+
+    return PeakRecorder()
+
+
+def _site(frames: list[dict[str, Any]]) -> str:
+    """The first frame outside torch itself: the line of a library or ours that asked for the memory."""
+    for frame in frames:
+        name = frame.get("filename", "")
+        if "/torch/" not in name and not name.startswith("<"):
+            return f"{'/'.join(name.split('/')[-2:])}:{frame.get('line')} {frame.get('name')}"
+    return "torch internals"
+
+
+def peak_report(trace: list[dict[str, Any]], base: int, shown: int = 18) -> str:
+    """Replay an allocation trace; the blocks live at its highest point, grouped by `_site`, largest first."""
+    live: dict[int, tuple[int, str]] = {}
+    held = top = 0
+    at_top: dict[int, tuple[int, str]] = {}
+    for event in trace:
+        action, addr, size = event["action"], event["addr"], event["size"]
+        if action == "alloc":
+            live[addr] = (size, _site(event.get("frames", [])))
+            held += size
+            if held > top:
+                top, at_top = held, dict(live)
+        elif action in ("free_requested", "free_completed") and addr in live:
+            held -= live.pop(addr)[0]
+    sites: dict[str, int] = {}
+    for size, site in at_top.values():
+        sites[site] = sites.get(site, 0) + size
+    lines = [f"held when the step began {base / 2**30:.3f} GiB; the step's own allocations peaked at "
+             f"{top / 2**30:.3f} GiB more ({(base + top) / 2**30:.3f} GiB in all); live at that point, by site:"]
+    lines += [f"  {size / 2**20:9.1f} MiB  {site}" for site, size in sorted(sites.items(), key=lambda kv: -kv[1])[:shown]]
+    return "\n".join(lines) + "\n"
 
 
 def host_timing(trainer: Any, step: int, sink: Path) -> None:
@@ -532,6 +645,9 @@ def _instrument(trainer: Any, device: str) -> tuple[Any, TokenCounter]:
     host = os.environ.get("KT_BENCH_HOST_TIME")
     if host and device == "cuda":
         host_timing(trainer, int(os.environ.get("KT_BENCH_WATCHED_STEP", "1")), Path(host))
+    memory = os.environ.get("KT_BENCH_MEMORY")
+    if memory and device == "cuda":
+        trainer.add_callback(memory_callback(int(os.environ.get("KT_BENCH_WATCHED_STEP", "1")), Path(memory)))
     profile = os.environ.get("KT_BENCH_PROFILE")
     if profile and device == "cuda":
         trainer.add_callback(profile_callback(int(os.environ.get("KT_BENCH_WATCHED_STEP", "1")), Path(profile)))
@@ -748,7 +864,9 @@ def run_case_process(case: Case, args: argparse.Namespace, timeout: float) -> di
         env.update(KT_BENCH_PROFILE=str(Path(args.out) / "cases" / f"{case.name}.profile.txt"))
     elif args.host_time and any(word in case.name for word in args.host_time.split(",")):
         env.update(KT_BENCH_HOST_TIME=str(Path(args.out) / "cases" / f"{case.name}.host.json"))
-    env["KT_BENCH_WATCHED_STEP"] = str(max(0, args.warmup - 1))
+    if args.memory and any(word in case.name for word in args.memory.split(",")):
+        env.update(KT_BENCH_MEMORY=str(Path(args.out) / "cases" / f"{case.name}.memory.txt"))
+    env.setdefault("KT_BENCH_WATCHED_STEP", str(max(0, args.warmup - 1)))
     if case.trainer == "unsloth":  # its pinned transformers/TRL/datasets first, the rest from the main stack
         env["PYTHONPATH"] = os.pathsep.join(p for p in (args.unsloth_site, env.get("PYTHONPATH", "")) if p)
     try:
@@ -1041,6 +1159,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host-time", default="", help="comma-separated substrings of case names whose last "
                         "warm-up step measures the host's launch time behind a GPU sleep (OUT/cases/NAME.host.json; "
                         "not with --profile)")
+    parser.add_argument("--memory", default="", help="comma-separated substrings of case names whose last warm-up "
+                        "step records its allocations: what is live at the peak (OUT/cases/NAME.memory.txt)")
     parser.add_argument("--layer", action="store_true", help="time one decoder layer: peft's LoRA vs fused, then exit")
     parser.add_argument("--layer-profile", action="store_true", help="with --layer: a kernel table per path in --out")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
