@@ -536,8 +536,8 @@ def gpu_idle(events: Any, shown: int = 12) -> str:
             reach, last = end, name
     span = reach - spans[0][0]
     idle = sum(g for g, _ in gaps)
-    lines = [f"GPU busy {busy / 1e3:.1f} ms of a {span / 1e3:.1f} ms span; idle {idle / 1e3:.1f} ms in "
-             f"{len(gaps)} gaps ({sum(g for g, _ in gaps if g >= 20) / 1e3:.1f} ms in gaps of 20 us or more)"]
+    lines = [(f"GPU busy {busy / 1e3:.1f} ms of a {span / 1e3:.1f} ms span; idle {idle / 1e3:.1f} ms in "
+             f"{len(gaps)} gaps ({sum(g for g, _ in gaps if g >= 20) / 1e3:.1f} ms in gaps of 20 us or more)")]
     lines += [f"  gap {g:8.0f} us after {name[:90]}" for g, name in sorted(gaps, reverse=True)[:shown]]
     return "\n".join(lines) + "\n"
 
@@ -599,8 +599,8 @@ def peak_report(trace: list[dict[str, Any]], base: int, shown: int = 18) -> str:
     sites: dict[str, int] = {}
     for size, site in at_top.values():
         sites[site] = sites.get(site, 0) + size
-    lines = [f"held when the step began {base / 2**30:.3f} GiB; the step's own allocations peaked at "
-             f"{top / 2**30:.3f} GiB more ({(base + top) / 2**30:.3f} GiB in all); live at that point, by site:"]
+    lines = [(f"held when the step began {base / 2**30:.3f} GiB; the step's own allocations peaked at "
+             f"{top / 2**30:.3f} GiB more ({(base + top) / 2**30:.3f} GiB in all); live at that point, by site:")]
     lines += [f"  {size / 2**20:9.1f} MiB  {site}" for site, size in sorted(sites.items(), key=lambda kv: -kv[1])[:shown]]
     return "\n".join(lines) + "\n"
 
@@ -1058,7 +1058,6 @@ def layer_bench(args: argparse.Namespace) -> int:
     gradient are from peft's (same dropout masks: one seed).
     """
     import torch
-
     from kubetune_trainer import fp8_matmul, fused_lora
 
     on_gpu = args.device == "cuda"
