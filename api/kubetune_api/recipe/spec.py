@@ -106,12 +106,11 @@ SPEC_RULES = (
         "self.deepspeed.offloadOptimizer) || (has(self.deepspeed.offloadParams) && "
         "self.deepspeed.offloadParams)) || (has(self.training) && has(self.training.optimizer) && "
         f"!(self.training.optimizer in {list(BNB_OPTIMIZERS)}))",
-        "bitsandbytes optimizers (adamw_8bit, paged_adamw_8bit, paged_adamw_32bit; the default is "
-        "paged_adamw_8bit) cannot be combined with DeepSpeed offload: set training.optimizer to "
-        "adamw_torch",
+        "DeepSpeed offload needs training.optimizer set to a PyTorch optimizer: set it to adamw_torch "
+        "(bitsandbytes' adamw_8bit, paged_adamw_8bit and paged_adamw_32bit cannot run on offloaded states)",
         ".training.optimizer",
         lambda s: s.deepspeed is None or not (s.deepspeed.offload_optimizer or s.deepspeed.offload_params)
-        or s.training.optimizer.value not in BNB_OPTIMIZERS,
+        or ("optimizer" in s.training.model_fields_set and s.training.optimizer.value not in BNB_OPTIMIZERS),
     ),
     CrossFieldRule(
         f"!has(self.training) || !has(self.training.fusedLora) || !self.training.fusedLora || !{_NO_FUSED_PATH}",
