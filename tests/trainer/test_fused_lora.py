@@ -64,6 +64,7 @@ def plain_and_fused(model: Any, ids: Any) -> tuple[tuple[Any, Any, dict[str, Any
 
     plain = step(model, ids)
     assert fused_lora.apply(model) == 7 * model.config.num_hidden_layers, "q, k, v, o, gate, up, down per layer"
+    assert fused_lora.fused_mlp_count(model) == model.config.num_hidden_layers, "every MLP through swiglu_down"
     try:
         fused = step(model, ids)
     finally:
@@ -165,6 +166,39 @@ def test_disabled_adapter_and_eval_mode_fall_back_to_peft(tiny_llama: Path, ids:
     assert not torch.allclose(fused_logits, base_logits), "the adapter must change the output"
 
 
+def intermediate_sized_saves(model: Any, ids: Any) -> int:
+    """How many activations of the MLP's intermediate width (one row per token) autograd saves in one forward."""
+    import torch
+
+    width, saved = model.config.intermediate_size, []
+
+    def pack(t: Any) -> Any:
+        saved.append(t.dim() >= 2 and t.shape[-1] == width and t.numel() == ids.numel() * width)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids)
+    return sum(saved)
+
+
+def test_fused_mlp_keeps_only_gate_and_up(tiny_llama: Path, ids: Any) -> None:
+    """The down projection's input h = silu(gate)·up is not kept for the backward: two intermediate-sized
+    tensors per layer (gate, up), where peft's path keeps more (h, and its SiLU's input and output)."""
+    import torch
+
+    from kubetune_trainer import fused_lora
+
+    model = lora_model(tiny_llama, 16, 0.0, torch.float32)
+    plain = intermediate_sized_saves(model, ids)
+    fused_lora.apply(model)
+    try:
+        fused = intermediate_sized_saves(model, ids)
+    finally:
+        fused_lora.remove(model)
+    assert fused == 2 * model.config.num_hidden_layers
+    assert plain > fused
+
+
 def test_removing_restores_peft_classes(tiny_llama: Path) -> None:
     """`remove` puts peft's own classes back (what merge/unload and saving expect to see)."""
     import torch
@@ -176,8 +210,37 @@ def test_removing_restores_peft_classes(tiny_llama: Path) -> None:
     fused_lora.apply(model)
     q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
     assert type(q_proj).__name__ == "FusedLinear4bit" and isinstance(q_proj, Linear4bit)
+    mlp = model.base_model.model.model.layers[0].mlp
+    assert fused_lora.fused_mlp_count(model) == 2 and type(mlp).__name__ == "FusedLlamaMLP"
     fused_lora.remove(model)
     assert type(q_proj) is Linear4bit
+    assert fused_lora.fused_mlp_count(model) == 0 and type(mlp).__name__ == "LlamaMLP"
+
+
+def test_fused_mlp_outlives_a_later_instance_forward(tiny_llama: Path, ids: Any) -> None:
+    """transformers applies Liger at `train()`, after the fusing, by binding a SwiGLU forward on each MLP
+    instance; the fused forward must still run, and the bound one must be back after `remove`."""
+    import torch
+
+    from kubetune_trainer import fused_lora
+
+    model = lora_model(tiny_llama, 16, 0.0, torch.float32)
+    plain_forward = type(model.base_model.model.model.layers[0].mlp).forward
+    fused_lora.apply(model)
+    calls = []
+
+    def bound(self: Any, x: Any) -> Any:
+        calls.append(1)
+        return plain_forward(self, x)
+
+    try:
+        for layer in model.base_model.model.model.layers:  # what Liger's _bind_method_to_module does
+            layer.mlp.__dict__["forward"] = bound.__get__(layer.mlp)
+        assert intermediate_sized_saves(model, ids) == 2 * model.config.num_hidden_layers and not calls
+    finally:
+        fused_lora.remove(model)
+    model(input_ids=ids)
+    assert len(calls) == model.config.num_hidden_layers
 
 
 def test_dora_modules_keep_peft_forward(tiny_llama: Path) -> None:

@@ -14,6 +14,11 @@ Here one `torch.autograd.Function` per projection (q, k, v, o, gate, up, down) d
     backward  dx = g @ W + dropout'(scaling * (g @ B) @ A);  dA = (scaling * g @ B)^T @ dropout(x);
               dB = scaling * g^T @ xa
 
+A gated SiLU MLP (Llama's, Mistral's, Qwen's) whose three projections are fused runs its down
+projection as `_FusedSwigluDown`: silu(gate)·up is computed inside the node and not kept; the
+backward rebuilds it for dA and writes the SwiGLU gradient into gate's and up's buffers, so the
+MLP's backward peak holds one intermediate-sized tensor less.
+
 `W` is the frozen base weight: bitsandbytes' NF4/FP4 weight dequantized into a reused buffer
 (once in the forward, once in the backward, never kept), or the 16-bit weight itself. Nothing
 runs in fp32: the fused path takes a projection only when the input, the adapter and the base
@@ -45,6 +50,7 @@ it can see that it cannot apply (8-bit base, ZeRO-3).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import TYPE_CHECKING, Any
@@ -125,10 +131,102 @@ class FusedLoraFunction:
         return cls._function
 
 
-def _build_function() -> Any:
+def _project(ctx: Any, x: torch.Tensor, rows: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
+             bias: torch.Tensor | None, base: Any, scaling: float, p: float, keep_base_output: bool,
+             dropout_kernel: bool, fp8: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The forward of one projection: out = rows W^T + b + s · dropout(rows) A^T B^T; returns (out, xa, mask).
+
+    Sets on `ctx` what `_adapter_grads` and `_input_grad` read; `x` is the tensor `rows` views (the
+    fp8 path caches its quantized copy by it).
+    """
     import torch
 
     from kubetune_trainer import fp8_matmul, fused_dropout
+
+    # The adapter's side first, so the dropped-out copy is gone before the output is allocated
+    # (the base matmul draws no random numbers: the masks are still peft's).
+    seed = None
+    if p > 0 and dropout_kernel and fused_dropout.applies(rows):  # training.fusedDropout: no mask kept
+        mask, seed = None, fused_dropout.draw_seed()
+        xa = fused_dropout.dropout_down(rows, lora_a, p, seed)
+    elif p > 0:
+        dropped, mask = torch.ops.aten.native_dropout(rows, p, True)
+        xa = torch.mm(dropped, lora_a.t())
+        del dropped
+    else:
+        mask, xa = None, torch.mm(rows, lora_a.t())
+    weight = dense_weight(base, x.dtype)
+    fp8 = fp8 and fp8_matmul.fits(rows, weight)
+    if keep_base_output:  # selective checkpointing keeps this matmul's output: mark it, never write into it
+        BASE_OUTPUT_MARK.pending = True
+    if fp8:  # the adapter's term rides inside the e4m3 matmul: [x | xa] @ [W | s·B]^T
+        out = fp8_matmul.mm_weight_t(x, rows, weight, (xa, lora_b, scaling))
+        out = out if bias is None else out + bias
+    else:
+        out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
+    BASE_OUTPUT_MARK.pending = False  # read during the matmul's dispatch only (outside SAC nobody reads it)
+    if not fp8:  # the adapter's term on its own (in fp8 it is already in `out`)
+        if keep_base_output:
+            out = torch.addmm(out, xa, lora_b.t(), alpha=scaling)
+        else:
+            out.addmm_(xa, lora_b.t(), alpha=scaling)
+    ctx.base, ctx.scaling, ctx.p, ctx.has_bias, ctx.seed, ctx.fp8 = base, scaling, p, bias is not None, seed, fp8
+    return out, xa, mask
+
+
+def _adapter_grads(ctx: Any, g: torch.Tensor, rows: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
+                   xa: torch.Tensor, mask: torch.Tensor | None, need_a: bool, need_b: bool) -> tuple[Any, Any, Any]:
+    """(gb, dA, dB) of one projection: gb = s · g B, the gradient reaching A's output (the input gradient needs it)."""
+    import torch
+
+    from kubetune_trainer import fused_dropout
+
+    gb = torch.mm(g, lora_b).mul_(ctx.scaling)  # (tokens, r)
+    grad_a = grad_b = None
+    if need_b:
+        grad_b = torch.mm(g.t(), xa).mul_(ctx.scaling)
+    if need_a and ctx.seed is not None:
+        grad_a = fused_dropout.dropout_grad_a(gb, rows, ctx.p, ctx.seed)
+    elif need_a:
+        dropped = rows if mask is None else torch.ops.aten.native_dropout_backward(rows, mask, _keep(ctx.p))
+        grad_a = torch.mm(gb.t(), dropped)
+        del dropped  # input-sized: freed before the input gradient's two input-sized tensors exist
+    return gb, grad_a, grad_b
+
+
+def _input_grad(ctx: Any, g: torch.Tensor, gb: torch.Tensor, lora_a: torch.Tensor, mask: torch.Tensor | None,
+                dtype: torch.dtype) -> torch.Tensor:
+    """dx = g W + dropout'(gb A) of one projection, as (tokens, in_features)."""
+    import torch
+
+    from kubetune_trainer import fp8_matmul, fused_dropout
+
+    weight = dense_weight(ctx.base, dtype)
+    grad_x = fp8_matmul.mm_weight(g, weight) if ctx.fp8 else torch.mm(g, weight)
+    if ctx.seed is not None:
+        fused_dropout.dropout_up_add_(grad_x, gb, lora_a, ctx.p, ctx.seed)
+    elif mask is None:
+        grad_x.addmm_(gb, lora_a)
+    else:  # mask, 1/(1-p) and the sum in one pass
+        grad_x.addcmul_(torch.mm(gb, lora_a), mask, value=_keep(ctx.p))
+    return grad_x
+
+
+def _keep(p: float) -> float:
+    """Dropout's rescaling of the kept entries."""
+    return 1.0 / (1.0 - p) if p > 0 else 1.0
+
+
+def _rows(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`t` as (tokens, features) in `dtype`."""
+    rows = t.reshape(-1, t.shape[-1])
+    return rows if rows.dtype == dtype else rows.to(dtype)
+
+
+def _build_function() -> Any:
+    import torch
+
+    from kubetune_trainer import fp8_matmul
 
     class _FusedLora(torch.autograd.Function):
         """out = x W^T + b + s · dropout(x) A^T B^T, with W re-dequantized in the backward instead of kept."""
@@ -148,36 +246,9 @@ def _build_function() -> Any:
             fp8: bool,
         ) -> torch.Tensor:
             rows = x.reshape(-1, x.shape[-1])
-            # The adapter's side first, so the dropped-out copy is gone before the output is allocated
-            # (the base matmul draws no random numbers: the masks are still peft's).
-            seed = None
-            if p > 0 and dropout_kernel and fused_dropout.applies(rows):  # training.fusedDropout: no mask kept
-                mask, seed = None, fused_dropout.draw_seed()
-                xa = fused_dropout.dropout_down(rows, lora_a, p, seed)
-            elif p > 0:
-                dropped, mask = torch.ops.aten.native_dropout(rows, p, True)
-                xa = torch.mm(dropped, lora_a.t())
-                del dropped
-            else:
-                mask, xa = None, torch.mm(rows, lora_a.t())
-            weight = dense_weight(base, x.dtype)
-            fp8 = fp8 and fp8_matmul.fits(rows, weight)
-            if keep_base_output:  # selective checkpointing keeps this matmul's output: mark it, never write into it
-                BASE_OUTPUT_MARK.pending = True
-            if fp8:  # the adapter's term rides inside the e4m3 matmul: [x | xa] @ [W | s·B]^T
-                out = fp8_matmul.mm_weight_t(x, rows, weight, (xa, lora_b, scaling))
-                out = out if bias is None else out + bias
-            else:
-                out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
-            BASE_OUTPUT_MARK.pending = False  # read during the matmul's dispatch only (outside SAC nobody reads it)
-            if not fp8:  # the adapter's term on its own (in fp8 it is already in `out`)
-                if keep_base_output:
-                    out = torch.addmm(out, xa, lora_b.t(), alpha=scaling)
-                else:
-                    out.addmm_(xa, lora_b.t(), alpha=scaling)
+            out, xa, mask = _project(ctx, x, rows, lora_a, lora_b, bias, base, scaling, p, keep_base_output,
+                                     dropout_kernel, fp8)
             ctx.save_for_backward(x, lora_a, lora_b, xa, mask)
-            ctx.base, ctx.scaling, ctx.p, ctx.has_bias, ctx.seed = base, scaling, p, bias is not None, seed
-            ctx.fp8 = fp8
             return out.view(*x.shape[:-1], out.shape[-1])
 
         @staticmethod
@@ -185,37 +256,104 @@ def _build_function() -> Any:
             x, lora_a, lora_b, xa, mask = ctx.saved_tensors
             if ctx.fp8:
                 fp8_matmul.forget_input()
-            need_x, need_a, need_b, need_bias = ctx.needs_input_grad[:4]
-            rows = x.reshape(-1, x.shape[-1])
-            g = grad.reshape(-1, grad.shape[-1])
-            if g.dtype != x.dtype:
-                g = g.to(x.dtype)
-            keep = 1.0 / (1.0 - ctx.p) if ctx.p > 0 else 1.0
-            gb = torch.mm(g, lora_b).mul_(ctx.scaling)  # (tokens, r): the gradient reaching A's output
-            grad_a = grad_b = grad_x = grad_bias = None
-            if need_b:
-                grad_b = torch.mm(g.t(), xa).mul_(ctx.scaling)
-            if need_a and ctx.seed is not None:
-                grad_a = fused_dropout.dropout_grad_a(gb, rows, ctx.p, ctx.seed)
-            elif need_a:
-                dropped = rows if mask is None else torch.ops.aten.native_dropout_backward(rows, mask, keep)
-                grad_a = torch.mm(gb.t(), dropped)
-                del dropped  # input-sized: freed before the input gradient's two input-sized tensors exist
-            if need_x:
-                weight = dense_weight(ctx.base, x.dtype)
-                grad_x = fp8_matmul.mm_weight(g, weight) if ctx.fp8 else torch.mm(g, weight)
-                if ctx.seed is not None:
-                    fused_dropout.dropout_up_add_(grad_x, gb, lora_a, ctx.p, ctx.seed)
-                elif mask is None:
-                    grad_x.addmm_(gb, lora_a)
-                else:  # mask, 1/(1-p) and the sum in one pass
-                    grad_x.addcmul_(torch.mm(gb, lora_a), mask, value=keep)
-                grad_x = grad_x.view(x.shape)
-            if need_bias and ctx.has_bias:
-                grad_bias = g.sum(dim=0)
+            rows, g = x.reshape(-1, x.shape[-1]), _rows(grad, x.dtype)
+            gb, grad_a, grad_b = _adapter_grads(ctx, g, rows, lora_a, lora_b, xa, mask, *ctx.needs_input_grad[1:3])
+            grad_x = _input_grad(ctx, g, gb, lora_a, mask, x.dtype).view(x.shape) if ctx.needs_input_grad[0] else None
+            grad_bias = g.sum(dim=0) if ctx.needs_input_grad[3] and ctx.has_bias else None
             return grad_x, grad_a, grad_b, grad_bias, None, None, None, None, None, None
 
     return _FusedLora
+
+
+def _build_swiglu_down() -> Any:
+    import torch
+
+    from kubetune_trainer import fp8_matmul
+
+    class _FusedSwigluDown(torch.autograd.Function):
+        """out = down(silu(gate) · up) with h = silu(gate) · up never kept: the backward recomputes it.
+
+        The MLP's backward peak is the down projection's input gradient (tokens × intermediate) while
+        gate, up and h are alive; peft's (and the per-projection fused) path keeps h for dA. Here h is
+        rebuilt from gate and up, used for dA and freed before the input gradient exists, and the
+        SwiGLU gradient is written into gate's and up's buffers (as Liger's kernel does), so the
+        peak holds three intermediate-sized tensors instead of four (−0.5 GiB on the 1B shape).
+        """
+
+        @staticmethod
+        def forward(  # type: ignore[override]
+            ctx: Any,
+            gate: torch.Tensor,
+            up: torch.Tensor,
+            lora_a: torch.Tensor,
+            lora_b: torch.Tensor,
+            bias: torch.Tensor | None,
+            base: Any,
+            scaling: float,
+            p: float,
+            keep_base_output: bool,
+            dropout_kernel: bool,
+            fp8: bool,
+        ) -> torch.Tensor:
+            h = swiglu(gate, up)
+            rows = h.reshape(-1, h.shape[-1])
+            out, xa, mask = _project(ctx, h, rows, lora_a, lora_b, bias, base, scaling, p, keep_base_output,
+                                     dropout_kernel, fp8)
+            ctx.save_for_backward(gate, up, lora_a, lora_b, xa, mask)
+            return out.view(*h.shape[:-1], out.shape[-1])
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+            gate, up, lora_a, lora_b, xa, mask = ctx.saved_tensors
+            if ctx.fp8:
+                fp8_matmul.forget_input()
+            g = _rows(grad, gate.dtype)
+            h = swiglu(gate, up)
+            gb, grad_a, grad_b = _adapter_grads(ctx, g, h.reshape(-1, h.shape[-1]), lora_a, lora_b, xa, mask,
+                                                *ctx.needs_input_grad[2:4])
+            del h
+            grad_bias = g.sum(dim=0) if ctx.needs_input_grad[4] and ctx.has_bias else None
+            grad_gate = grad_up = None
+            if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+                grad_h = _input_grad(ctx, g, gb, lora_a, mask, gate.dtype).view(gate.shape)
+                grad_gate, grad_up = swiglu_backward_(gate, up, grad_h)
+            return grad_gate, grad_up, grad_a, grad_b, grad_bias, None, None, None, None, None, None
+
+    return _FusedSwigluDown
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) · up: Liger's kernel on CUDA where it imports, PyTorch's ops elsewhere."""
+    import torch
+
+    if gate.is_cuda and _liger_swiglu() is not None:
+        return _liger_swiglu()[0](gate, up)[2]
+    return torch.nn.functional.silu(gate) * up
+
+
+def swiglu_backward_(gate: torch.Tensor, up: torch.Tensor, grad_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d gate, d up) of h = silu(gate) · up, written into `gate` and `up` (their values are not needed after)."""
+    import torch
+
+    if gate.is_cuda and _liger_swiglu() is not None:
+        return _liger_swiglu()[1](gate, up, grad_h)
+    sigmoid = torch.sigmoid(gate)
+    silu = gate * sigmoid
+    grad_up = grad_h * silu
+    grad_gate = grad_h * up * sigmoid * (1 + gate * (1 - sigmoid))
+    gate.copy_(grad_gate)
+    up.copy_(grad_up)
+    return gate, up
+
+
+@functools.cache
+def _liger_swiglu() -> tuple[Any, Any] | None:
+    """Liger's SwiGLU forward and in-place backward, or None where liger-kernel (Triton) does not import."""
+    try:
+        from liger_kernel.ops.swiglu import swiglu_backward, swiglu_forward
+    except Exception:  # noqa: BLE001 - no Triton, or a liger-kernel without these ops: PyTorch's ops
+        return None
+    return swiglu_forward, swiglu_backward
 
 
 def _fast_path_inputs(module: Any, x: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -245,6 +383,12 @@ def _fast_path_inputs(module: Any, x: torch.Tensor, args: tuple[Any, ...], kwarg
     return lora_a.weight, lora_b.weight, bias, float(module.scaling[name]), p
 
 
+def _options(module: Any) -> tuple[bool, bool, bool]:
+    """(keep base output, dropout kernel, fp8) as set on a fused projection by the recipe's levers."""
+    return (bool(getattr(module, KEEP_BASE_OUTPUT, False)), bool(getattr(module, DROPOUT_KERNEL, False)),
+            bool(getattr(module, FP8_BASE, False)))
+
+
 def fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """The forward of a fused LoRA projection; falls back to peft's own for anything it does not cover."""
     import torch
@@ -252,34 +396,42 @@ def fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torc
     inputs = _fast_path_inputs(self, x, args, kwargs)
     if inputs is None:
         return super(type(self), self).forward(x, *args, **kwargs)
-    lora_a, lora_b, bias, scaling, p = inputs
-    keep = bool(getattr(self, KEEP_BASE_OUTPUT, False))
-    kernel = bool(getattr(self, DROPOUT_KERNEL, False))
-    fp8 = bool(getattr(self, FP8_BASE, False))
     with torch.autocast(x.device.type, enabled=False):
-        return _apply_eager(x, lora_a, lora_b, bias, self.get_base_layer(), scaling, p, keep, kernel, fp8)
+        return _EAGER_APPLY["projection"](x, *inputs[:3], self.get_base_layer(), *inputs[3:], *_options(self))
 
 
-def _apply_eager(*args: Any) -> torch.Tensor:
-    """Run the autograd function outside torch.compile (`training.compileLayers` compiles around it).
-
-    bitsandbytes' dequantization and the shared scratch buffer are not traceable; a clean graph
-    break here keeps dynamo from trying, and costs nothing in eager mode.
-    """
-    return _EAGER_APPLY[0](*args)
+def fused_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    """The forward of a gated MLP, down(silu(gate(x)) · up(x)), whose down projection recomputes its input."""
+    gate, up = self.gate_proj(x), self.up_proj(x)
+    return swiglu_down(gate, up, self.down_proj)
 
 
-# The autograd function's `apply` behind `torch.compiler.disable`, made by `apply` before anything
-# is compiled: built lazily inside a compiled region, its class statement broke dynamo's graph
-# (`Invalid call to __build_class__`), and dynamo traced into the builder.
-_EAGER_APPLY: list[Any] = []
+def swiglu_down(gate: torch.Tensor, up: torch.Tensor, down: Any) -> torch.Tensor:
+    """down(silu(gate) · up) through `_FusedSwigluDown`, or through `down`'s own forward where it is not fused."""
+    import torch
+
+    inputs = _fast_path_inputs(down, gate, (), {}) if gate.dtype == up.dtype else None
+    if inputs is None:
+        return down(torch.nn.functional.silu(gate) * up)
+    with torch.autocast(gate.device.type, enabled=False):
+        return _EAGER_APPLY["swiglu_down"](gate, up, *inputs[:3], down.get_base_layer(), *inputs[3:],
+                                           *_options(down))
+
+
+# The autograd functions' `apply` behind `torch.compiler.disable`, made by `apply` before anything
+# is compiled (`training.compileLayers` compiles around them): bitsandbytes' dequantization and the
+# shared scratch buffer are not traceable, so a clean graph break here keeps dynamo from trying
+# (free in eager mode). Built lazily inside a compiled region, a class statement broke dynamo's
+# graph (`Invalid call to __build_class__`), and dynamo traced into the builder.
+_EAGER_APPLY: dict[str, Any] = {}
 
 
 def _prepare_eager_apply() -> None:
     import torch
 
     if not _EAGER_APPLY:
-        _EAGER_APPLY.append(torch.compiler.disable(FusedLoraFunction.get().apply, recursive=True))
+        _EAGER_APPLY["projection"] = torch.compiler.disable(FusedLoraFunction.get().apply, recursive=True)
+        _EAGER_APPLY["swiglu_down"] = torch.compiler.disable(_build_swiglu_down().apply, recursive=True)
 
 
 def _fusable_reason(module: Any) -> str | None:
@@ -335,12 +487,61 @@ def apply(model: Any) -> int:
         fused += 1
     for reason in sorted(refused):
         log.info("training.fusedLora: some LoRA modules keep peft's forward: %s", reason)
+    mlps = sum(_fuse_mlp(module) for module in model.modules())
+    log.info("training.fusedLora: %d gated MLPs recompute the down projection's input in its backward", mlps)
     return fused
+
+
+SWIGLU_ACTIVATIONS = frozenset({"silu", "swish"})
+"""`config.hidden_act` values of the gated MLPs whose activation `swiglu` computes."""
+
+_FUSED_MLP_CLASSES: dict[type, type] = {}
+
+
+class _MlpForward:
+    """The `forward` of the fused MLP classes: a data descriptor, so it wins over an instance's own.
+
+    transformers' `Trainer.train()` applies Liger after the fusing, and Liger binds its SwiGLU
+    forward on each MLP instance (`module.__dict__["forward"]`); a plain class attribute would be
+    hidden by it. The instance's binding stays in its `__dict__`, unused, and is back in force once
+    `remove` restores the class.
+    """
+
+    def __get__(self, module: Any, owner: type | None = None) -> Any:
+        import types
+
+        return fused_mlp_forward if module is None else types.MethodType(fused_mlp_forward, module)
+
+    def __set__(self, module: Any, value: Any) -> None:
+        module.__dict__["forward"] = value
+
+
+def _fuse_mlp(module: Any) -> bool:
+    """Switch a gated SiLU MLP whose three projections are fused to `fused_mlp_forward`; whether it did."""
+    import torch
+
+    projections = [getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
+    if type(module) in _FUSED_MLP_CLASSES.values() or any(type(p) not in _FUSED_CLASSES.values() for p in projections):
+        return False
+    activation = getattr(module, "act_fn", None)  # Liger's SwiGLU MLP has none
+    silu = activation is None or isinstance(activation, torch.nn.SiLU) or type(activation).__name__ == "SiLUActivation"
+    if getattr(getattr(module, "config", None), "hidden_act", None) not in SWIGLU_ACTIVATIONS or not silu:
+        return False
+    cls = type(module)
+    if cls not in _FUSED_MLP_CLASSES:
+        _FUSED_MLP_CLASSES[cls] = type(f"Fused{cls.__name__}", (cls,), {"forward": _MlpForward(), "__module__": __name__})
+    module.__class__ = _FUSED_MLP_CLASSES[cls]
+    return True
+
+
+def fused_mlp_count(model: Any) -> int:
+    """How many of `model`'s MLPs run `fused_mlp_forward`."""
+    return sum(type(module) in _FUSED_MLP_CLASSES.values() for module in model.modules())
 
 
 def remove(model: Any) -> None:
     """Undo `apply`: every fused module gets its peft class back."""
-    plain = {fused: cls for cls, fused in _FUSED_CLASSES.items()}
+    plain = {fused: cls for cls, fused in (*_FUSED_CLASSES.items(), *_FUSED_MLP_CLASSES.items())}
     for module in model.modules():
         if type(module) in plain:
             module.__class__ = plain[type(module)]
