@@ -51,6 +51,8 @@ def test_trainer_fuses_every_projection_and_trains(
     """`kubetune_trainer.train.train` with the recipe default: 7 fused projections per layer, loss falls."""
     job = finetunejob("fused", models["tiny"], toy_data, training={"maxSteps": 30, "saveSteps": 100})
     job["spec"]["metricsPort"] = 19500
-    fused, losses = train_in_process(job, tmp_path, monkeypatch, lambda m: type(m).__name__.startswith("Fused"))
+    from kubetune_trainer import fused_lora
+
+    fused, losses = train_in_process(job, tmp_path, monkeypatch, fused_lora.is_fused_projection)
     assert fused == 14, "2 layers x (q, k, v, o, gate, up, down)"
     assert losses[-1] < losses[0] * 0.8, losses

@@ -471,7 +471,7 @@ def apply(model: Any) -> int:
     _prepare_eager_apply()  # before any torch.compile traces a fused forward
     fused, refused = 0, set()
     for module in model.modules():
-        if type(module) in _FUSED_CLASSES.values():
+        if is_fused_projection(module):
             fused += 1
             continue
         if not hasattr(module, "lora_A"):
@@ -521,7 +521,7 @@ def _fuse_mlp(module: Any) -> bool:
     import torch
 
     projections = [getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
-    if type(module) in _FUSED_MLP_CLASSES.values() or any(type(p) not in _FUSED_CLASSES.values() for p in projections):
+    if type(module) in _FUSED_MLP_CLASSES.values() or not all(map(is_fused_projection, projections)):
         return False
     activation = getattr(module, "act_fn", None)  # Liger's SwiGLU MLP has none
     silu = activation is None or isinstance(activation, torch.nn.SiLU) or type(activation).__name__ == "SiLUActivation"
@@ -532,6 +532,11 @@ def _fuse_mlp(module: Any) -> bool:
         _FUSED_MLP_CLASSES[cls] = type(f"Fused{cls.__name__}", (cls,), {"forward": _MlpForward(), "__module__": __name__})
     module.__class__ = _FUSED_MLP_CLASSES[cls]
     return True
+
+
+def is_fused_projection(module: Any) -> bool:
+    """Whether `module` is a LoRA projection switched to `fused_forward`."""
+    return type(module) in _FUSED_CLASSES.values()
 
 
 def fused_mlp_count(model: Any) -> int:
@@ -579,7 +584,7 @@ def apply_from_recipe(model: Any, spec: FineTuneJobSpec) -> None:
 
 def _set_on_fused(model: Any, attribute: str, on: bool) -> None:
     for module in model.modules():
-        if type(module) in _FUSED_CLASSES.values():
+        if is_fused_projection(module):
             setattr(module, attribute, on)
 
 

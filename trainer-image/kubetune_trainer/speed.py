@@ -146,7 +146,7 @@ def enable_selective_checkpointing(model: Any) -> int:
     hidden = model.config.get_text_config().hidden_size
     kept = 0
     for module in model.modules():
-        if type(module).__name__.startswith("Fused") and hasattr(module, "get_base_layer"):
+        if fused_lora.is_fused_projection(module):
             base = module.get_base_layer()
             # Back into the residual stream from an input at least twice as wide: Llama's down_proj.
             wide = base.out_features == hidden and base.in_features >= 2 * hidden
