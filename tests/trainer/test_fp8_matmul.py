@@ -94,24 +94,6 @@ def test_the_adapter_term_rides_inside_the_e4m3_matmul(rank: int) -> None:
     assert relative(adapter_part, term) < 0.15, relative(adapter_part, term)  # the base's rounding shows here too
 
 
-@pytest.mark.parametrize("rank", [16, 20])
-def test_the_adapter_gradient_rides_inside_the_e4m3_input_gradient(rank: int) -> None:
-    """[g | gb] @ [W ; A]: the input gradient with LoRA's term within e4m3's rounding, the term's part kept."""
-    from kubetune_trainer import fp8_matmul
-
-    grad = _rows(40, 32, seed=16).bfloat16()
-    weight = (_rows(32, 64, seed=17) * 0.05).bfloat16()  # (out, in)
-    gb, lora_a_t = _lora_term(40, rank, 64, seed=18)  # gb (tokens, r); A^T (in, r)
-    lora_a = lora_a_t.t().contiguous()
-    got = fp8_matmul.mm_weight(grad, weight, (gb, lora_a))
-    base = grad.double() @ weight.double()
-    term = gb.double() @ lora_a.double()
-    assert got.shape == base.shape
-    assert 1e-3 < relative(got, base + term) < 4e-2
-    adapter_part = got.double() - fp8_matmul.mm_weight(grad, weight).double()
-    assert relative(adapter_part, term) < 0.15, relative(adapter_part, term)
-
-
 def test_readers_of_one_input_each_get_their_own_adapter() -> None:
     """q, k and v share the quantized input and write their xa into the same spare columns, one after the other."""
     from kubetune_trainer import fp8_matmul
@@ -248,14 +230,10 @@ def check_kernels_unrounded(rows: int, cols: int) -> None:
     t[1, 5] = 900.0
     xa, lora_b = (part.float() for part in _lora_term(rows, 20, rows, seed=31))
     extra = fp8_matmul.ExtraColumns(lora_b, torch.logspace(-1, 1, 20), 2.0)
-    lora_a = _lora_term(20, 20, cols, seed=32)[1].float()  # (cols, r): A^T, one row per column of t
-    per_column = fp8_matmul.ExtraColumns(lora_a * 50, torch.logspace(-1, 1, 20), 1.0)  # some rows above t's max
     cases = {
         "rows": (fp8_matmul.quantize_rows(t), fp8_matmul.quantize_rows_reference(t)),
         "rows with B": (fp8_matmul.quantize_rows(t, extra), fp8_matmul.quantize_rows_reference(t, extra)),
         "columns": (fp8_matmul.quantize_columns(t), fp8_matmul.quantize_rows_reference(t.t().contiguous())),
-        "columns with A": (fp8_matmul.quantize_columns(t, per_column),
-                           fp8_matmul.quantize_rows_reference(t.t().contiguous(), per_column)),
     }
     for name, ((got, got_scale), (want, want_scale)) in cases.items():
         assert got.shape == want.shape and got_scale.shape == want_scale.shape, name

@@ -11,8 +11,8 @@ That is the granularity torchao's "rowwise" float8 training recipe uses, in e4m3
 Only the base matmuls change. The 4-bit weight is dequantized to bf16 as before and quantized
 per pass, never kept (no memory beyond one transient e4m3 copy of an activation). In the forward
 the adapter's product joins the same matmul, `[x | xa] @ [W | s·B]^T`, which saves a pass that
-reads and writes the whole output, and without dropout the input gradient's does too,
-`[g | gb] @ [W ; A]`; the LoRA matrices and their gradients, attention and the loss stay in bf16.
+reads and writes the whole output; the LoRA matrices and their gradients, attention and the loss
+stay in bf16.
 
 Why not torchao's `Float8Linear`: it converts trainable high-precision `nn.Linear` weights and
 keeps their gradients; this weight is NF4, frozen, and multiplied inside `fused_lora`'s own
@@ -96,7 +96,7 @@ class ExtraColumns:
     """Columns appended to every row of a matrix before it is quantized: `values[:, k] · factors[k] · multiplier`.
 
     Zero-padded to `width` columns; they share the row's scale. This is how LoRA's B joins the
-    weight it is added to (`mm_weight_t`), and A the transposed weight (`mm_weight`).
+    weight it is added to (`mm_weight_t`).
     """
 
     values: torch.Tensor
@@ -206,15 +206,10 @@ def write_adapter_input_reference(quantized: torch.Tensor, scales: torch.Tensor,
     return factors
 
 
-def quantize_columns(t: torch.Tensor, extra: ExtraColumns | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`quantize_rows(t.t(), extra)` without a transposed copy of `t`: e4m3 (cols, rows [+ extra]) and one fp32
-    scale per column of `t`.
-
-    `extra` (one row per column of `t`) is appended under the same scales: the LoRA A rows of a
-    weight in the input gradient.
-    """
+def quantize_columns(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quantize_rows(t.t())` without a transposed copy of `t`: e4m3 (cols, rows) and one fp32 scale per column."""
     if not (_kernels_run(t) and t.stride(1) == 1):
-        return quantize_rows_reference(t.t().contiguous(), extra)
+        return quantize_rows_reference(t.t().contiguous())
     import torch
     import triton
 
@@ -222,20 +217,13 @@ def quantize_columns(t: torch.Tensor, extra: ExtraColumns | None = None) -> tupl
 
     rows, cols = t.shape
     # max |t| per column in one reduction (no |t| copy); the kernel then writes each tile transposed.
-    scales = torch.linalg.vector_norm(t, ord=float("inf"), dim=0, dtype=torch.float32)
-    wide = None
-    if extra is not None:  # (cols, width): small, so PyTorch's ops
-        wide = extra.dense()
-        scales = torch.maximum(scales, wide.abs().amax(dim=1))
-    scales = scales.clamp_(min=1e-12).div_(E4M3_MAX)
-    quantized = torch.empty((cols, rows + (extra.width if extra else 0)), dtype=_quantized_dtype(), device=t.device)
+    scales = torch.linalg.vector_norm(t, ord=float("inf"), dim=0, dtype=torch.float32).clamp_(min=1e-12).div_(E4M3_MAX)
+    quantized = torch.empty((cols, rows), dtype=_quantized_dtype(), device=t.device)
     grid = (triton.cdiv(rows, TILE), triton.cdiv(cols, TILE))
     fp8_kernels.quantize_columns[grid](
         t, scales, quantized, rows, cols, t.stride(0), quantized.stride(0), FP8_MAX=E4M3_MAX, BLOCK_R=TILE,
         BLOCK_C=TILE
     )
-    if wide is not None:
-        quantized[:, rows:] = (wide / scales.unsqueeze(1)).clamp_(-E4M3_MAX, E4M3_MAX).to(quantized.dtype)
     return quantized, scales.unsqueeze(1)
 
 
@@ -303,23 +291,10 @@ def mm_weight_t(x: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
     return torch._scaled_mm(q_rows, q_weight.t(), scale_a=s_rows, scale_b=s_weight.t(), out_dtype=rows.dtype)
 
 
-def mm_weight(grad: torch.Tensor, weight: torch.Tensor,
-              adapter: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """grad @ weight in bf16 through e4m3 (the input gradient; scales per gradient row and per input channel).
-
-    `adapter` = (gb, A) adds LoRA's input gradient gb @ A inside the same matmul, [grad | gb] @
-    [weight ; A], the forward's scheme transposed: gb's columns share the gradient rows' scales
-    (rescaled by per-column factors that A's rows take back), A's columns the weight's per-input
-    scales. The separate accumulate read and wrote the whole input gradient again.
-    """
+def mm_weight(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """grad @ weight in bf16 through e4m3 (the input gradient; scales per gradient row and per input channel)."""
     import torch
 
-    if adapter is None:
-        q_grad, s_grad = quantize_rows(grad)
-        q_weight_t, s_weight_t = quantize_columns(weight)
-    else:
-        gb, lora_a = adapter
-        q_grad, s_grad = quantize_rows(grad, reserve=padded(gb.shape[1]))
-        factors = write_adapter_input(q_grad, s_grad, gb, grad.shape[1])
-        q_weight_t, s_weight_t = quantize_columns(weight, ExtraColumns(lora_a.t(), factors, 1.0))
+    q_grad, s_grad = quantize_rows(grad)
+    q_weight_t, s_weight_t = quantize_columns(weight)
     return torch._scaled_mm(q_grad, q_weight_t.t(), scale_a=s_grad, scale_b=s_weight_t.t(), out_dtype=grad.dtype)
