@@ -54,11 +54,12 @@ import json
 import math
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,7 @@ class Case:
     levers: dict[str, bool | str] = field(default_factory=dict)
     note: str = ""
     dropout: float = 0.05  # LoRA dropout, for both trainers
+    code: str = ""  # kubetune: the tree whose trainer-image/ and api/ run the case ("": this one; --against)
 
 
 def kt(name: str, shape: str, bits: int, data: str, mb: int, note: str = "", dropout: float = 0.05,
@@ -767,7 +769,6 @@ def run_kubetune(case: Case, model_dir: Path, data: Path, steps: int, seq: int, 
 def measure(case: Case, args: argparse.Namespace) -> dict[str, Any]:
     """Run one case in this process and return its numbers."""
     import torch
-
     from kubetune_trainer import fused_lora
 
     device = args.device
@@ -881,6 +882,25 @@ def run_case_process(case: Case, args: argparse.Namespace, timeout: float) -> di
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         return {**asdict(case), "error": f"exit {code}: {' | '.join(tail)[-300:]}"}
     return json.loads(result.read_text())
+
+
+def interleaved(cases: list[Case], rounds: int, against: str) -> list[Case]:
+    """`cases` `rounds` times over, each KubeTune case followed by the same case on `against`'s trainer.
+
+    Machines differ by more than most levers gain (the same 1B case measured 56.7k-72.1k tokens/s
+    on different calls): an A/B is only read inside one call, and alternating the two sides spreads
+    any drift of the machine over both.
+    """
+    label = re.sub(r"[^a-z0-9]+", "-", Path(against).name.lower()).strip("-") if against else ""
+    runs = []
+    for turn in range(rounds):
+        for case in cases:
+            name = f"{case.name}-r{turn + 1}" if rounds > 1 else case.name
+            runs.append(replace(case, name=name))
+            if against and case.trainer == "kubetune":
+                runs.append(replace(case, name=f"{name}-{label}", code=str(Path(against).resolve()),
+                                    note=f"{case.note}; trainer from {against}"))
+    return runs
 
 
 def estimate_s(case: Case) -> float:
@@ -999,10 +1019,9 @@ def orchestrate(args: argparse.Namespace) -> int:
     make_data(out / "data", args.seq, rows=max(64, 34 * (args.warmup + args.steps)), vocab=vocab)
     make_model(small, out / "models" / small, vocab, args.device)
     results: list[dict[str, Any]] = []
-    for case in PLANS[args.plan](small, large):
-        if args.only and not any(word[1:] == case.name if word.startswith("=") else word in case.name
-                                 for word in args.only.split(",")):
-            continue
+    chosen = [case for case in PLANS[args.plan](small, large) if not args.only or any(
+        word[1:] == case.name if word.startswith("=") else word in case.name for word in args.only.split(","))]
+    for case in interleaved(chosen, args.rounds, args.against):
         left = args.budget_s - (time.monotonic() - started)
         if case.shape == large and not (out / "models" / large / "config.json").exists():
             if left < 3 * estimate_s(case):
@@ -1149,6 +1168,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the timing")
     parser.add_argument("--steps", type=int, default=4, help="timed steps")
     parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting cases after this long")
+    parser.add_argument("--rounds", type=int, default=1, help="run the chosen cases this many times over "
+                        "(names get -r1, -r2, ...)")
+    parser.add_argument("--against", default="", help="a tree (e.g. `git worktree add /tmp/base <rev>`) whose "
+                        "trainer runs each KubeTune case again right after this tree's (name suffix: its folder)")
     parser.add_argument("--only", default="", help="comma-separated substrings of case names to run "
                         "(=NAME: that case alone)")
     parser.add_argument("--no-8b", action="store_true", help="leave out the 8B shape")
@@ -1171,12 +1194,13 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: the orchestrator, or one case in a child process."""
     args = make_parser().parse_args(argv)
-    sys.path[:0] = [str(ROOT / "trainer-image"), str(ROOT / "operator"), str(ROOT)]
+    case = Case(**json.loads(args.child)) if args.child is not None else None
+    code = Path(case.code) if case is not None and case.code else ROOT
+    sys.path[:0] = [str(code / "trainer-image"), str(code / "api"), str(ROOT / "operator"), str(ROOT)]
     if args.layer:
         return layer_bench(args)
-    if args.child is None:
+    if case is None:
         return orchestrate(args)
-    case = Case(**json.loads(args.child))
     result = measure(case, args)
     (Path(args.out) / "cases" / f"{case.name}.json").write_text(json.dumps(result))
     return 0
