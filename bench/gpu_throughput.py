@@ -769,7 +769,6 @@ def run_kubetune(case: Case, model_dir: Path, data: Path, steps: int, seq: int, 
 def measure(case: Case, args: argparse.Namespace) -> dict[str, Any]:
     """Run one case in this process and return its numbers."""
     import torch
-    from kubetune_trainer import fused_lora
 
     device = args.device
     work = Path(args.out) / "cases" / case.name
@@ -811,7 +810,9 @@ def measure(case: Case, args: argparse.Namespace) -> dict[str, Any]:
         "wall_s": wall,
         "first_step_s": timer.first_step_end - PROCESS_START if timer.first_step_end else None,
         "host": json.loads(Path(host).read_text()) if (host := os.environ.get("KT_BENCH_HOST_TIME")) else None,
-        "fused_modules": sum(fused_lora.is_fused_projection(module) for module in trainer.model.modules()),
+        # LoRA projections whose class the fusing renamed: by name, so that --against's older trees count too
+        "fused_modules": sum(hasattr(module, "lora_A") and type(module).__name__.startswith("Fused")
+                             for module in trainer.model.modules()),
     }
 
 
