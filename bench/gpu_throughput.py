@@ -6,6 +6,8 @@
     python bench/gpu_throughput.py --plan final --no-8b --out /tmp/bench              # peers + the levers that gained
     python bench/gpu_throughput.py --plan unsloth --out /tmp/bench --unsloth-site /tmp/usite   # issue 15 round 3
     python bench/gpu_throughput.py --plan fp8 --out /tmp/bench --unsloth-site /tmp/usite       # round 4: fp8BaseMatmuls
+    python bench/gpu_throughput.py --plan host --out /tmp/bench --unsloth-site /tmp/usite      # round 6: optimizer, memory
+    python bench/gpu_throughput.py --plan host --no-8b --out /tmp/bench --against /tmp/base --rounds 2  # A/B in one call
     python bench/gpu_throughput.py --layer --out /tmp/bench                           # one layer: peft vs fused LoRA
     python bench/gpu_throughput.py --device cpu --out /tmp/bench --budget-s 300       # rehearsal, tiny shapes
 
@@ -40,7 +42,11 @@ Time to first step is from the case's process start (imports, model load, quanti
 tokenization, trainer assembly) to the end of the first optimizer step.
 
 `--profile NAMES` records one warm-up step of the named cases with torch.profiler (ops and
-kernels by their own GPU time, OUT/cases/NAME.profile.txt); the timed steps are not profiled.
+kernels by their own GPU time, and where the GPU sat idle, OUT/cases/NAME.profile.txt); the timed
+steps are not profiled. `--memory NAMES` records every allocation of that step and writes what was
+live at its peak, by allocating line (OUT/cases/NAME.memory.txt). `--against TREE` runs each
+KubeTune case again on another checkout's trainer right after this tree's (`git worktree add
+/tmp/base REV`), `--rounds N` repeats the whole list: an A/B read inside one call.
 
 Each case runs in its own process (clean peak memory, no kernel patches leaking between cases);
 results are appended to OUT/results.jsonl as they come, and the table is printed at the end.
