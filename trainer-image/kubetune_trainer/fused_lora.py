@@ -233,7 +233,7 @@ def _build_function() -> Any:
 
         @staticmethod
         def forward(ctx: Any, x: torch.Tensor, *projection: Any) -> torch.Tensor:  # type: ignore[override]
-            """`projection`: A, B, bias, base layer, scaling, p, keep base output, dropout kernel, fp8 (`_project`'s)."""
+            """`projection`: `_projection_args`, passed on to `_project`."""
             rows = x.reshape(-1, x.shape[-1])
             out, xa, mask = _project(ctx, x, rows, *projection)
             ctx.save_for_backward(x, *projection[:2], xa, mask)
@@ -271,7 +271,7 @@ def _build_swiglu_down() -> Any:
 
         @staticmethod
         def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor, *projection: Any) -> torch.Tensor:  # type: ignore[override]
-            """`projection`: the down projection's A, B, bias, base layer and options, as `_FusedLora` takes them."""
+            """`projection`: the down projection's `_projection_args`."""
             h = swiglu(gate, up)
             rows = h.reshape(-1, h.shape[-1])
             out, xa, mask = _project(ctx, h, rows, *projection)
@@ -332,8 +332,9 @@ def _liger_swiglu() -> tuple[Any, Any] | None:
     return swiglu_forward, swiglu_backward
 
 
-def _fast_path_inputs(module: Any, x: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """(A, B, bias, scaling, p) when this call can take the fused path, else None (peft's forward)."""
+def _projection_args(module: Any, x: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The autograd nodes' projection arguments, in `_project`'s order (A, B, bias, base layer, scaling, p, keep
+    base output, dropout kernel, fp8), when this call can take the fused path; else None (peft's forward)."""
     import torch
 
     if args or kwargs or module.disable_adapters or module.merged:
@@ -356,24 +357,19 @@ def _fast_path_inputs(module: Any, x: torch.Tensor, args: tuple[Any, ...], kwarg
     bias = base.bias
     if bias is not None and bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
-    return lora_a.weight, lora_b.weight, bias, float(module.scaling[name]), p
-
-
-def _options(module: Any) -> tuple[bool, bool, bool]:
-    """(keep base output, dropout kernel, fp8) as set on a fused projection by the recipe's levers."""
-    return (bool(getattr(module, KEEP_BASE_OUTPUT, False)), bool(getattr(module, DROPOUT_KERNEL, False)),
-            bool(getattr(module, FP8_BASE, False)))
+    levers = (bool(getattr(module, flag, False)) for flag in (KEEP_BASE_OUTPUT, DROPOUT_KERNEL, FP8_BASE))
+    return (lora_a.weight, lora_b.weight, bias, base, float(module.scaling[name]), p, *levers)
 
 
 def fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """The forward of a fused LoRA projection; falls back to peft's own for anything it does not cover."""
     import torch
 
-    inputs = _fast_path_inputs(self, x, args, kwargs)
-    if inputs is None:
+    projection = _projection_args(self, x, args, kwargs)
+    if projection is None:
         return super(type(self), self).forward(x, *args, **kwargs)
     with torch.autocast(x.device.type, enabled=False):
-        return _EAGER_APPLY["projection"](x, *inputs[:3], self.get_base_layer(), *inputs[3:], *_options(self))
+        return _EAGER_APPLY["projection"](x, *projection)
 
 
 def fused_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
@@ -386,12 +382,11 @@ def swiglu_down(gate: torch.Tensor, up: torch.Tensor, down: Any) -> torch.Tensor
     """down(silu(gate) · up) through `_FusedSwigluDown`, or through `down`'s own forward where it is not fused."""
     import torch
 
-    inputs = _fast_path_inputs(down, gate, (), {}) if gate.dtype == up.dtype else None
-    if inputs is None:
+    projection = _projection_args(down, gate, (), {}) if gate.dtype == up.dtype else None
+    if projection is None:
         return down(torch.nn.functional.silu(gate) * up)
     with torch.autocast(gate.device.type, enabled=False):
-        return _EAGER_APPLY["swiglu_down"](gate, up, *inputs[:3], down.get_base_layer(), *inputs[3:],
-                                           *_options(down))
+        return _EAGER_APPLY["swiglu_down"](gate, up, *projection)
 
 
 # The autograd functions' `apply` behind `torch.compiler.disable`, made by `apply` before anything
@@ -456,10 +451,7 @@ def apply(model: Any) -> int:
         if reason is not None:
             refused.add(reason)
             continue
-        cls = type(module)
-        if cls not in _FUSED_CLASSES:
-            _FUSED_CLASSES[cls] = type(f"Fused{cls.__name__}", (cls,), {"forward": fused_forward, "__module__": __name__})
-        module.__class__ = _FUSED_CLASSES[cls]
+        module.__class__ = _fused_class(_FUSED_CLASSES, type(module), fused_forward)
         fused += 1
     for reason in sorted(refused):
         log.info("training.fusedLora: some LoRA modules keep peft's forward: %s", reason)
@@ -503,11 +495,15 @@ def _fuse_mlp(module: Any) -> bool:
     silu = activation is None or isinstance(activation, torch.nn.SiLU) or type(activation).__name__ == "SiLUActivation"
     if getattr(getattr(module, "config", None), "hidden_act", None) not in SWIGLU_ACTIVATIONS or not silu:
         return False
-    cls = type(module)
-    if cls not in _FUSED_MLP_CLASSES:
-        _FUSED_MLP_CLASSES[cls] = type(f"Fused{cls.__name__}", (cls,), {"forward": _MlpForward(), "__module__": __name__})
-    module.__class__ = _FUSED_MLP_CLASSES[cls]
+    module.__class__ = _fused_class(_FUSED_MLP_CLASSES, type(module), _MlpForward())
     return True
+
+
+def _fused_class(registry: dict[type, type], cls: type, forward: Any) -> type:
+    """`cls`'s subclass with `forward` (made once per class and kept in `registry`; `remove` maps back)."""
+    if cls not in registry:
+        registry[cls] = type(f"Fused{cls.__name__}", (cls,), {"forward": forward, "__module__": __name__})
+    return registry[cls]
 
 
 def is_fused_projection(module: Any) -> bool:
