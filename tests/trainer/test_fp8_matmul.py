@@ -110,6 +110,28 @@ def test_readers_of_one_input_each_get_their_own_adapter() -> None:
     assert all(bool((s == a).all()) for s, a in zip(shared, alone, strict=True))
 
 
+def test_a_group_writes_its_adapter_products_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """q, k and v as one group: their xa side by side, written once; each picks its own columns by offset,
+    with the same result as alone (a column's factor depends on that column only)."""
+    import torch
+    from kubetune_trainer import fp8_matmul
+
+    writes = []
+    original = fp8_matmul.write_adapter_input
+    monkeypatch.setattr(fp8_matmul, "write_adapter_input", lambda *args: writes.append(1) or original(*args))
+    fp8_matmul.forget_input()
+    x = _rows(24, 48, seed=9).bfloat16()
+    weights = [(_rows(32, 48, seed=10 + i) * 0.05).bfloat16() for i in range(3)]
+    terms = [_lora_term(24, 16, 32, seed=20 + 2 * i) for i in range(3)]
+    products = torch.cat([xa for xa, _ in terms], dim=1)
+    grouped = [fp8_matmul.mm_weight_t(x, x, w, fp8_matmul.Adapter(products, lora_b, 2.0, 16 * i))
+               for i, (w, (_, lora_b)) in enumerate(zip(weights, terms, strict=True))]
+    assert len(writes) == 1
+    for w, (xa, lora_b), got in zip(weights, terms, grouped, strict=True):
+        fp8_matmul.forget_input()
+        assert bool((fp8_matmul.mm_weight_t(x, x, w, (xa, lora_b, 2.0)) == got).all())
+
+
 def test_a_shared_input_is_quantized_once_and_a_changed_one_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """q, k and v read one input: one quantization; an in-place change is seen; the copy dies with its input."""
     from kubetune_trainer import fp8_matmul
@@ -166,6 +188,26 @@ def test_fused_projections_in_fp8_track_the_bf16_ones(
     assert abs(float(loss1 - loss0)) / float(loss0) < 1e-2
     errors = sorted(relative(grads1[name], grads0[name]) for name in grads0)
     assert errors[len(errors) // 2] < 0.35, errors
+
+
+def test_fp8_siblings_in_one_node_equal_each_alone(tiny_llama: Path) -> None:
+    """k and v through q/k/v's one node read their own adapter columns: the same output as each projection alone."""
+    import torch
+    from kubetune_trainer import fused_lora
+
+    model = lora_model(tiny_llama, 16, 0.0, torch.bfloat16)
+    fused_lora.apply(model)
+    fused_lora.set_fp8_base(model, True)
+    attention = model.base_model.model.model.layers[0].self_attn
+    x = torch.randn(2, 8, model.config.hidden_size, generator=torch.Generator().manual_seed(5)).bfloat16()
+    try:
+        with torch.no_grad():
+            grouped = [attention.q_proj(x), attention.k_proj(x), attention.v_proj(x)]
+            alone = [attention.k_proj(x.clone()), attention.v_proj(x.clone())]  # no leader call first: each alone
+    finally:
+        fused_lora.remove(model)
+    for got, want in zip(grouped[1:], alone, strict=True):
+        assert relative(got, want) < 1e-2, relative(got, want)
 
 
 def _scaled_mms_in_backward(model: Any, ids: Any) -> tuple[float, dict[str, Any], int]:
@@ -230,9 +272,12 @@ def check_kernels_unrounded(rows: int, cols: int) -> None:
     t[1, 5] = 900.0
     xa, lora_b = (part.float() for part in _lora_term(rows, 20, rows, seed=31))
     extra = fp8_matmul.ExtraColumns(lora_b, torch.logspace(-1, 1, 20), 2.0)
+    sibling = fp8_matmul.ExtraColumns(lora_b, torch.logspace(-1, 1, 50), 2.0, offset=24)  # k's B among q/k/v's
     cases = {
         "rows": (fp8_matmul.quantize_rows(t), fp8_matmul.quantize_rows_reference(t)),
         "rows with B": (fp8_matmul.quantize_rows(t, extra), fp8_matmul.quantize_rows_reference(t, extra)),
+        "rows with B at an offset": (fp8_matmul.quantize_rows(t, sibling),
+                                     fp8_matmul.quantize_rows_reference(t, sibling)),
         "columns": (fp8_matmul.quantize_columns(t), fp8_matmul.quantize_rows_reference(t.t().contiguous())),
     }
     for name, ((got, got_scale), (want, want_scale)) in cases.items():

@@ -145,6 +145,58 @@ def test_fused_projections_under_gradient_checkpointing(tiny_llama: Path, ids: A
     assert max(relative(grads1[name], grads0[name]) for name in grads0) < 1e-4
 
 
+def autograd_nodes(loss: Any) -> list[str]:
+    """The names of every node in `loss`'s backward graph."""
+    seen, stack, names = set(), [loss.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def test_siblings_reading_one_input_share_one_node(tiny_llama: Path, ids: Any) -> None:
+    """q/k/v and gate/up each run as one autograd node per layer (with o: three, plus the down projection's)."""
+    import torch
+
+    from kubetune_trainer import fused_lora
+
+    model = lora_model(tiny_llama, 4, 0.1, torch.float32)
+    fused_lora.apply(model)
+    try:
+        nodes = autograd_nodes(model(input_ids=ids, labels=ids).loss)
+    finally:
+        fused_lora.remove(model)
+    layers = model.config.num_hidden_layers
+    assert nodes.count("_FusedGroupBackward") == 3 * layers
+    assert nodes.count("_FusedSwigluDownBackward") == layers
+
+
+def test_a_sibling_called_on_another_input_runs_alone(tiny_llama: Path) -> None:
+    """k_proj on another input than q_proj's (cross-attention, say) gets its own output; the group is broken up."""
+    import torch
+
+    from kubetune_trainer import fused_lora
+
+    model = lora_model(tiny_llama, 4, 0.0, torch.float32)
+    attention = model.base_model.model.model.layers[0].self_attn
+    x, other = (torch.randn(2, 5, model.config.hidden_size, generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    want = attention.k_proj(other)
+    fused_lora.apply(model)
+    try:
+        attention.q_proj(x)
+        got = attention.k_proj(other)
+        broken = [name for name in ("q_proj", "k_proj", "v_proj")
+                  if fused_lora.SHARED_INPUT not in vars(getattr(attention, name))]
+    finally:
+        fused_lora.remove(model)
+    assert relative(got, want) < 1e-5
+    assert broken == ["q_proj", "k_proj", "v_proj"], "the group is broken up"
+
+
 def test_disabled_adapter_and_eval_mode_fall_back_to_peft(tiny_llama: Path, ids: Any) -> None:
     """With the adapter disabled (DPO's reference model) a fused model is the base model; eval mode drops no units."""
     import torch

@@ -5,14 +5,15 @@ import triton.language as tl
 
 
 @triton.jit
-def quantize_rows(src, dst, scales, cols, src_stride, dst_stride, extra, extra_stride, factors, multiplier, extra_cols,
-                  extra_width, FP8_MAX: tl.constexpr, BLOCK: tl.constexpr, EXTRA: tl.constexpr):
+def quantize_rows(src, dst, scales, cols, src_stride, dst_stride, extra, extra_stride, factors, multiplier, extra_offset,
+                  extra_cols, extra_width, FP8_MAX: tl.constexpr, BLOCK: tl.constexpr, EXTRA: tl.constexpr):
     """dst[row] = src[row] / scale[row] in e4m3 with scale[row] = max|src[row]| / FP8_MAX; one program per row.
 
     The row is read once (it fits the block): the maximum and the scaled cast come from the same
     registers, where PyTorch's ops take five passes over memory (abs, amax, divide, clamp, cast).
-    With EXTRA > 0 the row goes on with `extra[row, k] · factors[k] · multiplier` (k < extra_cols),
-    zero-padded to `extra_width` columns, under the same scale: the LoRA B columns of a weight.
+    With EXTRA > 0 the row goes on with `extra_width` more columns under the same scale, column k
+    holding `extra[row, k - extra_offset] · factors[k] · multiplier` for the `extra_cols` columns
+    from `extra_offset` on, zero elsewhere: the LoRA B columns of a weight.
     """
     row = tl.program_id(0).to(tl.int64)
     offsets = tl.arange(0, BLOCK)
@@ -21,8 +22,8 @@ def quantize_rows(src, dst, scales, cols, src_stride, dst_stride, extra, extra_s
     amax = tl.max(tl.abs(values), axis=0)
     if EXTRA > 0:
         k = tl.arange(0, EXTRA)
-        used = k < extra_cols
-        more = tl.load(extra + row * extra_stride + k, mask=used, other=0.0).to(tl.float32)
+        used = (k >= extra_offset) & (k < extra_offset + extra_cols)
+        more = tl.load(extra + row * extra_stride + k - extra_offset, mask=used, other=0.0).to(tl.float32)
         more = more * tl.load(factors + k, mask=used, other=0.0) * multiplier
         amax = tl.maximum(amax, tl.max(tl.abs(more), axis=0))
     scale = tl.maximum(amax, 1e-12) / FP8_MAX

@@ -27,7 +27,7 @@ import functools
 import os
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     import torch
@@ -93,27 +93,31 @@ def padded(n: int) -> int:
 
 @dataclass(frozen=True)
 class ExtraColumns:
-    """Columns appended to every row of a matrix before it is quantized: `values[:, k] · factors[k] · multiplier`.
+    """Columns appended to every row of a matrix before it is quantized: `values[:, k] · factors[offset + k] · multiplier`.
 
-    Zero-padded to `width` columns; they share the row's scale. This is how LoRA's B joins the
-    weight it is added to (`mm_weight_t`).
+    They share the row's scale. `factors` covers the whole appended block (one per column that an
+    input writes there, `write_adapter_input`); `values` fill its columns from `offset` on, the rest
+    is zero, up to a multiple of `ADAPTER_ALIGN`. This is how LoRA's B joins the weight it is added
+    to (`mm_weight_t`), and how projections reading one input each pick their own adapter's columns.
     """
 
     values: torch.Tensor
     factors: torch.Tensor
     multiplier: float
+    offset: int = 0
 
     @property
     def width(self) -> int:
         """The columns appended, padding included."""
-        return padded(self.values.shape[1])
+        return padded(self.factors.shape[0])
 
     def dense(self) -> torch.Tensor:
         """The appended columns in fp32, padding included (the PyTorch path)."""
         import torch
 
-        wide = self.values.float() * self.factors * self.multiplier
-        return torch.nn.functional.pad(wide, (0, self.width - wide.shape[1]))
+        cols = self.values.shape[1]
+        wide = self.values.float() * self.factors[self.offset:self.offset + cols] * self.multiplier
+        return torch.nn.functional.pad(wide, (self.offset, self.width - self.offset - cols))
 
 
 def quantize_rows(t: torch.Tensor, extra: ExtraColumns | None = None,
@@ -153,13 +157,13 @@ def _quantize_rows_kernel(t: torch.Tensor, extra: ExtraColumns | None,
     block = triton.next_power_of_2(cols)
     warps = 4 if block <= 2048 else 8 if block <= 8192 else 16
     if extra is None:  # the extra pointers are not read (EXTRA=0): any tensor will do
-        values, factors, multiplier, extra_block = t, scales, 1.0, 0
+        values, factors, multiplier, offset, extra_block = t, scales, 1.0, 0, 0
     else:
-        values, factors, multiplier = extra.values, extra.factors, extra.multiplier
+        values, factors, multiplier, offset = extra.values, extra.factors, extra.multiplier, extra.offset
         extra_block = triton.next_power_of_2(width)
     fp8_kernels.quantize_rows[(rows,)](
         t, quantized, scales, cols, t.stride(0), quantized.stride(0), values, values.stride(0), factors, multiplier,
-        values.shape[1], width if extra is not None else 0, FP8_MAX=E4M3_MAX, BLOCK=block, EXTRA=extra_block,
+        offset, values.shape[1], width if extra is not None else 0, FP8_MAX=E4M3_MAX, BLOCK=block, EXTRA=extra_block,
         num_warps=warps,
     )
     return quantized, scales
@@ -227,14 +231,32 @@ def quantize_columns(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return quantized, scales.unsqueeze(1)
 
 
+class Adapter(NamedTuple):
+    """The LoRA term `mm_weight_t` adds: scaling · products[:, offset:offset + r] @ lora_b^T (r = lora_b's columns).
+
+    `products` holds x·A^T of every projection that reads the same input, side by side (one
+    projection: just its own, offset 0); each projection's B picks its own columns.
+    """
+
+    products: torch.Tensor
+    lora_b: torch.Tensor
+    scaling: float
+    offset: int = 0
+
+
 @dataclass
 class _QuantizedInput:
-    """The last forward input quantized: q, k and v (and gate and up) share one input tensor."""
+    """The last forward input quantized: q, k and v (and gate and up) share one input tensor.
+
+    `written` is the adapter products last written into its reserved columns (a weak reference,
+    their version, and the factors `write_adapter_input` returned): projections sharing them write once.
+    """
 
     source: weakref.ref[Any]
     version: int
     reserve: int
     quantized: tuple[Any, Any]
+    written: tuple[weakref.ref[Any], int, Any] | None = None
 
 
 # One entry for the process, not per thread: the forward runs on the training thread and the
@@ -248,20 +270,31 @@ def _forget_dead(source: weakref.ref[Any]) -> None:
         _LAST_INPUT.clear()
 
 
-def _quantized_input(x: torch.Tensor, rows: torch.Tensor, reserve: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantized_input(x: torch.Tensor, rows: torch.Tensor, reserve: int) -> _QuantizedInput:
     """`rows` (the (tokens, features) view of `x`) quantized, reusing the last result for the same `x`.
 
     Matched by identity through a weak reference, so the cache neither keeps an activation alive
     nor outlives it (the last layer's e4m3 copy would otherwise sit beside the loss's peak), and
     by the version counter, which an in-place change of `x` bumps. `reserve` columns after the
-    input's are each reader's own (its x·A^T, written by `write_adapter_input` just before its matmul).
+    input's are for adapter products (x·A^T, written by `write_adapter_input` just before a matmul).
     """
     last = _LAST_INPUT[0] if _LAST_INPUT else None
     if last and last.source() is x and last.version == x._version and last.reserve == reserve:
-        return last.quantized
-    quantized = quantize_rows(rows, reserve=reserve)
-    _LAST_INPUT[:] = [_QuantizedInput(weakref.ref(x, _forget_dead), x._version, reserve, quantized)]
-    return quantized
+        return last
+    entry = _QuantizedInput(weakref.ref(x, _forget_dead), x._version, reserve, quantize_rows(rows, reserve=reserve))
+    _LAST_INPUT[:] = [entry]
+    return entry
+
+
+def _adapter_factors(entry: _QuantizedInput, products: torch.Tensor, offset: int) -> torch.Tensor:
+    """`products` written into `entry`'s reserved columns from `offset` (unless they are already there); their factors."""
+    written = entry.written
+    if written is not None and written[0]() is products and written[1] == products._version:
+        return written[2]
+    q_rows, s_rows = entry.quantized
+    factors = write_adapter_input(q_rows, s_rows, products, offset)
+    entry.written = (weakref.ref(products), products._version, factors)
+    return factors
 
 
 def forget_input() -> None:
@@ -270,24 +303,25 @@ def forget_input() -> None:
 
 
 def mm_weight_t(x: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
-                adapter: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> torch.Tensor:
+                adapter: Adapter | tuple[Any, ...] | None = None) -> torch.Tensor:
     """rows @ weight^T in bf16 through e4m3 (the forward; `weight` is (out, in), `rows` a view of `x`).
 
-    `adapter` = (xa, B, scaling) adds the LoRA term scaling · xa @ B^T inside the same matmul:
-    [rows | xa] @ [weight | scaling · B]^T, where the separate accumulate into the output would
-    read and write the whole output again. xa's columns share the input rows' scales (rescaled by
-    per-column factors that B's columns take back), B's columns the weight rows' scales.
+    `adapter` (an `Adapter`) adds the LoRA term inside the same matmul: [rows | xa] @ [weight | s·B]^T,
+    where the separate accumulate into the output would read and write the whole output again.
+    xa's columns share the input rows' scales (rescaled by per-column factors that B's columns
+    take back), B's columns the weight rows' scales; the rest of the block multiplies zeros.
     """
     import torch
 
     if adapter is None:
-        q_rows, s_rows = _quantized_input(x, rows, 0)
+        q_rows, s_rows = _quantized_input(x, rows, 0).quantized
         q_weight, s_weight = quantize_rows(weight)
     else:
-        xa, lora_b, scaling = adapter
-        q_rows, s_rows = _quantized_input(x, rows, padded(xa.shape[1]))
-        factors = write_adapter_input(q_rows, s_rows, xa, rows.shape[1])
-        q_weight, s_weight = quantize_rows(weight, ExtraColumns(lora_b, factors, scaling))
+        products, lora_b, scaling, offset = Adapter(*adapter)
+        entry = _quantized_input(x, rows, padded(products.shape[1]))
+        q_rows, s_rows = entry.quantized
+        factors = _adapter_factors(entry, products, rows.shape[1])
+        q_weight, s_weight = quantize_rows(weight, ExtraColumns(lora_b, factors, scaling, offset))
     return torch._scaled_mm(q_rows, q_weight.t(), scale_a=s_rows, scale_b=s_weight.t(), out_dtype=rows.dtype)
 
 

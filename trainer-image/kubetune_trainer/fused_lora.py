@@ -7,12 +7,19 @@ shape with 32k tokens per micro-batch those are ~13 GB of memory traffic per lay
 done twice (gradient checkpointing recomputes the forward) and again in the backward; the
 matmuls themselves are the same.
 
-Here one `torch.autograd.Function` per projection (q, k, v, o, gate, up, down) does:
+Here one `torch.autograd.Function` (`_FusedGroup`) per projection, or per group of projections
+that read one input (q/k/v, gate/up), does for each:
 
     forward   out = x @ W^T (+ bias);  xa = dropout(x) @ A^T;  out += scaling * xa @ B^T  (addmm, in place;
               in fp8 one matmul: [x | xa] @ [W | scaling * B]^T)
     backward  dx = g @ W + dropout'(scaling * (g @ B) @ A);  dA = (scaling * g @ B)^T @ dropout(x);
               dB = scaling * g^T @ xa
+
+A group shares its input's save (and, in fp8, its quantized copy), computes every member's
+x·A^T in one matmul and, without dropout, every dA in one more; the input gradient is summed in
+the node. The decoder layer still calls q_proj, k_proj and v_proj one by one: the first
+(`shared_input_forward`) computes all three and the others take theirs if called on the same
+tensor, so no model's attention code is patched.
 
 A gated SiLU MLP (Llama's, Mistral's, Qwen's) whose three projections are fused runs its down
 projection as `_FusedSwigluDown`: silu(gate)·up is computed inside the node and not kept; the
@@ -24,7 +31,7 @@ MLP's backward peak holds one intermediate-sized tensor less.
 runs in fp32: the fused path takes a projection only when the input, the adapter and the base
 compute in one dtype (TRL and `training.adapterInComputeDtype` put the adapter in bf16);
 otherwise that call goes through peft's own forward. Saved for the backward: the input (shared
-with the base matmul, and across q/k/v), the rank-r product `xa`, and with dropout a boolean
+with the base matmul, and across a group), the rank-r products `xa`, and with dropout a boolean
 mask; peft keeps a dropped-out copy of the input per projection instead.
 
 Dropout draws its mask with `aten.native_dropout`, the op `nn.Dropout` itself runs, in the same
@@ -53,6 +60,9 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -118,97 +128,167 @@ def dense_weight(base: Any, dtype: torch.dtype) -> torch.Tensor:
     return bnb_functional.dequantize_4bit(base.weight, state, out=out)
 
 
-class FusedLoraFunction:
-    """Namespace for the autograd function (created lazily: torch is imported only when used)."""
+@dataclass
+class _Member:
+    """One projection inside an autograd node: what `_projection_args` found, and what its forward decided."""
 
-    _function: Any = None
+    base: Any
+    scaling: float
+    p: float
+    keep_base_output: bool
+    dropout_kernel: bool
+    fp8: bool
+    has_bias: bool
+    seed: int | None = None
+    """`fused_dropout`'s seed, when its kernels drew this projection's dropout mask."""
 
-    @classmethod
-    def get(cls) -> Any:
-        """The `torch.autograd.Function` subclass (built once)."""
-        if cls._function is None:
-            cls._function = _build_function()
-        return cls._function
+
+Projection = tuple[tuple["torch.Tensor", "torch.Tensor", "torch.Tensor | None"], _Member]
+"""A projection's tensors (lora_A, lora_B, the base's bias) and its `_Member`: what `_projection_args` returns."""
 
 
-def _project(ctx: Any, x: torch.Tensor, rows: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
-             bias: torch.Tensor | None, base: Any, scaling: float, p: float, keep_base_output: bool,
-             dropout_kernel: bool, fp8: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The forward of one projection: out = rows W^T + b + s · dropout(rows) A^T B^T; returns (out, xa, mask).
+def _offsets(lora_as: Sequence[torch.Tensor]) -> list[int]:
+    """Where each member's columns start among the adapter products laid side by side."""
+    offsets, start = [], 0
+    for lora_a in lora_as:
+        offsets.append(start)
+        start += lora_a.shape[0]
+    return offsets
 
-    Sets on `ctx` what `_adapter_grads` and `_input_grad` read; `x` is the tensor `rows` views (the
-    fp8 path caches its quantized copy by it).
+
+def _no_mask_kept(members: Sequence[_Member], masks: Sequence[torch.Tensor | None]) -> bool:
+    """Whether no member drops its input out (no mask and no kernel seed): their adapters can be batched."""
+    return all(mask is None and member.seed is None for member, mask in zip(members, masks, strict=True))
+
+
+def _adapter_products(members: Sequence[_Member], rows: torch.Tensor,
+                      lora_as: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """dropout(x)·A^T of every member side by side, (tokens, sum of ranks), and each member's mask (None: none kept).
+
+    Without dropout one matmul serves every member (one read of the input); with it each member
+    draws its own mask in member order, the order in which peft's modules draw them.
     """
-    import torch
-
-    from kubetune_trainer import fp8_matmul, fused_dropout
-
-    # The adapter's side first, so the dropped-out copy is gone before the output is allocated
-    # (the base matmul draws no random numbers: the masks are still peft's).
-    seed = None
-    if p > 0 and dropout_kernel and fused_dropout.applies(rows):  # training.fusedDropout: no mask kept
-        mask, seed = None, fused_dropout.draw_seed()
-        xa = fused_dropout.dropout_down(rows, lora_a, p, seed)
-    elif p > 0:
-        dropped, mask = torch.ops.aten.native_dropout(rows, p, True)
-        xa = torch.mm(dropped, lora_a.t())
-        del dropped
-    else:
-        mask, xa = None, torch.mm(rows, lora_a.t())
-    weight = dense_weight(base, x.dtype)
-    fp8 = fp8 and fp8_matmul.fits(rows, weight)
-    if keep_base_output:  # selective checkpointing keeps this matmul's output: mark it, never write into it
-        BASE_OUTPUT_MARK.pending = True
-    if fp8:  # the adapter's term rides inside the e4m3 matmul: [x | xa] @ [W | s·B]^T
-        out = fp8_matmul.mm_weight_t(x, rows, weight, (xa, lora_b, scaling))
-        out = out if bias is None else out + bias
-    else:
-        out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
-    BASE_OUTPUT_MARK.pending = False  # read during the matmul's dispatch only (outside SAC nobody reads it)
-    if not fp8:  # the adapter's term on its own (in fp8 it is already in `out`)
-        if keep_base_output:
-            out = torch.addmm(out, xa, lora_b.t(), alpha=scaling)
-        else:
-            out.addmm_(xa, lora_b.t(), alpha=scaling)
-    ctx.base, ctx.scaling, ctx.p, ctx.has_bias, ctx.seed, ctx.fp8 = base, scaling, p, bias is not None, seed, fp8
-    return out, xa, mask
-
-
-def _adapter_grads(ctx: Any, g: torch.Tensor, rows: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
-                   xa: torch.Tensor, mask: torch.Tensor | None, need_a: bool, need_b: bool) -> tuple[Any, Any, Any]:
-    """(gb, dA, dB) of one projection: gb = s · g B, the gradient reaching A's output (the input gradient needs it)."""
     import torch
 
     from kubetune_trainer import fused_dropout
 
-    gb = torch.mm(g, lora_b).mul_(ctx.scaling)  # (tokens, r)
-    grad_a = grad_b = None
-    if need_b:
-        grad_b = torch.mm(g.t(), xa).mul_(ctx.scaling)
-    if need_a and ctx.seed is not None:
-        grad_a = fused_dropout.dropout_grad_a(gb, rows, ctx.p, ctx.seed)
-    elif need_a:
-        dropped = rows if mask is None else torch.ops.aten.native_dropout_backward(rows, mask, _keep(ctx.p))
-        grad_a = torch.mm(gb.t(), dropped)
-        del dropped  # input-sized: freed before the input gradient's two input-sized tensors exist
-    return gb, grad_a, grad_b
+    if all(member.p == 0 for member in members):
+        stacked = lora_as[0] if len(lora_as) == 1 else torch.cat(list(lora_as))
+        return torch.mm(rows, stacked.t()), [None] * len(members)
+    products: list[torch.Tensor] = []
+    masks: list[torch.Tensor | None] = []
+    for member, lora_a in zip(members, lora_as, strict=True):
+        mask = None
+        if member.p > 0 and member.dropout_kernel and fused_dropout.applies(rows):  # fusedDropout: no mask kept
+            member.seed = fused_dropout.draw_seed()
+            xa = fused_dropout.dropout_down(rows, lora_a, member.p, member.seed)
+        elif member.p > 0:
+            dropped, mask = torch.ops.aten.native_dropout(rows, member.p, True)
+            xa = torch.mm(dropped, lora_a.t())
+            del dropped  # input-sized: gone before any output is allocated
+        else:
+            xa = torch.mm(rows, lora_a.t())
+        products.append(xa)
+        masks.append(mask)
+    return (products[0] if len(products) == 1 else torch.cat(products, dim=1)), masks
 
 
-def _input_grad(ctx: Any, g: torch.Tensor, gb: torch.Tensor, lora_a: torch.Tensor, mask: torch.Tensor | None,
+def _project(member: _Member, x: torch.Tensor, rows: torch.Tensor, products: torch.Tensor, offset: int,
+             lora_b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One member's output: rows W^T + b + s · products[:, offset:offset + r] B^T, as (tokens, out_features).
+
+    `x` is the tensor `rows` views (the fp8 path caches its quantized copy by it). Sets `member.fp8`
+    to whether the e4m3 path ran (the backward reads it).
+    """
+    import torch
+
+    from kubetune_trainer import fp8_matmul
+
+    weight = dense_weight(member.base, x.dtype)
+    member.fp8 = member.fp8 and fp8_matmul.fits(rows, weight)
+    if member.keep_base_output:  # selective checkpointing keeps this matmul's output: mark it, never write into it
+        BASE_OUTPUT_MARK.pending = True
+    if member.fp8:  # the adapter's term rides inside the e4m3 matmul: [x | xa] @ [W | s·B]^T
+        out = fp8_matmul.mm_weight_t(x, rows, weight, fp8_matmul.Adapter(products, lora_b, member.scaling, offset))
+        out = out if bias is None else out + bias
+    else:
+        out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
+    BASE_OUTPUT_MARK.pending = False  # read during the matmul's dispatch only (outside SAC nobody reads it)
+    if not member.fp8:  # the adapter's term on its own (in fp8 it is already in `out`)
+        xa = products[:, offset:offset + lora_b.shape[1]]
+        if member.keep_base_output:
+            out = torch.addmm(out, xa, lora_b.t(), alpha=member.scaling)
+        else:
+            out.addmm_(xa, lora_b.t(), alpha=member.scaling)
+    return out
+
+
+def _adapter_grads(members: Sequence[_Member], grads: Sequence[torch.Tensor], rows: torch.Tensor,
+                   lora_as: Sequence[torch.Tensor], lora_bs: Sequence[torch.Tensor], products: torch.Tensor,
+                   masks: Sequence[torch.Tensor | None], need_a: Sequence[bool],
+                   need_b: Sequence[bool]) -> tuple[list[torch.Tensor], list[Any], list[Any]]:
+    """Per member (gb, dA, dB): gb = s · g B reaches A's output (the input gradient needs it too).
+
+    Without dropout every member's dA comes from one matmul over the input (read once).
+    """
+    import torch
+
+    from kubetune_trainer import fused_dropout
+
+    offsets = _offsets(lora_as)
+    gbs = [torch.mm(g, lora_b).mul_(member.scaling) for member, g, lora_b in zip(members, grads, lora_bs, strict=True)]
+    grad_bs = [torch.mm(g.t(), products[:, start:start + lora_b.shape[1]]).mul_(member.scaling) if need else None
+               for member, g, lora_b, start, need in zip(members, grads, lora_bs, offsets, need_b, strict=True)]
+    if not any(need_a):
+        return gbs, [None] * len(members), grad_bs
+    if _no_mask_kept(members, masks):
+        stacked = gbs[0] if len(gbs) == 1 else torch.cat(gbs, dim=1)
+        grad_all = torch.mm(stacked.t(), rows)  # (sum of ranks, in_features)
+        grad_as = [grad_all[start:start + lora_a.shape[0]] if need else None
+                   for lora_a, start, need in zip(lora_as, offsets, need_a, strict=True)]
+        return gbs, grad_as, grad_bs
+    grad_as: list[Any] = []
+    for member, gb, mask, need in zip(members, gbs, masks, need_a, strict=True):
+        if not need:
+            grad_as.append(None)
+        elif member.seed is not None:
+            grad_as.append(fused_dropout.dropout_grad_a(gb, rows, member.p, member.seed))
+        else:
+            dropped = rows if mask is None else torch.ops.aten.native_dropout_backward(rows, mask, _keep(member.p))
+            grad_as.append(torch.mm(gb.t(), dropped))
+            del dropped  # input-sized: freed before the input gradient's input-sized tensors exist
+    return gbs, grad_as, grad_bs
+
+
+def _input_grad(members: Sequence[_Member], grads: Sequence[torch.Tensor], gbs: Sequence[torch.Tensor],
+                lora_as: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None],
                 dtype: torch.dtype) -> torch.Tensor:
-    """dx = g W + dropout'(gb A) of one projection, as (tokens, in_features)."""
+    """dx = sum over the members of g W + dropout'(gb A), as (tokens, in_features)."""
     import torch
 
     from kubetune_trainer import fp8_matmul, fused_dropout
 
-    weight = dense_weight(ctx.base, dtype)
-    grad_x = fp8_matmul.mm_weight(g, weight) if ctx.fp8 else torch.mm(g, weight)
-    if ctx.seed is not None:
-        fused_dropout.dropout_up_add_(grad_x, gb, lora_a, ctx.p, ctx.seed)
-    elif mask is None:
-        grad_x.addmm_(gb, lora_a)
-    else:  # mask, 1/(1-p) and the sum in one pass
-        grad_x.addcmul_(torch.mm(gb, lora_a), mask, value=_keep(ctx.p))
+    grad_x: torch.Tensor | None = None
+    for member, g in zip(members, grads, strict=True):
+        weight = dense_weight(member.base, dtype)
+        if member.fp8:
+            part = fp8_matmul.mm_weight(g, weight)
+            grad_x = part if grad_x is None else grad_x.add_(part)
+            del part
+        else:
+            grad_x = torch.mm(g, weight) if grad_x is None else grad_x.addmm_(g, weight)
+    assert grad_x is not None
+    if _no_mask_kept(members, masks):
+        stacked_gb = gbs[0] if len(gbs) == 1 else torch.cat(list(gbs), dim=1)
+        stacked_a = lora_as[0] if len(lora_as) == 1 else torch.cat(list(lora_as))
+        return grad_x.addmm_(stacked_gb, stacked_a)
+    for member, gb, lora_a, mask in zip(members, gbs, lora_as, masks, strict=True):
+        if member.seed is not None:
+            fused_dropout.dropout_up_add_(grad_x, gb, lora_a, member.p, member.seed)
+        elif mask is None:
+            grad_x.addmm_(gb, lora_a)
+        else:  # mask, 1/(1-p) and the sum in one pass
+            grad_x.addcmul_(torch.mm(gb, lora_a), mask, value=_keep(member.p))
     return grad_x
 
 
@@ -223,34 +303,55 @@ def _rows(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return rows if rows.dtype == dtype else rows.to(dtype)
 
 
-def _build_function() -> Any:
+def _interleave(*columns: Sequence[Any]) -> list[Any]:
+    """[a0, b0, c0, a1, b1, c1, ...] from the columns [a...], [b...], [c...]: the members' flat argument order."""
+    return [item for row in zip(*columns, strict=True) for item in row]
+
+
+def _build_group() -> Any:
     import torch
 
     from kubetune_trainer import fp8_matmul
 
-    class _FusedLora(torch.autograd.Function):
-        """out = x W^T + b + s · dropout(x) A^T B^T, with W re-dequantized in the backward instead of kept."""
+    class _FusedGroup(torch.autograd.Function):
+        """Projections reading one input (one alone, or q/k/v, gate/up): each out = x W^T + b + s · dropout(x) A^T B^T.
+
+        One node for the group: the input is saved (and in fp8 quantized) once, without dropout the
+        adapters' products x·A^T and their dA come from one matmul each, and the input gradient is
+        summed here rather than by autograd. W is re-dequantized in the backward instead of kept.
+        """
 
         @staticmethod
-        def forward(ctx: Any, x: torch.Tensor, *projection: Any) -> torch.Tensor:  # type: ignore[override]
-            """`projection`: `_projection_args`, passed on to `_project`."""
+        def forward(ctx: Any, x: torch.Tensor, members: tuple[_Member, ...],  # type: ignore[override]
+                    *tensors: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+            """`tensors`: each member's (lora_A, lora_B, bias), one after the other; one output per member."""
             rows = x.reshape(-1, x.shape[-1])
-            out, xa, mask = _project(ctx, x, rows, *projection)
-            ctx.save_for_backward(x, *projection[:2], xa, mask)
-            return out.view(*x.shape[:-1], out.shape[-1])
+            lora_as, lora_bs, biases = tensors[0::3], tensors[1::3], tensors[2::3]
+            products, masks = _adapter_products(members, rows, lora_as)
+            outs = [_project(member, x, rows, products, start, lora_b, bias).view(*x.shape[:-1], lora_b.shape[0])
+                    for member, start, lora_b, bias in zip(members, _offsets(lora_as), lora_bs, biases, strict=True)]
+            ctx.members = members
+            ctx.save_for_backward(x, products, *lora_as, *lora_bs, *masks)
+            return tuple(outs)
 
         @staticmethod
-        def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-            x, lora_a, lora_b, xa, mask = ctx.saved_tensors
-            if ctx.fp8:
+        def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+            members, count = ctx.members, len(ctx.members)
+            x, products, *saved = ctx.saved_tensors
+            lora_as, lora_bs, masks = saved[:count], saved[count:2 * count], saved[2 * count:]
+            if any(member.fp8 for member in members):
                 fp8_matmul.forget_input()
-            rows, g = x.reshape(-1, x.shape[-1]), _rows(grad, x.dtype)
-            gb, grad_a, grad_b = _adapter_grads(ctx, g, rows, lora_a, lora_b, xa, mask, *ctx.needs_input_grad[1:3])
-            grad_x = _input_grad(ctx, g, gb, lora_a, mask, x.dtype).view(x.shape) if ctx.needs_input_grad[0] else None
-            grad_bias = g.sum(dim=0) if ctx.needs_input_grad[3] and ctx.has_bias else None
-            return grad_x, grad_a, grad_b, grad_bias, None, None, None, None, None, None
+            rows, g = x.reshape(-1, x.shape[-1]), [_rows(grad, x.dtype) for grad in grads]
+            needs = ctx.needs_input_grad[2:]
+            gbs, grad_as, grad_bs = _adapter_grads(members, g, rows, lora_as, lora_bs, products, masks,
+                                                   needs[0::3], needs[1::3])
+            grad_x = _input_grad(members, g, gbs, lora_as, masks, x.dtype).view(x.shape) if ctx.needs_input_grad[0] \
+                else None
+            grad_biases = [grad.sum(dim=0) if need and member.has_bias else None
+                           for member, grad, need in zip(members, g, needs[2::3], strict=True)]
+            return grad_x, None, *_interleave(grad_as, grad_bs, grad_biases)
 
-    return _FusedLora
+    return _FusedGroup
 
 
 def _build_swiglu_down() -> Any:
@@ -270,30 +371,34 @@ def _build_swiglu_down() -> Any:
         """
 
         @staticmethod
-        def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor, *projection: Any) -> torch.Tensor:  # type: ignore[override]
-            """`projection`: the down projection's `_projection_args`."""
+        def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor, members: tuple[_Member],  # type: ignore[override]
+                    lora_a: torch.Tensor, lora_b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+            """`members`, `lora_a`, `lora_b`, `bias`: the down projection's (`_projection_args`)."""
             h = swiglu(gate, up)
             rows = h.reshape(-1, h.shape[-1])
-            out, xa, mask = _project(ctx, h, rows, *projection)
-            ctx.save_for_backward(gate, up, *projection[:2], xa, mask)
+            products, (mask,) = _adapter_products(members, rows, (lora_a,))
+            out = _project(members[0], h, rows, products, 0, lora_b, bias)
+            ctx.members = members
+            ctx.save_for_backward(gate, up, products, lora_a, lora_b, mask)
             return out.view(*h.shape[:-1], out.shape[-1])
 
         @staticmethod
         def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-            gate, up, lora_a, lora_b, xa, mask = ctx.saved_tensors
-            if ctx.fp8:
+            gate, up, products, lora_a, lora_b, mask = ctx.saved_tensors
+            members = ctx.members
+            if members[0].fp8:
                 fp8_matmul.forget_input()
             g = _rows(grad, gate.dtype)
             h = swiglu(gate, up)
-            gb, grad_a, grad_b = _adapter_grads(ctx, g, h.reshape(-1, h.shape[-1]), lora_a, lora_b, xa, mask,
-                                                *ctx.needs_input_grad[2:4])
+            gbs, (grad_a,), (grad_b,) = _adapter_grads(members, [g], h.reshape(-1, h.shape[-1]), [lora_a], [lora_b],
+                                                     products, [mask], *([need] for need in ctx.needs_input_grad[3:5]))
             del h
-            grad_bias = g.sum(dim=0) if ctx.needs_input_grad[4] and ctx.has_bias else None
+            grad_bias = g.sum(dim=0) if ctx.needs_input_grad[5] and members[0].has_bias else None
             grad_gate = grad_up = None
             if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-                grad_h = _input_grad(ctx, g, gb, lora_a, mask, gate.dtype).view(gate.shape)
+                grad_h = _input_grad(members, [g], gbs, [lora_a], [mask], gate.dtype).view(gate.shape)
                 grad_gate, grad_up = swiglu_backward_(gate, up, grad_h)
-            return grad_gate, grad_up, grad_a, grad_b, grad_bias, None, None, None, None, None, None
+            return grad_gate, grad_up, None, grad_a, grad_b, grad_bias
 
     return _FusedSwigluDown
 
@@ -332,9 +437,8 @@ def _liger_swiglu() -> tuple[Any, Any] | None:
     return swiglu_forward, swiglu_backward
 
 
-def _projection_args(module: Any, x: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """The autograd nodes' projection arguments, in `_project`'s order (A, B, bias, base layer, scaling, p, keep
-    base output, dropout kernel, fp8), when this call can take the fused path; else None (peft's forward)."""
+def _projection_args(module: Any, x: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Projection | None:
+    """What the autograd nodes need of `module` for this call, when it can take the fused path; else None (peft's)."""
     import torch
 
     if args or kwargs or module.disable_adapters or module.merged:
@@ -358,18 +462,100 @@ def _projection_args(module: Any, x: torch.Tensor, args: tuple[Any, ...], kwargs
     if bias is not None and bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
     levers = (bool(getattr(module, flag, False)) for flag in (KEEP_BASE_OUTPUT, DROPOUT_KERNEL, FP8_BASE))
-    return (lora_a.weight, lora_b.weight, bias, base, float(module.scaling[name]), p, *levers)
+    return (lora_a.weight, lora_b.weight, bias), _Member(base, float(module.scaling[name]), p, *levers,
+                                                         has_bias=bias is not None)
 
 
 def fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """The forward of a fused LoRA projection; falls back to peft's own for anything it does not cover."""
     import torch
 
+    if SHARED_INPUT in self.__dict__ and not args and not kwargs:
+        out = _EAGER_APPLY["shared_input"](self, x)
+        if out is not None:
+            return out
     projection = _projection_args(self, x, args, kwargs)
     if projection is None:
         return super(type(self), self).forward(x, *args, **kwargs)
+    tensors, member = projection
     with torch.autocast(x.device.type, enabled=False):
-        return _EAGER_APPLY["projection"](x, *projection)
+        return _EAGER_APPLY["group"](x, (member,), *tensors)[0]
+
+
+SHARED_INPUT = "kubetune_shared_input"
+"""Module attribute: the fused projections (this one among them) that read one input, leader first (`group`)."""
+
+SHARED_INPUT_NAMES = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+"""Sibling projections that a decoder layer calls one after the other on the same input."""
+
+
+@dataclass
+class _SharedOutputs:
+    """Outputs a group's leader computed for its siblings, waiting for their calls on the same input."""
+
+    source: weakref.ref[Any]
+    version: int
+    outputs: dict[int, Any]
+    """By `id` of the sibling module."""
+
+
+# One entry for the process, as for fp8_matmul's cached input: the forward and the recomputed
+# forward (autograd's thread) never run at the same time, and a sibling's call follows its leader's.
+_WAITING: list[_SharedOutputs] = []
+
+
+def _drop_waiting(source: weakref.ref[Any]) -> None:
+    """Free the waiting outputs when their input is freed (a sibling that was never called)."""
+    if _WAITING and _WAITING[0].source is source:
+        _WAITING.clear()
+
+
+def shared_input_forward(module: Any, x: torch.Tensor) -> torch.Tensor | None:
+    """`module`'s output through its group's one autograd node; None where it must run alone.
+
+    The leader (the group's first) computes every sibling's output on `x` and leaves theirs
+    waiting; a sibling then takes its own, if called on the same `x` (identity and version). A
+    sibling called on another input (cross-attention, say) breaks the group up for good.
+    """
+    import torch
+
+    group = module.__dict__[SHARED_INPUT]
+    waiting = _WAITING[0] if _WAITING else None
+    if waiting is not None and id(module) in waiting.outputs:
+        out = waiting.outputs.pop(id(module))
+        if waiting.source() is x and waiting.version == x._version:
+            return out
+        _WAITING.clear()
+        _ungroup(group)
+        return None
+    if module is not group[0]:
+        return None
+    found = [_projection_args(sibling, x, (), {}) for sibling in group]
+    if any(projection is None for projection in found):
+        return None
+    members = tuple(member for _, member in found)  # type: ignore[misc]
+    with torch.autocast(x.device.type, enabled=False):
+        outs = _EAGER_APPLY["group"](x, members, *(t for tensors, _ in found for t in tensors))  # type: ignore[misc]
+    waiting_outputs = {id(sibling): out for sibling, out in zip(group[1:], outs[1:], strict=True)}
+    _WAITING[:] = [_SharedOutputs(weakref.ref(x, _drop_waiting), x._version, waiting_outputs)]
+    return outs[0]
+
+
+def _ungroup(group: Sequence[Any]) -> None:
+    for module in group:
+        module.__dict__.pop(SHARED_INPUT, None)
+
+
+def _group_siblings(module: Any) -> int:
+    """Group `module`'s sibling projections that read one input (`SHARED_INPUT_NAMES`) where all are fused; how many groups."""
+    grouped = 0
+    for names in SHARED_INPUT_NAMES:
+        group = tuple(getattr(module, name, None) for name in names)
+        if all(map(is_fused_projection, group)):
+            for sibling in group:
+                sibling.__dict__[SHARED_INPUT] = group
+            grouped += 1
+    return grouped
 
 
 def fused_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
@@ -385,15 +571,17 @@ def swiglu_down(gate: torch.Tensor, up: torch.Tensor, down: Any) -> torch.Tensor
     projection = _projection_args(down, gate, (), {}) if gate.dtype == up.dtype else None
     if projection is None:
         return down(torch.nn.functional.silu(gate) * up)
+    tensors, member = projection
     with torch.autocast(gate.device.type, enabled=False):
-        return _EAGER_APPLY["swiglu_down"](gate, up, *projection)
+        return _EAGER_APPLY["swiglu_down"](gate, up, (member,), *tensors)
 
 
-# The autograd functions' `apply` behind `torch.compiler.disable`, made by `apply` before anything
-# is compiled (`training.compileLayers` compiles around them): bitsandbytes' dequantization and the
-# shared scratch buffer are not traceable, so a clean graph break here keeps dynamo from trying
-# (free in eager mode). Built lazily inside a compiled region, a class statement broke dynamo's
-# graph (`Invalid call to __build_class__`), and dynamo traced into the builder.
+# The autograd functions' `apply` (and the shared-input lookup) behind `torch.compiler.disable`,
+# made by `apply` before anything is compiled (`training.compileLayers` compiles around them):
+# bitsandbytes' dequantization, the shared scratch buffer and the weak references are not
+# traceable, so a clean graph break here keeps dynamo from trying (free in eager mode). Built
+# lazily inside a compiled region, a class statement broke dynamo's graph (`Invalid call to
+# __build_class__`), and dynamo traced into the builder.
 _EAGER_APPLY: dict[str, Any] = {}
 
 
@@ -401,8 +589,9 @@ def _prepare_eager_apply() -> None:
     import torch
 
     if not _EAGER_APPLY:
-        _EAGER_APPLY["projection"] = torch.compiler.disable(FusedLoraFunction.get().apply, recursive=True)
+        _EAGER_APPLY["group"] = torch.compiler.disable(_build_group().apply, recursive=True)
         _EAGER_APPLY["swiglu_down"] = torch.compiler.disable(_build_swiglu_down().apply, recursive=True)
+        _EAGER_APPLY["shared_input"] = torch.compiler.disable(shared_input_forward, recursive=True)
 
 
 def _fusable_reason(module: Any) -> str | None:
@@ -457,6 +646,8 @@ def apply(model: Any) -> int:
         log.info("training.fusedLora: some LoRA modules keep peft's forward: %s", reason)
     mlps = sum(_fuse_mlp(module) for module in model.modules())
     log.info("training.fusedLora: %d gated MLPs recompute the down projection's input in its backward", mlps)
+    groups = sum(_group_siblings(module) for module in model.modules())
+    log.info("training.fusedLora: %d groups of projections (q/k/v, gate/up) share one node for their input", groups)
     return fused
 
 
@@ -519,7 +710,9 @@ def fused_mlp_count(model: Any) -> int:
 def remove(model: Any) -> None:
     """Undo `apply`: every fused module gets its peft class back."""
     plain = {fused: cls for cls, fused in (*_FUSED_CLASSES.items(), *_FUSED_MLP_CLASSES.items())}
+    _WAITING.clear()
     for module in model.modules():
+        module.__dict__.pop(SHARED_INPUT, None)
         if type(module) in plain:
             module.__class__ = plain[type(module)]
 
