@@ -69,7 +69,7 @@ def build_trainer(inputs: TrainerInputs) -> Trainer:
 
     Raises InvalidInput when a model the method needs cannot be used (exit 2, never retried).
     """
-    from kubetune_trainer import fused_lora, speed
+    from kubetune_trainer import fused_lora, offload, speed
     from kubetune_trainer.model import ModelError
 
     spec = inputs.spec
@@ -81,6 +81,8 @@ def build_trainer(inputs: TrainerInputs) -> Trainer:
     keep_adapter_dtype_on_reload(trainer.model)  # a resume goes on in the dtype the adapter trained in
     fused_lora.apply_from_recipe(trainer.model, spec)  # training.fusedLora, after the cast it checks dtypes against
     speed.apply_model_levers(trainer.model, spec)  # selectiveCheckpointing, compileLayers: after the fusing they read
+    if spec.training.offload_activations:
+        offload.install(trainer)  # TRL's offload context (SFTTrainer built it on GPUs), without its host syncs
     return trainer
 
 

@@ -139,6 +139,10 @@ def build_sft_config(spec: FineTuneJobSpec, context: RunContext) -> SFTConfig:
         logging_strategy="steps",
         logging_steps=training.logging_steps,
         logging_first_step=True,
+        # A NaN or infinite loss is logged as such, not replaced by the average of the steps before
+        # it; transformers' filter also reads the loss on the host every step (a synchronization
+        # that keeps the host from queuing the optimizer's step behind the backward).
+        logging_nan_inf_filter=False,
         report_to=list(training.report_to) or "none",
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=not context.show_progress,
