@@ -28,10 +28,9 @@ def _steps(model: Any, context: Any, batches: list[Any]) -> tuple[list[dict[str,
         model.zero_grad(set_to_none=True)
         with context:
             model(input_ids=ids, labels=ids).loss.backward()
-        grads.append({name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad})
-        # The Trainer reads the loss on the host every step (TRL's metrics); without any such read
-        # the host queues steps ahead, and blocks freed behind not-yet-run kernels wait meanwhile.
-        torch.cuda.synchronize()
+        # On the host (a synchronization, as the Trainer's per-step reads of the loss are): kept on the
+        # GPU, the gradients of every step would themselves grow the reserved memory.
+        grads.append({name: p.grad.detach().cpu() for name, p in model.named_parameters() if p.requires_grad})
         reserved.append(torch.cuda.memory_reserved())
     return grads, reserved
 
