@@ -244,9 +244,8 @@ def _adapter_grads(members: Sequence[_Member], grads: Sequence[torch.Tensor], ro
     if _no_mask_kept(members, masks):
         stacked = gbs[0] if len(gbs) == 1 else torch.cat(gbs, dim=1)
         grad_all = torch.mm(stacked.t(), rows)  # (sum of ranks, in_features)
-        grad_as = [grad_all[start:start + lora_a.shape[0]] if need else None
-                   for lora_a, start, need in zip(lora_as, offsets, need_a, strict=True)]
-        return gbs, grad_as, grad_bs
+        return gbs, [grad_all[start:start + lora_a.shape[0]] if need else None
+                     for lora_a, start, need in zip(lora_as, offsets, need_a, strict=True)], grad_bs
     grad_as: list[Any] = []
     for member, gb, mask, need in zip(members, gbs, masks, need_a, strict=True):
         if not need:

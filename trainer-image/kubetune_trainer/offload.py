@@ -21,12 +21,14 @@ built (`install`), so TRL's hooks on the LM head and its parameter filter stay a
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 
+@functools.cache
 def _stream_ordered_class() -> type:
     """`StreamOrderedOffload`, made on first use (TRL and torch are imported only when offloading is on)."""
     import types
@@ -65,20 +67,13 @@ def _stream_ordered_class() -> type:
     return StreamOrderedOffload
 
 
-_CLASS: list[type] = []
-
-
 def install(trainer: Any) -> bool:
     """Make the Trainer's activation-offloading context (TRL's, when SFTTrainer built one) stream-ordered; whether it did."""
+    from trl.models.activation_offloading import OffloadActivations
+
     context = getattr(trainer, "maybe_activation_offload_context", None)
-    try:
-        from trl.models.activation_offloading import OffloadActivations
-    except ImportError:
-        return False
     if type(context) is not OffloadActivations:  # none, TRL's no-op, or already ours
         return False
-    if not _CLASS:
-        _CLASS.append(_stream_ordered_class())
-    context.__class__ = _CLASS[0]
+    context.__class__ = _stream_ordered_class()
     log.info("training.offloadActivations: the offload context orders its step boundaries on the GPU's streams")
     return True

@@ -178,8 +178,9 @@ class TrainingSpec(KubeModel):
     offload_activations: bool = Field(
         default=False,
         description="offloadActivations moves the activations saved for the backward (with gradientCheckpointing: "
-        "each layer's input) to pinned host memory while the forward runs (TRL's activation offloading), for a "
-        "larger micro-batch in the same GPU memory; default false.",
+        "each layer's input) to pinned host memory while the forward runs (TRL's activation offloading, with each "
+        "step's end ordered on the GPU's streams instead of waited for by the host), for a larger micro-batch in "
+        "the same GPU memory; default false.",
     )
     compile_layers: bool = Field(
         default=False,
