@@ -156,6 +156,13 @@ def _offsets(lora_as: Sequence[torch.Tensor]) -> list[int]:
     return offsets
 
 
+def _side_by_side(tensors: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
+    """The members' tensors concatenated along `dim` (one member's as it is, without a copy)."""
+    import torch
+
+    return tensors[0] if len(tensors) == 1 else torch.cat(list(tensors), dim=dim)
+
+
 def _no_mask_kept(members: Sequence[_Member], masks: Sequence[torch.Tensor | None]) -> bool:
     """Whether no member drops its input out (no mask and no kernel seed): their adapters can be batched."""
     return all(mask is None and member.seed is None for member, mask in zip(members, masks, strict=True))
@@ -173,8 +180,7 @@ def _adapter_products(members: Sequence[_Member], rows: torch.Tensor,
     from kubetune_trainer import fused_dropout
 
     if all(member.p == 0 for member in members):
-        stacked = lora_as[0] if len(lora_as) == 1 else torch.cat(list(lora_as))
-        return torch.mm(rows, stacked.t()), [None] * len(members)
+        return torch.mm(rows, _side_by_side(lora_as, 0).t()), [None] * len(members)
     products: list[torch.Tensor] = []
     masks: list[torch.Tensor | None] = []
     for member, lora_a in zip(members, lora_as, strict=True):
@@ -190,7 +196,7 @@ def _adapter_products(members: Sequence[_Member], rows: torch.Tensor,
             xa = torch.mm(rows, lora_a.t())
         products.append(xa)
         masks.append(mask)
-    return (products[0] if len(products) == 1 else torch.cat(products, dim=1)), masks
+    return _side_by_side(products, 1), masks
 
 
 def _project(member: _Member, x: torch.Tensor, rows: torch.Tensor, products: torch.Tensor, offset: int,
@@ -226,10 +232,11 @@ def _project(member: _Member, x: torch.Tensor, rows: torch.Tensor, products: tor
 def _adapter_grads(members: Sequence[_Member], grads: Sequence[torch.Tensor], rows: torch.Tensor,
                    lora_as: Sequence[torch.Tensor], lora_bs: Sequence[torch.Tensor], products: torch.Tensor,
                    masks: Sequence[torch.Tensor | None], need_a: Sequence[bool],
-                   need_b: Sequence[bool]) -> tuple[list[torch.Tensor], list[Any], list[Any]]:
-    """Per member (gb, dA, dB): gb = s · g B reaches A's output (the input gradient needs it too).
+                   need_b: Sequence[bool]) -> tuple[list[torch.Tensor], torch.Tensor | None, list[Any], list[Any]]:
+    """Per member (gb, dA, dB), as (gbs, stacked gbs, dAs, dBs): gb = s · g B reaches A's output.
 
-    Without dropout every member's dA comes from one matmul over the input (read once).
+    Without dropout every member's dA comes from one matmul over the input (read once), through
+    the members' gb side by side; that stacked gb is returned for the input gradient (else None).
     """
     import torch
 
@@ -240,12 +247,12 @@ def _adapter_grads(members: Sequence[_Member], grads: Sequence[torch.Tensor], ro
     grad_bs = [torch.mm(g.t(), products[:, start:start + lora_b.shape[1]]).mul_(member.scaling) if need else None
                for member, g, lora_b, start, need in zip(members, grads, lora_bs, offsets, need_b, strict=True)]
     if not any(need_a):
-        return gbs, [None] * len(members), grad_bs
+        return gbs, None, [None] * len(members), grad_bs
     if _no_mask_kept(members, masks):
-        stacked = gbs[0] if len(gbs) == 1 else torch.cat(gbs, dim=1)
+        stacked = _side_by_side(gbs, 1)
         grad_all = torch.mm(stacked.t(), rows)  # (sum of ranks, in_features)
-        return gbs, [grad_all[start:start + lora_a.shape[0]] if need else None
-                     for lora_a, start, need in zip(lora_as, offsets, need_a, strict=True)], grad_bs
+        return gbs, stacked, [grad_all[start:start + lora_a.shape[0]] if need else None
+                              for lora_a, start, need in zip(lora_as, offsets, need_a, strict=True)], grad_bs
     grad_as: list[Any] = []
     for member, gb, mask, need in zip(members, gbs, masks, need_a, strict=True):
         if not need:
@@ -256,13 +263,17 @@ def _adapter_grads(members: Sequence[_Member], grads: Sequence[torch.Tensor], ro
             dropped = rows if mask is None else torch.ops.aten.native_dropout_backward(rows, mask, _keep(member.p))
             grad_as.append(torch.mm(gb.t(), dropped))
             del dropped  # input-sized: freed before the input gradient's input-sized tensors exist
-    return gbs, grad_as, grad_bs
+    return gbs, None, grad_as, grad_bs
 
 
 def _input_grad(members: Sequence[_Member], grads: Sequence[torch.Tensor], gbs: Sequence[torch.Tensor],
-                lora_as: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None],
-                dtype: torch.dtype) -> torch.Tensor:
-    """dx = sum over the members of g W + dropout'(gb A), as (tokens, in_features)."""
+                stacked_gb: torch.Tensor | None, lora_as: Sequence[torch.Tensor],
+                masks: Sequence[torch.Tensor | None], dtype: torch.dtype) -> torch.Tensor:
+    """dx = sum over the members of g W + dropout'(gb A), as (tokens, in_features).
+
+    `stacked_gb` (the gbs side by side, from `_adapter_grads` when no member dropped out) adds
+    every member's adapter term in one matmul.
+    """
     import torch
 
     from kubetune_trainer import fp8_matmul, fused_dropout
@@ -277,10 +288,8 @@ def _input_grad(members: Sequence[_Member], grads: Sequence[torch.Tensor], gbs: 
         else:
             grad_x = torch.mm(g, weight) if grad_x is None else grad_x.addmm_(g, weight)
     assert grad_x is not None
-    if _no_mask_kept(members, masks):
-        stacked_gb = gbs[0] if len(gbs) == 1 else torch.cat(list(gbs), dim=1)
-        stacked_a = lora_as[0] if len(lora_as) == 1 else torch.cat(list(lora_as))
-        return grad_x.addmm_(stacked_gb, stacked_a)
+    if stacked_gb is not None:
+        return grad_x.addmm_(stacked_gb, _side_by_side(lora_as, 0))
     for member, gb, lora_a, mask in zip(members, gbs, lora_as, masks, strict=True):
         if member.seed is not None:
             fused_dropout.dropout_up_add_(grad_x, gb, lora_a, member.p, member.seed)
@@ -342,10 +351,11 @@ def _build_group() -> Any:
                 fp8_matmul.forget_input()
             rows, g = x.reshape(-1, x.shape[-1]), [_rows(grad, x.dtype) for grad in grads]
             needs = ctx.needs_input_grad[2:]
-            gbs, grad_as, grad_bs = _adapter_grads(members, g, rows, lora_as, lora_bs, products, masks,
-                                                   needs[0::3], needs[1::3])
-            grad_x = _input_grad(members, g, gbs, lora_as, masks, x.dtype).view(x.shape) if ctx.needs_input_grad[0] \
-                else None
+            gbs, stacked_gb, grad_as, grad_bs = _adapter_grads(members, g, rows, lora_as, lora_bs, products, masks,
+                                                               needs[0::3], needs[1::3])
+            grad_x = None
+            if ctx.needs_input_grad[0]:
+                grad_x = _input_grad(members, g, gbs, stacked_gb, lora_as, masks, x.dtype).view(x.shape)
             grad_biases = [grad.sum(dim=0) if need and member.has_bias else None
                            for member, grad, need in zip(members, g, needs[2::3], strict=True)]
             return grad_x, None, *_interleave(grad_as, grad_bs, grad_biases)
@@ -389,13 +399,14 @@ def _build_swiglu_down() -> Any:
                 fp8_matmul.forget_input()
             g = _rows(grad, gate.dtype)
             h = swiglu(gate, up)
-            gbs, (grad_a,), (grad_b,) = _adapter_grads(members, [g], h.reshape(-1, h.shape[-1]), [lora_a], [lora_b],
-                                                     products, [mask], *([need] for need in ctx.needs_input_grad[3:5]))
+            gbs, stacked_gb, (grad_a,), (grad_b,) = _adapter_grads(
+                members, [g], h.reshape(-1, h.shape[-1]), [lora_a], [lora_b], products, [mask],
+                *([need] for need in ctx.needs_input_grad[3:5]))
             del h
             grad_bias = g.sum(dim=0) if ctx.needs_input_grad[5] and members[0].has_bias else None
             grad_gate = grad_up = None
             if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-                grad_h = _input_grad(members, [g], gbs, [lora_a], [mask], gate.dtype).view(gate.shape)
+                grad_h = _input_grad(members, [g], gbs, stacked_gb, [lora_a], [mask], gate.dtype).view(gate.shape)
                 grad_gate, grad_up = swiglu_backward_(gate, up, grad_h)
             return grad_gate, grad_up, None, grad_a, grad_b, grad_bias
 
@@ -546,7 +557,10 @@ def _ungroup(group: Sequence[Any]) -> None:
 
 
 def _group_siblings(module: Any) -> int:
-    """Group `module`'s sibling projections that read one input (`SHARED_INPUT_NAMES`) where all are fused; how many groups."""
+    """Group `module`'s sibling projections that read one input (`SHARED_INPUT_NAMES`) where all are fused.
+
+    Returns how many groups it made.
+    """
     grouped = 0
     for names in SHARED_INPUT_NAMES:
         group = tuple(getattr(module, name, None) for name in names)
