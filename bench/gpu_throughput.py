@@ -8,6 +8,7 @@
     python bench/gpu_throughput.py --plan fp8 --out /tmp/bench --unsloth-site /tmp/usite       # round 4: fp8BaseMatmuls
     python bench/gpu_throughput.py --plan host --out /tmp/bench --unsloth-site /tmp/usite      # round 6: optimizer, memory
     python bench/gpu_throughput.py --plan host --no-8b --out /tmp/bench --against /tmp/base --rounds 2  # A/B in one call
+    python bench/gpu_throughput.py --plan standing --steps 8 --out /tmp/bench --unsloth-site /tmp/usite  # issue 15's marks
     python bench/gpu_throughput.py --layer --out /tmp/bench                           # one layer: peft vs fused LoRA
     python bench/gpu_throughput.py --device cpu --out /tmp/bench --budget-s 300       # rehearsal, tiny shapes
 
@@ -39,7 +40,10 @@ downloaded checkpoint. The tokenizer is a word-level one with Llama's 128,256-to
   the main stack). Tokens are counted per optimizer step whatever the accumulation.
 
 Time to first step is from the case's process start (imports, model load, quantization, data
-tokenization, trainer assembly) to the end of the first optimizer step.
+tokenization, trainer assembly) to the end of the first optimizer step; the table splits it into
+the set-up (to the trainer's `on_train_begin`) and the first step itself (kernel compilation,
+autotuning, the allocator's first growth). Results also carry the garbage collector's time inside
+each step (`gc_ms`).
 
 `--profile NAMES` records one warm-up step of the named cases with torch.profiler (ops and
 kernels by their own GPU time, and where the GPU sat idle, OUT/cases/NAME.profile.txt); the timed
@@ -55,6 +59,7 @@ results are appended to OUT/results.jsonl as they come, and the table is printed
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import math
@@ -353,8 +358,36 @@ def plan_host(shape_small: str, shape_large: str | None) -> list[Case]:
     return cases
 
 
+def plan_standing(shape_small: str, shape_large: str | None) -> list[Case]:
+    """Issue 15's marks in one call: Unsloth and KubeTune's levers on both shapes, then the loss reference
+    (TRL at the same dropout), the variable-length lead with packing, and the 16-bit path (fused and not)."""
+    s = shape_small
+    best = {"fusedCrossEntropy": True, "fp8BaseMatmuls": True, "offloadActivations": True}
+    cases = [
+        us(f"us-{s}-4bit-mb16-d0", s, 4, "fixed", 16, "Unsloth, LoRA dropout 0 (its default)"),
+        kt(f"kt-{s}-4bit-mb16-d0-fce-fp8-offload", s, 4, "fixed", 16, "dropout 0, fusedCrossEntropy + "
+           "fp8BaseMatmuls + offloadActivations", 0.0, **best),
+    ]
+    if shape_large:
+        b = shape_large
+        cases += [us(f"us-{b}-4bit-mb8-d0", b, 4, "fixed", 8, "Unsloth, LoRA dropout 0"),
+                  kt(f"kt-{b}-4bit-mb8-d0-fce-fp8-offload", b, 4, "fixed", 8, "dropout 0, fusedCrossEntropy + "
+                     "fp8BaseMatmuls + offloadActivations", 0.0, **best)]
+    return cases + [
+        hf(f"hf-{s}-4bit-mb16-d0", s, 4, "fixed", 16, "TRL defaults, LoRA dropout 0 (the loss reference)", 0.0),
+        us(f"us-{s}-4bit-varlen-mb16-d0-packed", s, 4, "varlen", 16, "Unsloth, packing on", packing=True),
+        kt(f"kt-{s}-4bit-varlen-mb16-d0-packed", s, 4, "varlen", 16, "dropout 0, packing on (varlen attention)",
+           0.0, packing=True),
+        kt(f"kt-{s}-4bit-varlen-mb16-d0-packed-fce-fp8-offload", s, 4, "varlen", 16, "dropout 0, packing on, "
+           "fusedCrossEntropy + fp8BaseMatmuls + offloadActivations", 0.0, packing=True, **best),
+        kt(f"kt-{s}-16bit-mb16", s, 16, "fixed", 16, "16-bit base, KubeTune defaults (fusedLora on)"),
+        kt(f"kt-{s}-16bit-mb16-unfused", s, 16, "fixed", 16, "16-bit base, fusedLora false (the path before "
+           "issue 15)", fusedLora=False),
+    ]
+
+
 PLANS = {"all": plan, "fused": plan_fused, "levers": plan_levers, "final": plan_final, "unsloth": plan_unsloth,
-         "fp8": plan_fp8, "adapter": plan_adapter, "host": plan_host}
+         "fp8": plan_fp8, "adapter": plan_adapter, "host": plan_host, "standing": plan_standing}
 
 
 # ---------------------------------------------------------------- tokenizer, models, data
@@ -471,14 +504,26 @@ def timing_callback(device: str) -> Any:
             self.seconds: list[float] = []
             self._start = 0.0
             self.first_step_end: float | None = None
+            self.train_begin: float | None = None
+            self.gc_seconds: list[float] = []  # the garbage collector's time inside each step
+            self._gc_started = 0.0
+            gc.callbacks.append(self._gc_phase)
+
+        def _gc_phase(self, phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                self._gc_started = time.perf_counter()
+            elif self.gc_seconds:
+                self.gc_seconds[-1] += time.perf_counter() - self._gc_started
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if device == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
+            self.train_begin = time.perf_counter()
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             sync()
+            self.gc_seconds.append(0.0)
             self._start = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -815,6 +860,9 @@ def measure(case: Case, args: argparse.Namespace) -> dict[str, Any]:
         "grad_norms": grads,
         "wall_s": wall,
         "first_step_s": timer.first_step_end - PROCESS_START if timer.first_step_end else None,
+        # the first step's two parts: the set-up before training (imports, loading, data, assembly), then the step
+        "setup_s": timer.train_begin - PROCESS_START if timer.train_begin else None,
+        "gc_ms": [round(s * 1e3, 2) for s in timer.gc_seconds],
         "host": json.loads(Path(host).read_text()) if (host := os.environ.get("KT_BENCH_HOST_TIME")) else None,
         # LoRA projections whose class the fusing renamed: by name, so that --against's older trees count too
         "fused_modules": sum(hasattr(module, "lora_A") and type(module).__name__.startswith("Fused")
@@ -959,7 +1007,7 @@ def table(results: list[dict[str, Any]], ceiling: float) -> str:
     notes = parity(results)
     columns = ["case", "trainer", "model", "base", "data", "mb", "dropout", "tokens/s", "× baseline", "× TRL+Liger",
                "× Unsloth (d0)", "peak GiB", "× Unsloth mem", "× baseline mem", "MFU (989)", "MFU (measured)",
-               "first step s", "last loss", "grad norm", "note"]
+               "first step s (set-up + step)", "last loss", "grad norm", "note"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in results:
         head = [r["name"], r["trainer"], r["shape"], f"{r['bits']}-bit", r["data"], str(r["micro_batch"]),
@@ -976,6 +1024,8 @@ def table(results: list[dict[str, Any]], ceiling: float) -> str:
         memory = f"{r['peak_gib'] / b['peak_gib']:.2f}" if b and b["peak_gib"] else ""
         mfu_measured = f"{r['flops_per_s'] / ceiling:.1%}" if ceiling else ""
         first = f"{r['first_step_s']:.0f}" if r.get("first_step_s") else ""
+        if r.get("setup_s"):
+            first += f" ({r['setup_s']:.0f} + {r['first_step_s'] - r['setup_s']:.0f})"
         loss = f"{r['losses'][-1]:.3f}" if r["losses"] else ""
         grad = f"{r['grad_norms'][-1]:.3g}" if r["grad_norms"] and r["grad_norms"][-1] is not None else ""
         fused = f"{r['fused_modules']} projections fused" if r.get("fused_modules") else ""
