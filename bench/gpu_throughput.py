@@ -13,7 +13,9 @@
     python bench/gpu_throughput.py --device cpu --out /tmp/bench --budget-s 300       # rehearsal, tiny shapes
 
 One run measures, per case, training tokens per second (padding excluded; each step timed between
-CUDA synchronizations; the median over the steps after warm-up), the peak GPU memory while
+CUDA synchronizations; the median over the steps after warm-up; "run tok/s" divides the same steps'
+tokens by the wall time from the warm-up's end to the last step's end, so what happens between
+steps counts too), the peak GPU memory while
 training, and MFU. FLOPs per token are 4·N for LoRA on a frozen base (forward 2·N, backward
 through the activations 2·N; no weight gradients, recomputation not counted) plus causal
 attention, 6·layers·width·n per token of an n-token example; MFU is given against the H100's
@@ -505,6 +507,7 @@ def timing_callback(device: str) -> Any:
             self._start = 0.0
             self.first_step_end: float | None = None
             self.train_begin: float | None = None
+            self.ends: list[float] = []  # when each step ended: the time between steps counts in the run's rate
             self.gc_seconds: list[float] = []  # the garbage collector's time inside each step
             self._gc_started = 0.0
             gc.callbacks.append(self._gc_phase)
@@ -530,6 +533,7 @@ def timing_callback(device: str) -> Any:
             sync()
             now = time.perf_counter()
             self.seconds.append(now - self._start)
+            self.ends.append(now)
             if self.first_step_end is None:
                 self.first_step_end = now
 
@@ -851,6 +855,10 @@ def measure(case: Case, args: argparse.Namespace) -> dict[str, Any]:
         **asdict(case),
         "tokens_per_s": statistics.median(rates) if rates else 0.0,
         "tokens_per_step": statistics.median(tokens[args.warmup:]) if tokens[args.warmup:] else 0,
+        # the timed steps' tokens over the wall time from the warm-up's end to the last step's end (logging,
+        # the collector and the data loader between steps included)
+        "run_tokens_per_s": (sum(tokens[i] for i in timed) / (timer.ends[timed[-1]] - timer.ends[args.warmup - 1])
+                             if len(timed) and args.warmup >= 1 else None),
         "gradient_accumulation": accumulation,
         "versions": unsloth_versions() if case.trainer == "unsloth" else "",
         "step_s": [round(s, 4) for s in timer.seconds],
@@ -1005,7 +1013,7 @@ def parity(results: list[dict[str, Any]]) -> dict[str, str]:
 def table(results: list[dict[str, Any]], ceiling: float) -> str:
     """The markdown table of all cases, with ratios against the baseline of the same shape/bits/data."""
     notes = parity(results)
-    columns = ["case", "trainer", "model", "base", "data", "mb", "dropout", "tokens/s", "× baseline", "× TRL+Liger",
+    columns = ["case", "trainer", "model", "base", "data", "mb", "dropout", "tokens/s", "run tok/s", "× baseline", "× TRL+Liger",
                "× Unsloth (d0)", "peak GiB", "× Unsloth mem", "× baseline mem", "MFU (989)", "MFU (measured)",
                "first step s (set-up + step)", "last loss", "grad norm", "note"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -1013,7 +1021,7 @@ def table(results: list[dict[str, Any]], ceiling: float) -> str:
         head = [r["name"], r["trainer"], r["shape"], f"{r['bits']}-bit", r["data"], str(r["micro_batch"]),
                 str(r.get("dropout", 0.05))]
         if "error" in r:
-            lines.append("| " + " | ".join(head + ["—"] + [""] * 11 + [r["error"].replace("|", "/")]) + " |")
+            lines.append("| " + " | ".join(head + ["—"] + [""] * 12 + [r["error"].replace("|", "/")]) + " |")
             continue
         b, liger = _baseline_of(results, r), _baseline_of(results, r, liger=True)
         speed = f"{r['tokens_per_s'] / b['tokens_per_s']:.2f}" if b and b["tokens_per_s"] else ""
@@ -1030,7 +1038,8 @@ def table(results: list[dict[str, Any]], ceiling: float) -> str:
         grad = f"{r['grad_norms'][-1]:.3g}" if r["grad_norms"] and r["grad_norms"][-1] is not None else ""
         fused = f"{r['fused_modules']} projections fused" if r.get("fused_modules") else ""
         note = "; ".join(x for x in (r.get("note", ""), fused, notes.get(r["name"], ""), r.get("versions", "")) if x)
-        cells = [f"{r['tokens_per_s']:,.0f}", speed, over_liger, over_unsloth, f"{r['peak_gib']:.1f}", unsloth_memory,
+        run_rate = f"{r['run_tokens_per_s']:,.0f}" if r.get("run_tokens_per_s") else ""
+        cells = [f"{r['tokens_per_s']:,.0f}", run_rate, speed, over_liger, over_unsloth, f"{r['peak_gib']:.1f}", unsloth_memory,
                  memory,
                  f"{r['flops_per_s'] / H100_BF16_PEAK:.1%}", mfu_measured, first, loss, grad, note]
         lines.append("| " + " | ".join(head + cells) + " |")
