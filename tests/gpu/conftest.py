@@ -66,6 +66,29 @@ def _kill_leftover_pods() -> Any:
             pod.process.wait(timeout=30)  # type: ignore[union-attr]
 
 
+PATCHED_FAMILIES = ("transformers.models.llama.modeling_llama", "transformers.models.qwen2.modeling_qwen2")
+"""The modeling modules of the test models, into which Liger patches its Triton modules."""
+
+
+@pytest.fixture(autouse=True)
+def _transformers_unpatched() -> Any:
+    """Each test starts from transformers' own modeling code.
+
+    A trainer test with `ligerKernels` (TRL's `use_liger_kernel`) patches Liger's RMSNorm, SwiGLU
+    and RoPE into transformers' modeling modules for the whole process: a later test's model on
+    the CPU then ran Triton kernels on CPU tensors ("Pointer argument cannot be accessed from Triton").
+    """
+    import importlib
+
+    modules = [importlib.import_module(name) for name in PATCHED_FAMILIES]
+    saved = [dict(vars(module)) for module in modules]
+    yield
+    for module, attributes in zip(modules, saved):
+        for key, value in attributes.items():
+            if vars(module).get(key) is not value:
+                setattr(module, key, value)
+
+
 def save_llama(path: Path, shape: str) -> Path:
     """A random-weight Llama of `shape` (bf16) with the test tokenizer, saved like a downloaded checkpoint."""
     from transformers import AutoModelForCausalLM, LlamaConfig
