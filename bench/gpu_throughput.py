@@ -130,8 +130,8 @@ def kt(name: str, shape: str, bits: int, data: str, mb: int, note: str = "", dro
 
 
 def hf(name: str, shape: str, bits: int, data: str, mb: int, note: str = "", dropout: float = 0.05,
-       **options: bool) -> Case:
-    """A plain Hugging Face case; `options` are SFTConfig arguments."""
+       **options: bool | str) -> Case:
+    """A plain Hugging Face case; `options` are SFTConfig arguments (and `attn_implementation`, the model's)."""
     return Case(name, "baseline", shape, bits, data, mb, dict(options), note, dropout)
 
 
@@ -377,6 +377,11 @@ def plan_standing(shape_small: str, shape_large: str | None) -> list[Case]:
                      "fp8BaseMatmuls + offloadActivations", 0.0, **best)]
     return cases + [
         hf(f"hf-{s}-4bit-mb16-d0", s, 4, "fixed", 16, "TRL defaults, LoRA dropout 0 (the loss reference)", 0.0),
+        hf(f"hf-{s}-4bit-mb16-d0-liger", s, 4, "fixed", 16, "TRL + use_liger_kernel, LoRA dropout 0", 0.0,
+           use_liger_kernel=True),
+        hf(f"hf-{s}-4bit-varlen-mb16-d0-liger-packed", s, 4, "varlen", 16, "TRL + use_liger_kernel, packing on, "
+           "flex_attention (sdpa ignores the packed examples' boundaries)", 0.0, use_liger_kernel=True, packing=True,
+           attn_implementation="flex_attention"),
         us(f"us-{s}-4bit-varlen-mb16-d0-packed", s, 4, "varlen", 16, "Unsloth, packing on", packing=True),
         kt(f"kt-{s}-4bit-varlen-mb16-d0-packed", s, 4, "varlen", 16, "dropout 0, packing on (varlen attention)",
            0.0, packing=True),
@@ -727,13 +732,15 @@ def run_baseline(case: Case, model_dir: Path, data: Path, steps: int, seq: int, 
     if case.bits == 4:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa",
+    options = dict(case.levers)
+    attention = str(options.pop("attn_implementation", "sdpa"))  # the model's, not an SFTConfig argument
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attention,
                                                  device_map={"": 0} if on_gpu else None, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = datasets.load_dataset("json", data_files=str(data), split="train")
     args = SFTConfig(output_dir=str(work / "hf"), per_device_train_batch_size=case.micro_batch, max_steps=steps,
                      max_length=seq, learning_rate=2e-4, logging_steps=1, report_to="none", save_strategy="no",
-                     bf16=on_gpu, use_cpu=not on_gpu, disable_tqdm=True, **case.levers)
+                     bf16=on_gpu, use_cpu=not on_gpu, disable_tqdm=True, **options)
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=case.dropout, target_modules="all-linear",
                       task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer, peft_config=lora)
