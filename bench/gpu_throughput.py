@@ -44,8 +44,8 @@ downloaded checkpoint. The tokenizer is a word-level one with Llama's 128,256-to
 Time to first step is from the case's process start (imports, model load, quantization, data
 tokenization, trainer assembly) to the end of the first optimizer step; the table splits it into
 the set-up (to the trainer's `on_train_begin`) and the first step itself (kernel compilation,
-autotuning, the allocator's first growth). Results also carry the garbage collector's time inside
-each step (`gc_ms`).
+autotuning, the allocator's first growth). Results also carry the garbage collector's time in each
+step and between it and the next (`gc_ms`).
 
 `--profile NAMES` records one warm-up step of the named cases with torch.profiler (ops and
 kernels by their own GPU time, and where the GPU sat idle, OUT/cases/NAME.profile.txt); the timed
@@ -362,7 +362,8 @@ def plan_host(shape_small: str, shape_large: str | None) -> list[Case]:
 
 def plan_standing(shape_small: str, shape_large: str | None) -> list[Case]:
     """Issue 15's marks in one call: Unsloth and KubeTune's levers on both shapes, then the loss reference
-    (TRL at the same dropout), the variable-length lead with packing, and the 16-bit path (fused and not)."""
+    (TRL at the same dropout), TRL + Liger, the variable-length lead with packing, and the 16-bit path
+    (fused and not)."""
     s = shape_small
     best = {"fusedCrossEntropy": True, "fp8BaseMatmuls": True, "offloadActivations": True}
     cases = [
@@ -513,7 +514,7 @@ def timing_callback(device: str) -> Any:
             self.first_step_end: float | None = None
             self.train_begin: float | None = None
             self.ends: list[float] = []  # when each step ended: the time between steps counts in the run's rate
-            self.gc_seconds: list[float] = []  # the garbage collector's time inside each step
+            self.gc_seconds: list[float] = []  # the garbage collector's time in each step and after it, to the next
             self._gc_started = 0.0
             gc.callbacks.append(self._gc_phase)
 
@@ -1020,8 +1021,8 @@ def parity(results: list[dict[str, Any]]) -> dict[str, str]:
 def table(results: list[dict[str, Any]], ceiling: float) -> str:
     """The markdown table of all cases, with ratios against the baseline of the same shape/bits/data."""
     notes = parity(results)
-    columns = ["case", "trainer", "model", "base", "data", "mb", "dropout", "tokens/s", "run tok/s", "× baseline", "× TRL+Liger",
-               "× Unsloth (d0)", "peak GiB", "× Unsloth mem", "× baseline mem", "MFU (989)", "MFU (measured)",
+    columns = ["case", "trainer", "model", "base", "data", "mb", "dropout", "tokens/s", "run tok/s", "× baseline",
+               "× TRL+Liger", "× Unsloth (d0)", "peak GiB", "× Unsloth mem", "× baseline mem", "MFU (989)", "MFU (measured)",
                "first step s (set-up + step)", "last loss", "grad norm", "note"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in results:
@@ -1039,16 +1040,16 @@ def table(results: list[dict[str, Any]], ceiling: float) -> str:
         memory = f"{r['peak_gib'] / b['peak_gib']:.2f}" if b and b["peak_gib"] else ""
         mfu_measured = f"{r['flops_per_s'] / ceiling:.1%}" if ceiling else ""
         first = f"{r['first_step_s']:.0f}" if r.get("first_step_s") else ""
-        if r.get("setup_s"):
+        if r.get("setup_s") and r.get("first_step_s"):
             first += f" ({r['setup_s']:.0f} + {r['first_step_s'] - r['setup_s']:.0f})"
         loss = f"{r['losses'][-1]:.3f}" if r["losses"] else ""
         grad = f"{r['grad_norms'][-1]:.3g}" if r["grad_norms"] and r["grad_norms"][-1] is not None else ""
         fused = f"{r['fused_modules']} projections fused" if r.get("fused_modules") else ""
         note = "; ".join(x for x in (r.get("note", ""), fused, notes.get(r["name"], ""), r.get("versions", "")) if x)
         run_rate = f"{r['run_tokens_per_s']:,.0f}" if r.get("run_tokens_per_s") else ""
-        cells = [f"{r['tokens_per_s']:,.0f}", run_rate, speed, over_liger, over_unsloth, f"{r['peak_gib']:.1f}", unsloth_memory,
-                 memory,
-                 f"{r['flops_per_s'] / H100_BF16_PEAK:.1%}", mfu_measured, first, loss, grad, note]
+        cells = [f"{r['tokens_per_s']:,.0f}", run_rate, speed, over_liger, over_unsloth, f"{r['peak_gib']:.1f}",
+                 unsloth_memory, memory, f"{r['flops_per_s'] / H100_BF16_PEAK:.1%}", mfu_measured, first, loss, grad,
+                 note]
         lines.append("| " + " | ".join(head + cells) + " |")
     return "\n".join(lines)
 
