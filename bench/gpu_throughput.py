@@ -578,6 +578,17 @@ def profile_callback(step: int, sink: Path) -> Any:
     return StepProfiler()
 
 
+def run_rate(tokens: list[int], ends: list[float], timed: range) -> float | None:
+    """The timed steps' tokens over the wall time from the step before them to the last one's end.
+
+    Unlike the median step, this counts what happens between steps (logging, the garbage
+    collector, the data loader); None without a step before the timed ones.
+    """
+    if not timed or timed.start < 1:
+        return None
+    return sum(tokens[i] for i in timed) / (ends[timed[-1]] - ends[timed.start - 1])
+
+
 def gpu_idle(events: Any, shown: int = 12) -> str:
     """Where the GPU waited inside a profiled step: busy time (the union of kernel and copy intervals) against
     the span from the first to the last, and the longest gaps with the kernel each gap followed.
@@ -863,10 +874,7 @@ def measure(case: Case, args: argparse.Namespace) -> dict[str, Any]:
         **asdict(case),
         "tokens_per_s": statistics.median(rates) if rates else 0.0,
         "tokens_per_step": statistics.median(tokens[args.warmup:]) if tokens[args.warmup:] else 0,
-        # the timed steps' tokens over the wall time from the warm-up's end to the last step's end (logging,
-        # the collector and the data loader between steps included)
-        "run_tokens_per_s": (sum(tokens[i] for i in timed) / (timer.ends[timed[-1]] - timer.ends[args.warmup - 1])
-                             if len(timed) and args.warmup >= 1 else None),
+        "run_tokens_per_s": run_rate(tokens, timer.ends, timed),
         "gradient_accumulation": accumulation,
         "versions": unsloth_versions() if case.trainer == "unsloth" else "",
         "step_s": [round(s, 4) for s in timer.seconds],
